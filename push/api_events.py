@@ -1,0 +1,53 @@
+"""``POST /v1/events``: the collector.
+
+Takes one event or a JSON array of up to ``max_batch``. Each event is validated on its own; the
+valid ones are handed to the event bus all together (all or none: a full bus answers 503 with
+``Retry-After`` and takes nothing), the invalid ones are reported by index with a reason.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from push.exceptions import HTTPProblem
+from push.http import authenticate, read_json
+from push.runtime import Runtime
+from streams.events import Event, parse_event
+from streams.exceptions import InvalidEvent, SourceUnavailable
+
+
+async def post_events(request: Request) -> Response:
+    """Validate and enqueue events; 202 with per-event rejections, 400 when none was valid."""
+    runtime: Runtime = request.app.state.runtime
+    m = runtime.metrics
+    principal = authenticate(request, runtime, surface="events")
+    body = await read_json(request, runtime.settings.max_body_bytes)
+    batch = body if isinstance(body, list) else [body]
+    limit = runtime.settings.max_batch
+    if len(batch) > limit:
+        raise HTTPProblem(413, "too_many", f"at most {limit} events per request, got {len(batch)}")
+    if not batch:
+        raise HTTPProblem(400, "empty", "send one event or a non-empty array of events")
+    now_ms = int(time.time() * 1000)
+    accepted: list[Event] = []
+    rejected: list[dict[str, object]] = []
+    for index, obj in enumerate(batch):
+        try:
+            accepted.append(parse_event(obj, auth_user=principal.user, now_ms=now_ms))
+        except InvalidEvent as exc:
+            rejected.append({"index": index, "reason": exc.reason, "message": str(exc)})
+            m.events_rejected.labels(exc.reason).inc()
+    if not accepted:
+        return JSONResponse({"accepted": 0, "rejected": rejected}, status_code=400)
+    try:
+        await runtime.bus.send(accepted)
+    except SourceUnavailable as exc:
+        m.events_rejected.labels("unavailable").inc(len(accepted))
+        raise HTTPProblem(
+            503, "unavailable", str(exc), {"Retry-After": str(exc.retry_after_s)}
+        ) from None
+    m.events_accepted.inc(len(accepted))
+    return JSONResponse({"accepted": len(accepted), "rejected": rejected}, status_code=202)

@@ -1,0 +1,80 @@
+"""The Starlette application: routes, error handling and the runtime's lifecycle."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from push.api_catalog import get_categories, get_items, put_items
+from push.api_events import post_events
+from push.api_feeds import get_feed
+from push.demo import demo_routes
+from push.exceptions import HTTPProblem
+from push.health import healthz, metrics, readyz
+from push.http import problem_response
+from push.runtime import Runtime
+from push.sse import sse_endpoint
+from push.websocket import websocket_endpoint
+
+log = structlog.get_logger(__name__)
+
+
+def build_app(runtime: Runtime) -> Starlette:
+    """The ASGI app serving ``runtime``; starting the app starts the runtime."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    async def on_problem(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPProblem)
+        runtime.metrics.http_errors.labels(str(exc.status), exc.code).inc()
+        return problem_response(exc)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        runtime.metrics.http_errors.labels(str(exc.status_code), code).inc()
+        return JSONResponse(
+            {"error": code, "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        log.error("request_failed", path=request.url.path, error=type(exc).__name__)
+        runtime.metrics.http_errors.labels("500", "internal").inc()
+        return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/metrics", metrics),
+        Route("/v1/events", post_events, methods=["POST"]),
+        Route("/v1/items", put_items, methods=["PUT"]),
+        Route("/v1/items", get_items, methods=["GET"]),
+        Route("/v1/categories", get_categories, methods=["GET"]),
+        Route("/v1/users/{user}/feeds/{feed}", get_feed, methods=["GET"]),
+        Route("/v1/sse", sse_endpoint, methods=["GET"]),
+        WebSocketRoute("/v1/ws", websocket_endpoint),
+    ]
+    if runtime.settings.demo:
+        routes.extend(demo_routes())
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={HTTPProblem: on_problem, HTTPException: on_http, Exception: on_error},
+    )
+    app.state.runtime = runtime
+    return app

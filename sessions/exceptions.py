@@ -1,0 +1,30 @@
+"""Errors raised by the sessions layer.
+
+::
+
+    SessionsError
+    ├── InvalidToken        a token failed verification (``reason`` says why)
+    └── VersionConflict     a feed write lost a compare-and-set race; re-read and retry
+"""
+
+from __future__ import annotations
+
+
+class SessionsError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidToken(SessionsError):
+    """A token was missing, malformed, badly signed, expired or lacked a subject.
+
+    ``reason`` is a short machine-readable word (``expired``, ``signature``, ``malformed``,
+    ``claims``) that is safe to show to the client and to log; the token itself is never kept.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class VersionConflict(SessionsError):
+    """The stored feed was not at the expected base version when we tried to write it."""

@@ -1,0 +1,201 @@
+"""The item catalog: Redis is the truth, each process keeps a mirror for the hot path.
+
+An item is ``{"item_id", "title", "price", "category", "image", "in_stock", "props"}``. The mirror
+lets the recommender filter and decorate candidates without a Redis round trip per event. It is
+loaded at start and updated by every write made through this process. (Several nodes keep their
+mirrors fresh through the catalog change channel, added with the scale-out work.)
+
+Guarantees: :func:`parse_item` accepts a well-formed item or raises :class:`InvalidItem`; an
+upsert batch is validated whole before anything is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from streams.exceptions import StreamsError
+
+ITEMS_KEY = "pr:items"  # sorted set of every item id (score 0: ordered by id)
+ITEM_FIELDS = frozenset({"item_id", "title", "price", "category", "image", "in_stock", "props"})
+MAX_ITEM_BYTES = 8192
+
+
+class InvalidItem(StreamsError):
+    """A catalog item was malformed; the message names the field."""
+
+
+def item_key(item_id: str) -> str:
+    """The Redis key holding one item (JSON)."""
+    return f"pr:item:{item_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One catalog item. ``payload`` is what clients see in a feed (no None values)."""
+
+    item_id: str
+    title: str
+    price: float | None
+    category: str
+    image: str
+    in_stock: bool
+    props: dict[str, Any]
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The feed payload of this item: id, title, price, category, image (when set)."""
+        out: dict[str, Any] = {"id": self.item_id, "title": self.title, "category": self.category}
+        if self.price is not None:
+            out["price"] = self.price
+        if self.image:
+            out["image"] = self.image
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API and storage form."""
+        return {
+            "item_id": self.item_id,
+            "title": self.title,
+            "price": self.price,
+            "category": self.category,
+            "image": self.image,
+            "in_stock": self.in_stock,
+            "props": self.props,
+        }
+
+
+def _text(obj: dict[str, Any], name: str, *, limit: int, default: str = "") -> str:
+    value = obj.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        raise InvalidItem(f"{name} must be a printable string of at most {limit} characters")
+    return value
+
+
+def parse_item(obj: object) -> Item:
+    """Validate one item object."""
+    if not isinstance(obj, dict):
+        raise InvalidItem("an item must be a JSON object")
+    unknown = set(obj) - ITEM_FIELDS
+    if unknown:
+        raise InvalidItem(f"unknown field(s): {', '.join(sorted(unknown))}")
+    item_id = _text(obj, "item_id", limit=128)
+    if not item_id:
+        raise InvalidItem("item_id is required")
+    price = obj.get("price")
+    if price is not None:
+        if (
+            isinstance(price, bool)
+            or not isinstance(price, int | float)
+            or not math.isfinite(price)
+        ):
+            raise InvalidItem("price must be a finite number or null")
+        if price < 0:
+            raise InvalidItem("price must not be negative")
+        price = round(float(price), 2)
+    in_stock = obj.get("in_stock", True)
+    if not isinstance(in_stock, bool):
+        raise InvalidItem("in_stock must be true or false")
+    props = obj.get("props")
+    if props is None:
+        props = {}
+    if not isinstance(props, dict):
+        raise InvalidItem("props must be an object")
+    item = Item(
+        item_id=item_id,
+        title=_text(obj, "title", limit=300, default=item_id) or item_id,
+        price=price,
+        category=_text(obj, "category", limit=200),
+        image=_text(obj, "image", limit=1000),
+        in_stock=in_stock,
+        props=props,
+    )
+    if len(json.dumps(item.to_dict())) > MAX_ITEM_BYTES:
+        raise InvalidItem(f"an item must encode to at most {MAX_ITEM_BYTES} bytes")
+    return item
+
+
+class Catalog:
+    """Catalog reads from the in-process mirror; writes to Redis first, then the mirror."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._items: dict[str, Item] = {}
+        self._sorted: list[str] | None = None
+        self._words: dict[str, set[str]] | None = None
+
+    async def load(self) -> int:
+        """Fill the mirror from Redis; returns the item count."""
+        items: dict[str, Item] = {}
+        ids = [_text_of(i) for i in await self._redis.zrange(ITEMS_KEY, 0, -1)]
+        for start in range(0, len(ids), 1000):
+            chunk = ids[start : start + 1000]
+            for raw in await self._redis.mget([item_key(i) for i in chunk]):
+                if raw is not None:
+                    item = parse_item(json.loads(raw))
+                    items[item.item_id] = item
+        self._items = items
+        self._changed()
+        return len(items)
+
+    async def upsert(self, items: Sequence[Item]) -> None:
+        """Store ``items`` (one pipeline round trip) and update the mirror."""
+        pipe = self._redis.pipeline(transaction=False)
+        for item in items:
+            pipe.set(item_key(item.item_id), json.dumps(item.to_dict(), separators=(",", ":")))
+        pipe.zadd(ITEMS_KEY, {item.item_id: 0 for item in items})
+        await pipe.execute()
+        for item in items:
+            self._items[item.item_id] = item
+        self._changed()
+
+    def get(self, item_id: str) -> Item | None:
+        """The mirrored item, or None when unknown."""
+        return self._items.get(item_id)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def page(self, *, offset: int, limit: int, category: str | None) -> tuple[list[Item], int]:
+        """A page of items ordered by id (optionally one category) and the matching total."""
+        if self._sorted is None:
+            self._sorted = sorted(self._items)
+        ids: Iterable[str] = self._sorted
+        if category:
+            ids = [i for i in self._sorted if self._items[i].category == category]
+        chosen = list(ids)
+        return [self._items[i] for i in chosen[offset : offset + limit]], len(chosen)
+
+    def categories(self) -> list[str]:
+        """Every category in the catalog, sorted."""
+        return sorted({item.category for item in self._items.values() if item.category})
+
+    def categories_for_query(self, query: str) -> list[str]:
+        """Categories whose name or item titles contain a word of ``query`` (search events)."""
+        if self._words is None:
+            words: dict[str, set[str]] = {}
+            for item in self._items.values():
+                text = f"{item.category.replace('.', ' ')} {item.title}".lower()
+                for word in text.replace("_", " ").split():
+                    if len(word) >= 3:
+                        words.setdefault(word, set()).add(item.category)
+            self._words = words
+        found: set[str] = set()
+        for word in query.lower().split():
+            found |= self._words.get(word, set())
+        return sorted(c for c in found if c)
+
+    def _changed(self) -> None:
+        self._sorted = None
+        self._words = None
+
+
+def _text_of(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

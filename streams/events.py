@@ -1,0 +1,127 @@
+"""The event schema and its validator.
+
+An event is ``{"event_id", "user_id", "type", "item_id", "ts", "props"}``; see docs/PROTOCOL.md.
+:func:`parse_event` either returns a well-formed :class:`Event` or raises :class:`InvalidEvent`
+with a stable reason code and a message naming the offending field; it never partially accepts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from streams.exceptions import InvalidEvent
+
+EVENT_TYPES = frozenset(
+    {"view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "impression"}
+)
+#: Types that are about one item and so must name it.
+ITEM_TYPES = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "purchase"})
+FIELDS = frozenset({"event_id", "user_id", "type", "item_id", "ts", "props"})
+MAX_ID_LEN = 128
+MAX_PROPS_BYTES = 4096
+#: Events stamped more than this far in the future are refused (clock bugs, not traffic).
+MAX_FUTURE_MS = 24 * 3600 * 1000
+MIN_TS_MS = 946_684_800_000  # 2000-01-01
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A validated user-activity event. ``ts`` is epoch milliseconds."""
+
+    event_id: str
+    user_id: str
+    type: str
+    item_id: str | None
+    ts: int
+    props: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The wire form (JSON/msgpack)."""
+        return {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "type": self.type,
+            "item_id": self.item_id,
+            "ts": self.ts,
+            "props": self.props,
+        }
+
+    def pack(self) -> bytes:
+        """The msgpack bytes carried on the event bus."""
+        data: bytes = msgpack.packb(self.to_dict())
+        return data
+
+
+def _check_id(obj: dict[str, Any], name: str, *, required: bool) -> str | None:
+    value = obj.get(name)
+    if value is None:
+        if required:
+            raise InvalidEvent(f"missing_{name}", f"{name} is required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(f"bad_{name}", f"{name} must be a string, not {type(value).__name__}")
+    if not value or len(value) > MAX_ID_LEN:
+        raise InvalidEvent(f"bad_{name}", f"{name} must be 1 to {MAX_ID_LEN} characters")
+    if not value.isprintable():
+        raise InvalidEvent(f"bad_{name}", f"{name} must not contain control characters")
+    return value
+
+
+def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
+    """Validate one decoded JSON value as an event.
+
+    ``auth_user`` is the verified subject of the poster's token (None for an API-key poster, who
+    may post for any user). A token holder may omit ``user_id``; naming another user is refused.
+    ``ts`` defaults to ``now_ms``.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_object", "an event must be a JSON object")
+    unknown = set(obj) - FIELDS
+    if unknown:
+        raise InvalidEvent("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
+    event_id = _check_id(obj, "event_id", required=True)
+    user_id = _check_id(obj, "user_id", required=auth_user is None)
+    if auth_user is not None:
+        if user_id is not None and user_id != auth_user:
+            raise InvalidEvent("forbidden_user", "a visitor token may only post its own events")
+        user_id = auth_user
+    etype = obj.get("type")
+    if etype not in EVENT_TYPES:
+        raise InvalidEvent(
+            "bad_type", f"type must be one of {', '.join(sorted(EVENT_TYPES))}, got {etype!r}"[:300]
+        )
+    item_id = _check_id(obj, "item_id", required=etype in ITEM_TYPES)
+    ts = obj.get("ts", now_ms)
+    if ts is None:
+        ts = now_ms
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise InvalidEvent("bad_ts", "ts must be an integer (epoch milliseconds)")
+    if ts < MIN_TS_MS or ts > now_ms + MAX_FUTURE_MS:
+        raise InvalidEvent("bad_ts", "ts must be epoch milliseconds between 2000 and tomorrow")
+    props = obj.get("props")
+    if props is None:
+        props = {}
+    if not isinstance(props, dict):
+        raise InvalidEvent("bad_props", "props must be an object")
+    if len(json.dumps(props, separators=(",", ":"))) > MAX_PROPS_BYTES:
+        raise InvalidEvent("bad_props", f"props must encode to at most {MAX_PROPS_BYTES} bytes")
+    if event_id is None or user_id is None:  # unreachable: both were required above
+        raise InvalidEvent("missing_user_id", "user_id is required")
+    return Event(event_id, user_id, str(etype), item_id, ts, props)
+
+
+def unpack_event(data: bytes) -> Event:
+    """Decode an event from the bus (msgpack) and validate it again: the bus is a trust boundary."""
+    try:
+        obj = msgpack.unpackb(data)
+    except Exception as exc:  # msgpack raises several unrelated types on bad input
+        raise InvalidEvent("undecodable", f"record is not msgpack: {type(exc).__name__}") from None
+    user = obj.get("user_id") if isinstance(obj, dict) else None
+    if not isinstance(user, str):
+        raise InvalidEvent("missing_user_id", "user_id is required")
+    ts = obj.get("ts") if isinstance(obj, dict) else None
+    return parse_event(obj, auth_user=None, now_ms=ts if isinstance(ts, int) else 0)

