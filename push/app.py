@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
@@ -15,7 +16,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from push.api_catalog import get_categories, get_items, put_items
 from push.api_events import post_events
 from push.api_feeds import get_feed
-from push.demo import demo_routes
+from push.demo import demo_routes, warm_up
 from push.exceptions import HTTPProblem
 from push.health import healthz, metrics, readyz
 from push.http import problem_response
@@ -32,9 +33,14 @@ def build_app(runtime: Runtime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
+        warming = None
+        if runtime.settings.warmup_file is not None:
+            warming = asyncio.create_task(warm_up(runtime, runtime.settings.warmup_file))
         try:
             yield
         finally:
+            if warming is not None:
+                warming.cancel()
             await runtime.stop()
 
     async def on_problem(request: Request, exc: Exception) -> Response:

@@ -1,6 +1,7 @@
 """The ``pushrec`` command line.
 
 ``pushrec serve``        run a node (embedded Redis and in-process bus unless configured)
+``pushrec worker``       consume events only (a Kafka deployment's worker process)
 ``pushrec demo``         the same, plus the demo catalog, warm-up traffic and the shop page
 ``pushrec token USER``   mint a visitor token with ``PUSHREC_SECRET``
 ``pushrec catalog load`` upsert a JSONL catalog through a running server's API
@@ -21,6 +22,7 @@ import uvicorn
 
 from push.app import build_app
 from push.config import Settings
+from push.demo import CATALOG_FILE, WARMUP_FILE
 from push.exceptions import ConfigError
 from push.logs import configure_logging
 from push.runtime import Runtime, resolve_credentials
@@ -40,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
             "--data-dir", type=Path, help="embedded Redis data directory (default: temporary)"
         )
         p.add_argument("--redis-url", help="external Redis instead of the embedded one")
+    sub.add_parser("worker", help="consume events only (needs Kafka: PUSHREC_KAFKA_BOOTSTRAP)")
     tok = sub.add_parser("token", help="mint a visitor token (needs PUSHREC_SECRET)")
     tok.add_argument("user")
     tok.add_argument("--ttl", type=int, default=86_400, help="validity in seconds (default 86400)")
@@ -63,6 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings, args)
     if args.command == "token":
         return _token(settings, args)
+    if args.command == "worker":
+        print(
+            "pushrec: a separate worker consumes from Kafka, which this build does not have yet; "
+            "without Kafka, `pushrec serve` consumes the in-process bus itself",
+            file=sys.stderr,
+        )
+        return 2
     return _catalog_load(settings, args)
 
 
@@ -79,6 +89,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     }
     if args.command == "demo":
         changes["demo"] = True
+        changes.setdefault("catalog_file", settings.catalog_file or CATALOG_FILE)
+        changes.setdefault("warmup_file", settings.warmup_file or WARMUP_FILE)
     settings = settings.replace(**changes)
     configure_logging(settings.log_level, settings.log_format)
     creds = resolve_credentials(settings)

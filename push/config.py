@@ -55,6 +55,10 @@ class Settings:
     max_message_bytes: int = 16_384
     #: Serve the demo shop page and its visitor-token endpoint (``pushrec demo``).
     demo: bool = False
+    #: A JSONL catalog loaded at start when the catalog is empty (``pushrec demo`` sets it).
+    catalog_file: Path | None = None
+    #: A JSONL event log replayed once at start, shifted to end now (demo warm-up traffic).
+    warmup_file: Path | None = None
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (CLI flags override the environment)."""
@@ -76,15 +80,33 @@ class Settings:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` for values that cannot work."""
-        if self.secret is not None and len(self.secret) < 16:
-            raise ConfigError("PUSHREC_SECRET must be at least 16 characters long")
+        if self.secret is not None and len(self.secret) < 32:
+            raise ConfigError("PUSHREC_SECRET must be at least 32 characters long (HS256 key)")
         if self.admin_key is not None and len(self.admin_key) < 16:
             raise ConfigError("PUSHREC_ADMIN_KEY must be at least 16 characters long")
         if self.log_format not in {"json", "console", "auto"}:
             raise ConfigError("PUSHREC_LOG_FORMAT must be json, console or auto")
-        for name in ("bus_partitions", "bus_capacity", "max_batch", "feed_size", "history_len"):
+        if not 0 <= self.port <= 65535:
+            raise ConfigError("PUSHREC_PORT must be between 0 and 65535")
+        counts = (
+            "bus_partitions",
+            "bus_capacity",
+            "max_batch",
+            "feed_size",
+            "history_len",
+            "max_pending_diffs",
+            "max_body_bytes",
+            "max_message_bytes",
+            "profile_ttl_s",
+        )
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ConfigError(f"PUSHREC_{name.upper()} must be at least 1")
+        durations = ("token_leeway_s", "auth_timeout_s", "ping_interval_s", "send_timeout_s")
+        for name in durations:
+            value = getattr(self, name)
+            if not value >= 0 or (name != "token_leeway_s" and value == 0):  # `not >=` catches NaN
+                raise ConfigError(f"PUSHREC_{name.upper()} must be a positive number of seconds")
 
 
 def _cast(name: str, type_name: str, raw: str) -> Any:

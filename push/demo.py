@@ -7,17 +7,23 @@ Only mounted by ``pushrec demo``. In production the shop's backend signs visitor
 from __future__ import annotations
 
 import secrets
+import time
 from pathlib import Path
 
+import structlog
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from push.runtime import Runtime
+from streams.events import Event
+
+log = structlog.get_logger(__name__)
 
 SHOP_DIR = Path(__file__).resolve().parent.parent / "examples" / "shop"
 CATALOG_FILE = Path(__file__).resolve().parent.parent / "examples" / "catalog" / "rees46.jsonl"
+WARMUP_FILE = Path(__file__).resolve().parent.parent / "examples" / "catalog" / "rees46-events.tsv"
 
 
 async def demo_session(request: Request) -> Response:
@@ -39,3 +45,34 @@ def demo_routes() -> list[Route | Mount]:
         Route("/v1/demo/session", demo_session, methods=["POST"]),
         Mount("/shop", StaticFiles(directory=SHOP_DIR), name="shop"),
     ]
+
+
+def read_warmup(path: Path, now_ms: int) -> list[Event]:
+    """The warm-up log (TSV ``ts_ms user type item``), shifted so its last event is ``now_ms``.
+
+    Shifting keeps the real gaps between events while making the decayed trending counters as
+    fresh as the visitor's own clicks; user ids get an ``r46-`` prefix so no visitor collides.
+    """
+    rows: list[tuple[int, str, str, str]] = []
+    with path.open(encoding="utf-8") as fh:
+        next(fh, None)  # header
+        for line in fh:
+            ts, user, etype, item = line.rstrip("\n").split("\t")
+            rows.append((int(ts), user, etype, item))
+    if not rows:
+        return []
+    shift = now_ms - max(r[0] for r in rows)
+    return [
+        Event(f"warm-{n}", f"r46-{user}", etype, item, ts + shift)
+        for n, (ts, user, etype, item) in enumerate(rows)
+    ]
+
+
+async def warm_up(runtime: Runtime, path: Path) -> None:
+    """Replay the warm-up log through the real pipeline (bus → processor), in chunks."""
+    events = read_warmup(path, int(time.time() * 1000))
+    started = time.perf_counter()
+    for start in range(0, len(events), 500):
+        await runtime.bus.send(events[start : start + 500])
+        await runtime.bus.drain(60.0)
+    log.info("warmup_done", events=len(events), seconds=round(time.perf_counter() - started, 2))

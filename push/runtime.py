@@ -21,7 +21,7 @@ from sessions.broker_memory import MemoryBroker
 from sessions.feeds import FeedStore
 from sessions.hub import Hub
 from sessions.tokens import TokenVerifier
-from streams.catalog import Catalog
+from streams.catalog import Catalog, load_items
 from streams.processor import Processor
 from streams.profile import ProfileStore, ProfileTuning
 from streams.recommender import Recommender, RecommenderTuning
@@ -108,7 +108,8 @@ class Runtime:
         self._redis = Redis.from_url(url, health_check_interval=30)
         await self._redis.ping()
         self._catalog = Catalog(self._redis)
-        await self._catalog.load()
+        if not await self._catalog.load() and s.catalog_file is not None:
+            await self._catalog.upsert(load_items(s.catalog_file))
         self._feeds = FeedStore(self._redis, ttl_s=s.profile_ttl_s, history_len=s.history_len)
         profiles = ProfileStore(self._redis, ProfileTuning(ttl_s=s.profile_ttl_s))
         recommender = Recommender(self._catalog, RecommenderTuning(size=s.feed_size))

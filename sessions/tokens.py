@@ -15,14 +15,16 @@ import jwt
 from sessions.exceptions import InvalidToken
 
 MAX_SUBJECT_LEN = 128
+#: RFC 7518 §3.2: an HS256 key must be at least as long as the hash output (32 bytes).
+MIN_SECRET_LEN = 32
 
 
 class TokenVerifier:
     """Checks HS256 tokens signed with one shared secret."""
 
     def __init__(self, secret: str, *, leeway_s: float = 30.0) -> None:
-        if len(secret) < 16:
-            raise ValueError("the token secret must be at least 16 characters long")
+        if len(secret) < MIN_SECRET_LEN:
+            raise ValueError(f"the token secret must be at least {MIN_SECRET_LEN} characters long")
         self._secret = secret
         self._leeway_s = leeway_s
 

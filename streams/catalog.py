@@ -12,9 +12,9 @@ upsert batch is validated whole before anything is written.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.asyncio import Redis
@@ -24,6 +24,7 @@ from streams.exceptions import StreamsError
 ITEMS_KEY = "pr:items"  # sorted set of every item id (score 0: ordered by id)
 ITEM_FIELDS = frozenset({"item_id", "title", "price", "category", "image", "in_stock", "props"})
 MAX_ITEM_BYTES = 8192
+MAX_PRICE = 1e12
 
 
 class InvalidItem(StreamsError):
@@ -91,14 +92,11 @@ def parse_item(obj: object) -> Item:
         raise InvalidItem("item_id is required")
     price = obj.get("price")
     if price is not None:
-        if (
-            isinstance(price, bool)
-            or not isinstance(price, int | float)
-            or not math.isfinite(price)
-        ):
-            raise InvalidItem("price must be a finite number or null")
-        if price < 0:
-            raise InvalidItem("price must not be negative")
+        if isinstance(price, bool) or not isinstance(price, int | float):
+            raise InvalidItem("price must be a number or null")
+        # Compare before converting: float() of a huge JSON integer raises OverflowError.
+        if not (0 <= price < MAX_PRICE):  # also false for NaN
+            raise InvalidItem(f"price must be a number from 0 to below {MAX_PRICE:.0e}")
         price = round(float(price), 2)
     in_stock = obj.get("in_stock", True)
     if not isinstance(in_stock, bool):
@@ -120,6 +118,20 @@ def parse_item(obj: object) -> Item:
     if len(json.dumps(item.to_dict())) > MAX_ITEM_BYTES:
         raise InvalidItem(f"an item must encode to at most {MAX_ITEM_BYTES} bytes")
     return item
+
+
+def load_items(path: Path) -> list[Item]:
+    """Read and validate a JSONL catalog file; raises InvalidItem naming the bad line."""
+    items: list[Item] = []
+    with path.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(parse_item(json.loads(line)))
+            except (ValueError, InvalidItem) as exc:
+                raise InvalidItem(f"{path}:{n}: {exc}") from None
+    return items
 
 
 class Catalog:

@@ -80,6 +80,8 @@ def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
     """
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", "an event must be a JSON object")
+    if any(not isinstance(k, str) for k in obj):
+        raise InvalidEvent("unknown_field", "field names must be strings")
     unknown = set(obj) - FIELDS
     if unknown:
         raise InvalidEvent("unknown_field", f"unknown field(s): {', '.join(sorted(unknown))}")
@@ -90,7 +92,7 @@ def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
             raise InvalidEvent("forbidden_user", "a visitor token may only post its own events")
         user_id = auth_user
     etype = obj.get("type")
-    if etype not in EVENT_TYPES:
+    if not isinstance(etype, str) or etype not in EVENT_TYPES:
         raise InvalidEvent(
             "bad_type", f"type must be one of {', '.join(sorted(EVENT_TYPES))}, got {etype!r}"[:300]
         )
@@ -107,7 +109,11 @@ def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
         props = {}
     if not isinstance(props, dict):
         raise InvalidEvent("bad_props", "props must be an object")
-    if len(json.dumps(props, separators=(",", ":"))) > MAX_PROPS_BYTES:
+    try:
+        size = len(json.dumps(props, separators=(",", ":")))
+    except (TypeError, ValueError):  # bytes or other non-JSON values arriving over msgpack
+        raise InvalidEvent("bad_props", "props must hold JSON values only") from None
+    if size > MAX_PROPS_BYTES:
         raise InvalidEvent("bad_props", f"props must encode to at most {MAX_PROPS_BYTES} bytes")
     if event_id is None or user_id is None:  # unreachable: both were required above
         raise InvalidEvent("missing_user_id", "user_id is required")

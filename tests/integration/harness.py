@@ -126,9 +126,9 @@ class FeedClient:
     def ids(self) -> list[str]:
         return [str(p["id"]) for p in self.items]
 
-    async def wait(self, predicate: Callable[[FeedClient], bool], timeout: float = 5.0) -> None:
+    async def wait(self, predicate: Callable[[FeedClient], bool], within_s: float = 5.0) -> None:
         """Wait until ``predicate`` holds for this client's state."""
-        async with asyncio.timeout(timeout * SCALE):
+        async with asyncio.timeout(within_s * SCALE):
             while not predicate(self):
                 self.changed.clear()
                 await self.changed.wait()
@@ -159,17 +159,21 @@ async def _pump_ws(ws: ClientConnection, state: FeedClient) -> None:
 @contextlib.asynccontextmanager
 async def sse_client(server: Server, user: str) -> AsyncIterator[FeedClient]:
     """An SSE stream of ``user``, its events applied in the background."""
-    async with httpx.AsyncClient(base_url=server.http, timeout=None) as client:
-        async with client.stream("GET", "/v1/sse", headers=server.bearer(user)) as resp:
-            assert resp.status_code == 200
-            assert resp.headers["content-type"].startswith("text/event-stream")
-            state = FeedClient()
-            task = asyncio.create_task(_pump_sse(resp, state))
-            try:
-                await state.wait(lambda s: s.version is not None)
-                yield state
-            finally:
-                task.cancel()
+    # No read timeout: an idle stream is normal; FeedClient.wait bounds every test's waiting.
+    timeout = httpx.Timeout(5.0 * SCALE, read=None)
+    async with (
+        httpx.AsyncClient(base_url=server.http, timeout=timeout) as client,
+        client.stream("GET", "/v1/sse", headers=server.bearer(user)) as resp,
+    ):
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        state = FeedClient()
+        task = asyncio.create_task(_pump_sse(resp, state))
+        try:
+            await state.wait(lambda s: s.version is not None)
+            yield state
+        finally:
+            task.cancel()
 
 
 async def _pump_sse(resp: httpx.Response, state: FeedClient) -> None:

@@ -42,14 +42,18 @@ def post_raw(server: Server, body: bytes, headers: dict[str, str]) -> httpx.Resp
         ({"event_id": "e", "user_id": "x", "type": "view"}, "missing_item_id"),
         ({"event_id": "e", "user_id": "x", "type": "view", "item_id": 3}, "bad_item_id"),
         ({"event_id": "e", "user_id": "x", "type": "view", "item_id": "a", "ts": "now"}, "bad_ts"),
-        ({"event_id": "e", "user_id": "x", "type": "view", "item_id": "a", "props": []}, "bad_props"),
-        ({"event_id": "e", "user_id": "x", "type": "view", "item_id": "a", "extra": 1}, "unknown_field"),
+        (
+            {"event_id": "e", "user_id": "x", "type": "view", "item_id": "a", "props": []},
+            "bad_props",
+        ),
+        (
+            {"event_id": "e", "user_id": "x", "type": "view", "item_id": "a", "extra": 1},
+            "unknown_field",
+        ),
         ("not an object", "not_object"),
     ],
 )
-def test_invalid_events_are_refused_with_reason(
-    server: Server, event: Any, reason: str
-) -> None:
+def test_invalid_events_are_refused_with_reason(server: Server, event: Any, reason: str) -> None:
     before = metric(server, "pushrec_collector_rejected_total", reason=reason)
     r = post_raw(server, json.dumps([event]).encode(), server.admin)
     assert r.status_code == 400
@@ -87,7 +91,9 @@ def test_malformed_bodies(server: Server, body: bytes, status: int, code: str) -
 
 
 def test_batch_limit_names_the_limit(server: Server) -> None:
-    events = [{"event_id": str(i), "user_id": "x", "type": "view", "item_id": "a"} for i in range(501)]
+    events = [
+        {"event_id": str(i), "user_id": "x", "type": "view", "item_id": "a"} for i in range(501)
+    ]
     r = post_raw(server, json.dumps(events).encode(), server.admin)
     assert r.status_code == 413
     assert "500" in r.json()["message"]
@@ -128,7 +134,9 @@ def test_catalog_writes_need_the_api_key_and_valid_items(server: Server) -> None
     assert httpx.put(f"{server.http}/v1/items", json=[item]).status_code == 401
     r = httpx.put(f"{server.http}/v1/items", json=[item], headers=server.bearer("v"))
     assert r.status_code == 403
-    r = httpx.put(f"{server.http}/v1/items", json=[item, {"item_id": "y", "price": -1}], headers=server.admin)
+    r = httpx.put(
+        f"{server.http}/v1/items", json=[item, {"item_id": "y", "price": -1}], headers=server.admin
+    )
     assert r.status_code == 400 and "item 1" in r.json()["message"]
     # All or nothing: the valid first item of the refused batch was not stored either.
     listed = httpx.get(f"{server.http}/v1/items", params={"category": "x"}).json()
@@ -179,7 +187,7 @@ def test_bad_frames_get_errors_and_change_nothing(server: Server) -> None:
                 await ws.send(json.dumps({"type": "auth", "token": server.token(user)}))
                 for message in ("{bad", json.dumps({"type": "warp"}), json.dumps([1]), b"\x00\xff"):
                     await ws.send(message)
-                errors = []
+                errors: list[str] = []
                 while len(errors) < 4:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
                     if frame["type"] == "error":
@@ -200,7 +208,7 @@ def test_bad_input_leaves_the_feed_untouched(server: Server) -> None:
         user = new_id("u")
         await server.view(user, "phones-7")
         stored = await server.feed(user)
-        bad = [
+        bad: list[dict[str, Any]] = [
             {"event_id": new_id("e"), "user_id": user, "type": "view"},
             {"event_id": new_id("e"), "user_id": user, "type": "fly", "item_id": "phones-8"},
             {"event_id": 1, "user_id": user, "type": "view", "item_id": "phones-8"},
@@ -208,6 +216,7 @@ def test_bad_input_leaves_the_feed_untouched(server: Server) -> None:
         assert (await server.post(bad)).status_code == 400
         await server.post([{"event_id": "x"}] * 501)
         assert (await server.feed(user))["version"] == stored["version"]
-        assert httpx.get(f"{server.http}/healthz").status_code == 200
+        async with httpx.AsyncClient() as client:
+            assert (await client.get(f"{server.http}/healthz")).status_code == 200
 
     asyncio.run(scenario())

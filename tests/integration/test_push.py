@@ -63,8 +63,11 @@ def test_all_tabs_of_a_user_are_updated_and_no_one_else(server: Server) -> None:
             # it, so if the user's update had leaked, it would be in these frames already.
             await server.view(other, "books-5")
             await stranger.wait(lambda s: len(s.frames) >= 2)
-            assert all(f["type"] == "snapshot" or f["base"] != tab1.version for f in stranger.frames)
-            assert stranger.version is not None and stranger.version[0] != tab1.version[0]
+            assert all(
+                f["type"] == "snapshot" or f["base"] != tab1.version for f in stranger.frames
+            )
+            assert stranger.version is not None and tab1.version is not None
+            assert stranger.version[0] != tab1.version[0]
 
     asyncio.run(scenario())
 
@@ -112,7 +115,14 @@ def test_bought_and_out_of_stock_items_are_never_recommended(server: Server) -> 
             await tab.wait(leads_with("shoes-8"))
             assert "shoes-9" not in tab.ids  # out of stock in the test catalog
             r = await server.post(
-                [{"event_id": new_id("e"), "user_id": user, "type": "purchase", "item_id": "shoes-8"}]
+                [
+                    {
+                        "event_id": new_id("e"),
+                        "user_id": user,
+                        "type": "purchase",
+                        "item_id": "shoes-8",
+                    }
+                ]
             )
             assert r.status_code == 202
             await tab.wait(lambda s: "shoes-8" not in s.ids)

@@ -1,0 +1,100 @@
+"""Shared benchmark plumbing: a private Redis, the real server as a subprocess, readiness."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from push.redis_server import EmbeddedRedis
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "benchmark-secret-0123456789abcdef"  # noqa: S105 - a throwaway local server
+ADMIN_KEY = "benchmark-admin-key-0123456789ab"
+
+
+@dataclass(frozen=True)
+class Running:
+    """A server under measurement and the Redis it uses."""
+
+    address: str
+    redis_url: str
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def metrics_text(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+        text: str = resp.read().decode()
+        return text
+
+
+def processed_total(address: str) -> float:
+    """Sum of pushrec_events_processed_total over all labels."""
+    total = 0.0
+    for line in metrics_text(address).splitlines():
+        if line.startswith("pushrec_events_processed_total{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@contextlib.contextmanager
+def running_server(*, warmup: bool = True, env: dict[str, str] | None = None) -> Iterator[Running]:
+    """Start Redis and the server (demo catalog, optional warm-up replay); stop both after."""
+    with EmbeddedRedis() as redis_server:
+        port = _free_port()
+        server_env = {
+            **os.environ,
+            "PUSHREC_PORT": str(port),
+            "PUSHREC_REDIS_URL": redis_server.url,
+            "PUSHREC_SECRET": SECRET,
+            "PUSHREC_ADMIN_KEY": ADMIN_KEY,
+            "PUSHREC_LOG_LEVEL": "warning",
+            "PUSHREC_CATALOG_FILE": str(ROOT / "examples/catalog/rees46.jsonl"),
+            **(
+                {"PUSHREC_WARMUP_FILE": str(ROOT / "examples/catalog/rees46-events.tsv")}
+                if warmup
+                else {}
+            ),
+            **(env or {}),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "push.cli", "serve"],
+            cwd=ROOT,
+            env=server_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        address = f"127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("server did not start")
+                try:
+                    with urllib.request.urlopen(f"http://{address}/readyz", timeout=1) as r:
+                        if json.load(r)["ready"]:
+                            break
+                except OSError:
+                    time.sleep(0.1)
+            if warmup:  # wait for the warm-up replay to be processed
+                lines = sum(1 for _ in (ROOT / "examples/catalog/rees46-events.tsv").open()) - 1
+                while processed_total(address) < lines:
+                    time.sleep(0.2)
+            yield Running(address, redis_server.url)
+        finally:
+            proc.terminate()
+            proc.wait(15)
