@@ -4,7 +4,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo serve test unit integration lint js-test bench clean
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: demo serve test unit integration lint js-test browser-test chromium bench clean
 
 $(BIN)/.runtime: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -36,7 +38,20 @@ integration: $(BIN)/.dev
 js-test:
 	node --test examples/shop/
 
-test: lint unit integration js-test
+# Debian's Chromium (no browser download): installed when missing and we may (root, apt).
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "install Debian's chromium (sudo apt-get install chromium) or set CHROMIUM=path"; exit 1; fi; }
+
+tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json
+	cd tests/browser && npm ci --silent --no-audit --no-fund
+
+browser-test: $(BIN)/.runtime chromium tests/browser/node_modules/.package-lock.json
+	cd tests/browser && PUSHREC_PYTHON=$(abspath $(BIN)/python) CHROMIUM_PATH=$(CHROMIUM) node --test
+
+test: lint unit integration js-test browser-test
 
 bench: $(BIN)/.dev
 	$(BIN)/pip install -q -e '.[bench]'

@@ -34,7 +34,10 @@ async def put_items(request: Request) -> Response:
 
 
 async def get_items(request: Request) -> Response:
-    """A page of the catalog: ``?offset=&limit=&category=`` (limit ≤ 200)."""
+    """A page of the catalog: ``?offset=&limit=&category=&sort=id|trending`` (limit ≤ 200).
+
+    ``sort=trending`` lists the currently trending items first, then the rest by id.
+    """
     runtime: Runtime = request.app.state.runtime
     try:
         offset = int(request.query_params.get("offset", "0"))
@@ -44,7 +47,13 @@ async def get_items(request: Request) -> Response:
     if offset < 0 or not 1 <= limit <= 200:
         raise HTTPProblem(400, "bad_query", "offset must be ≥ 0 and limit between 1 and 200")
     category = request.query_params.get("category") or None
-    items, total = runtime.catalog.page(offset=offset, limit=limit, category=category)
+    sort = request.query_params.get("sort", "id")
+    if sort not in {"id", "trending"}:
+        raise HTTPProblem(400, "bad_query", "sort must be id or trending")
+    trending = await runtime.catalog.trending_ids() if sort == "trending" else None
+    items, total = runtime.catalog.page(
+        offset=offset, limit=limit, category=category, first=trending
+    )
     return JSONResponse({"items": [i.to_dict() for i in items], "total": total})
 
 

@@ -75,7 +75,8 @@ class LiveSession:
                         continue
                     action = self._client.on_update(work)
                     if action is Action.SEND:
-                        await self.send(protocol.diff_frame(work), "diff", resume_id(work.state))
+                        kind, frame = protocol.update_frame(work)
+                        await self.send(frame, kind, resume_id(work.state))
                     elif action is Action.SNAPSHOT:
                         await self._snapshot(work.state)
         finally:

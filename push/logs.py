@@ -7,9 +7,23 @@ structlog's contextvars. Callers never log tokens, API keys or event props.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import structlog
+
+_TOKEN = re.compile(r"((?:token|access_token)=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactTokens(logging.Filter):
+    """Masks ``token=…`` query values in stdlib log records (uvicorn logs WebSocket URLs)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message.lower():
+            record.msg = _TOKEN.sub(r"\1[redacted]", message)
+            record.args = None
+        return True
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -35,3 +49,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     logging.basicConfig(
         level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
     )
+    # On the handlers, not the loggers: filters on a logger do not apply to its children's
+    # records, and uvicorn logs WebSocket request lines (with ?token=) through its own loggers.
+    redact = RedactTokens()
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(redact)

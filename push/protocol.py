@@ -103,6 +103,23 @@ def diff_frame(update: FeedUpdate) -> str:
     return cached
 
 
+def update_frame(update: FeedUpdate) -> tuple[str, str]:
+    """``(type, frame)`` carrying ``update`` to a client that holds its base version.
+
+    The diff, unless the snapshot of the new state is no larger (a diff that replaces almost the
+    whole list): both leave the client at the same version, and the snapshot needs no base.
+    Decided and encoded once per update.
+    """
+    cached = update.frames.get("best")
+    if cached is None:
+        diff = diff_frame(update)
+        snapshot = snapshot_frame(update.state)
+        cached = "snapshot" if len(snapshot) <= len(diff) else "diff"
+        update.frames["best"] = cached
+        update.frames["snapshot"] = snapshot
+    return cached, update.frames[cached if cached == "snapshot" else "json"]
+
+
 def error_frame(code: str, message: str) -> str:
     """An error answering a client message; the connection stays open."""
     return _dumps({"type": "error", "code": code, "message": message})

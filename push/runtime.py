@@ -99,11 +99,24 @@ class Runtime:
         return self._catalog
 
     async def start(self) -> None:
-        """Connect or start Redis, load the catalog, start the broker and the consumers."""
+        """Connect or start Redis, load the catalog, start the broker and the consumers.
+
+        On failure everything started so far is stopped again (no stray Redis process).
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         url = s.redis_url
         if url is None:
-            self.embedded = await asyncio.to_thread(EmbeddedRedis(s.data_dir).start)
+            # Started on the loop's own thread, on purpose: Linux ties the child's death signal
+            # to the thread that forked it, and a pool thread may exit before the process does.
+            # It blocks start-up for the few ms redis-server takes to answer; nothing runs yet.
+            self.embedded = EmbeddedRedis(s.data_dir).start()
             url = self.embedded.url
         self._redis = Redis.from_url(url, health_check_interval=30)
         await self._redis.ping()
@@ -131,11 +144,13 @@ class Runtime:
         )
 
     async def stop(self) -> None:
-        """Drain and stop consumers, then the broker, then Redis."""
+        """Drain and stop consumers, then the broker, then Redis (safe after a failed start)."""
         await self.bus.stop()
         await self.broker.stop()
         if self._redis is not None:
             await self._redis.aclose()
+            self._redis = None
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None
         log.info("runtime_stopped", node=self.node)

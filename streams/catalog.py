@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 from streams.exceptions import StreamsError
 
 ITEMS_KEY = "pr:items"  # sorted set of every item id (score 0: ordered by id)
+TRENDING_KEY = "pr:trend"  # written by the event script (streams/lua/event.lua)
 ITEM_FIELDS = frozenset({"item_id", "title", "price", "category", "image", "in_stock", "props"})
 MAX_ITEM_BYTES = 8192
 MAX_PRICE = 1e12
@@ -175,15 +176,29 @@ class Catalog:
     def __len__(self) -> int:
         return len(self._items)
 
-    def page(self, *, offset: int, limit: int, category: str | None) -> tuple[list[Item], int]:
-        """A page of items ordered by id (optionally one category) and the matching total."""
+    def page(
+        self, *, offset: int, limit: int, category: str | None, first: Sequence[str] | None = None
+    ) -> tuple[list[Item], int]:
+        """A page of items (optionally of one category) and the matching total.
+
+        Items named in ``first`` (e.g. trending ids) come first, in that order; the rest follow
+        by id.
+        """
         if self._sorted is None:
             self._sorted = sorted(self._items)
         ids: Iterable[str] = self._sorted
+        if first:
+            head = [i for i in dict.fromkeys(first) if i in self._items]
+            chosen = set(head)
+            ids = head + [i for i in self._sorted if i not in chosen]
         if category:
-            ids = [i for i in self._sorted if self._items[i].category == category]
-        chosen = list(ids)
-        return [self._items[i] for i in chosen[offset : offset + limit]], len(chosen)
+            ids = [i for i in ids if self._items[i].category == category]
+        matching = list(ids)
+        return [self._items[i] for i in matching[offset : offset + limit]], len(matching)
+
+    async def trending_ids(self, limit: int = 1000) -> list[str]:
+        """The most popular items right now (decayed trending counter), best first."""
+        return [_text_of(i) for i in await self._redis.zrevrange(TRENDING_KEY, 0, limit - 1)]
 
     def categories(self) -> list[str]:
         """Every category in the catalog, sorted."""

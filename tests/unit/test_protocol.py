@@ -21,6 +21,7 @@ from push.protocol import (
     hello_frame,
     parse_client_message,
     snapshot_frame,
+    update_frame,
 )
 from sessions.diff import make_diff
 from sessions.feeds import FeedState, FeedUpdate
@@ -272,3 +273,26 @@ def test_close_code_reconnect_examples() -> None:
     assert not CloseCode.BAD_REQUEST.reconnect
     assert not CloseCode.UNAUTHORIZED.reconnect
     assert not CloseCode.TOO_BIG.reconnect
+
+
+def test_update_frame_prefers_a_smaller_snapshot() -> None:
+    old = tuple({"id": f"o{i}", "title": "t"} for i in range(12))
+    new = tuple({"id": f"n{i}", "title": "t"} for i in range(12))
+    base = FeedState("u", "home", Version("ep", 1), old)
+    state = FeedState("u", "home", Version("ep", 2), new)
+    body = make_diff(old, new)
+    assert body is not None
+    kind, frame = update_frame(FeedUpdate(state, base.version, body))
+    assert kind == "snapshot"  # every item replaced: the diff would be larger
+    assert json.loads(frame)["version"] == ["ep", 2]
+
+
+def test_update_frame_keeps_a_small_diff() -> None:
+    old = tuple({"id": f"o{i}", "title": "t" * 50} for i in range(12))
+    new = ({"id": "x", "title": "t" * 50}, *old[:11])
+    body = make_diff(old, new)
+    assert body is not None
+    update = FeedUpdate(FeedState("u", "home", Version("ep", 2), new), Version("ep", 1), body)
+    kind, frame = update_frame(update)
+    assert kind == "diff"
+    assert update_frame(update)[1] is frame  # encoded once
