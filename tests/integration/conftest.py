@@ -39,7 +39,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-def start_server(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Server]:
+def start_server(
+    extra_env: dict[str, str] | None = None, *, embedded: bool = False
+) -> tuple[subprocess.Popen[bytes], Server]:
+    """Start ``pushrec serve`` and wait until ready; ``embedded`` forces its private Redis."""
     port = free_port()
     env = {
         **os.environ,
@@ -52,7 +55,7 @@ def start_server(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Po
         **(extra_env or {}),
     }
     redis_url = os.environ.get("PUSHREC_TEST_REDIS_URL")
-    if redis_url:
+    if redis_url and not embedded:
         env["PUSHREC_REDIS_URL"] = redis_url
     log = open(ROOT / ".pytest_cache" / f"server-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -74,6 +77,16 @@ def start_server(extra_env: dict[str, str] | None = None) -> tuple[subprocess.Po
     raise RuntimeError("server did not become ready")
 
 
+def stop_server(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then wait (kill after 15 s); returns the exit code."""
+    proc.terminate()
+    try:
+        return proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait()
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[Server]:
     """One real server for the integration session, with a small catalog loaded."""
@@ -83,8 +96,4 @@ def server() -> Iterator[Server]:
         srv.load_catalog()
         yield srv
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
