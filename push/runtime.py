@@ -10,6 +10,7 @@ import asyncio
 import secrets
 import socket
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 from redis.asyncio import Redis
@@ -52,6 +53,15 @@ def resolve_credentials(settings: Settings) -> Credentials:
     return creds
 
 
+T = TypeVar("T")
+
+
+def _started(component: T | None) -> T:
+    if component is None:
+        raise RuntimeError("runtime not started: call start() first")
+    return component
+
+
 class Runtime:
     """Every long-lived component of one node."""
 
@@ -73,30 +83,22 @@ class Runtime:
     @property
     def redis(self) -> Redis:
         """The Redis client (after :meth:`start`)."""
-        if self._redis is None:
-            raise RuntimeError("runtime not started")
-        return self._redis
+        return _started(self._redis)
 
     @property
     def processor(self) -> Processor:
         """The event processor (after :meth:`start`)."""
-        if self._processor is None:
-            raise RuntimeError("runtime not started")
-        return self._processor
+        return _started(self._processor)
 
     @property
     def feeds(self) -> FeedStore:
         """The feed store (after :meth:`start`)."""
-        if self._feeds is None:
-            raise RuntimeError("runtime not started")
-        return self._feeds
+        return _started(self._feeds)
 
     @property
     def catalog(self) -> Catalog:
         """The catalog mirror (after :meth:`start`)."""
-        if self._catalog is None:
-            raise RuntimeError("runtime not started")
-        return self._catalog
+        return _started(self._catalog)
 
     async def start(self) -> None:
         """Connect or start Redis, load the catalog, start the broker and the consumers.

@@ -44,18 +44,25 @@ local function rescale(key, factor)
   end
 end
 
+-- The decay origin kept in field `field` of hash `hkey`. Past 200 half-lives the scores would
+-- head for overflow: every key `keys()` names is rescaled once and the origin moves to now.
+local function origin(hkey, field, hl, keys)
+  local t0 = tonumber(redis.call('HGET', hkey, field) or '')
+  if t0 and (ts - t0) / hl <= 200 then
+    return t0
+  end
+  if t0 then
+    local factor = math.pow(2, -(ts - t0) / hl)
+    for _, key in ipairs(keys()) do rescale(key, factor) end
+  end
+  redis.call('HSET', hkey, field, ts)
+  return ts
+end
+
 -- Per-user affinity to categories.
 if w_aff ~= 0 and #cats > 0 then
   local hl = tonumber(ARGV[15])
-  local t0 = tonumber(redis.call('HGET', KEYS[6], 'a0') or '')
-  if not t0 then
-    t0 = ts
-    redis.call('HSET', KEYS[6], 'a0', t0)
-  elseif (ts - t0) / hl > 200 then
-    rescale(KEYS[3], math.pow(2, -(ts - t0) / hl))
-    t0 = ts
-    redis.call('HSET', KEYS[6], 'a0', t0)
-  end
+  local t0 = origin(KEYS[6], 'a0', hl, function() return {KEYS[3]} end)
   local inc = w_aff * scale(t0, hl)
   for _, c in ipairs(cats) do redis.call('ZINCRBY', KEYS[3], inc, c) end
 end
@@ -89,19 +96,13 @@ if item ~= '' then
   end
   if w_trend > 0 then
     local hl = tonumber(ARGV[16])
-    local t0 = tonumber(redis.call('HGET', 'pr:meta', 't0') or '')
-    if not t0 then
-      t0 = ts
-      redis.call('HSET', 'pr:meta', 't0', t0)
-    elseif (ts - t0) / hl > 200 then
-      local factor = math.pow(2, -(ts - t0) / hl)
-      rescale('pr:trend', factor)
+    local t0 = origin('pr:meta', 't0', hl, function()
+      local keys = {'pr:trend'}
       for _, c in ipairs(redis.call('SMEMBERS', 'pr:trend:cats')) do
-        rescale('pr:trend:c:' .. c, factor)
+        keys[#keys + 1] = 'pr:trend:c:' .. c
       end
-      t0 = ts
-      redis.call('HSET', 'pr:meta', 't0', t0)
-    end
+      return keys
+    end)
     local inc = w_trend * scale(t0, hl)
     redis.call('ZINCRBY', 'pr:trend', inc, item)
     redis.call('ZREMRANGEBYRANK', 'pr:trend', 0, -5001)

@@ -80,6 +80,19 @@ class Server:
         r = await self.post(events)
         assert r.status_code == 202, r.text
 
+    async def crowd(self, *items: str) -> None:
+        """A fresh visitor browses ``items`` (≥ 2) in order, teaching co-visitation neighbours.
+
+        Returns once the last view is processed: per-user order means that is when the item
+        before it shows up among the visitor's recommendations (as a neighbour of the last).
+        """
+        user = new_id("crowd")
+        await self.view(user, *items)
+        async with asyncio.timeout(5.0 * self.scale):
+            # Polling: the state lives in another process, there is no event to await here.
+            while items[-2] not in [p["id"] for p in (await self.feed(user))["items"]]:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+
     async def feed(self, user: str) -> dict[str, Any]:
         async with httpx.AsyncClient(base_url=self.http) as client:
             r = await client.get(f"/v1/users/{user}/feeds/home", headers=self.admin)

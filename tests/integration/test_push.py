@@ -9,23 +9,22 @@ from tests.integration.harness import FeedClient, Server, new_id, sse_client, ve
 
 
 def leads_with(item: str) -> Callable[[FeedClient], bool]:
-    """A predicate: a diff has arrived and ``item`` now heads the list."""
-    return lambda s: any(f["type"] == "diff" for f in s.frames) and s.ids[:1] == [item]
+    """A predicate: an update followed the first snapshot and ``item`` now heads the list.
 
-
-async def _crowd(server: Server, *items: str) -> None:
-    """Another visitor browses ``items`` in order, teaching co-visitation neighbours."""
-    await server.view(new_id("crowd"), *items)
+    The update may be a diff or, when that is no larger, a snapshot (docs/PROTOCOL.md).
+    """
+    return lambda s: len(s.frames) > 1 and s.ids[:1] == [item]
 
 
 def test_event_reaches_websocket_as_diff(server: Server) -> None:
     async def scenario() -> None:
         user = new_id("u")
-        await _crowd(server, "phones-1", "phones-2", "phones-3")
+        await server.crowd("phones-1", "phones-2", "phones-3")
         async with ws_client(server, user) as tab:
             await server.view(user, "phones-1")
             await tab.wait(leads_with("phones-2"))
             assert tab.frames[0]["type"] == "snapshot"
+            assert tab.frames[1]["type"] == "diff"  # a 12-item list: the diff is the smaller
             assert "phones-1" not in tab.ids  # the item being viewed is not recommended
             assert len(tab.ids) == len(set(tab.ids)) <= 12
 
@@ -35,7 +34,7 @@ def test_event_reaches_websocket_as_diff(server: Server) -> None:
 def test_event_reaches_sse(server: Server) -> None:
     async def scenario() -> None:
         user = new_id("u")
-        await _crowd(server, "books-1", "books-2")
+        await server.crowd("books-1", "books-2")
         async with sse_client(server, user) as stream:
             await server.view(user, "books-1")
             await stream.wait(leads_with("books-2"))
@@ -47,7 +46,7 @@ def test_event_reaches_sse(server: Server) -> None:
 def test_all_tabs_of_a_user_are_updated_and_no_one_else(server: Server) -> None:
     async def scenario() -> None:
         user, other = new_id("u"), new_id("u")
-        await _crowd(server, "shoes-1", "shoes-2", "shoes-3")
+        await server.crowd("shoes-1", "shoes-2", "shoes-3")
         async with (
             ws_client(server, user) as tab1,
             ws_client(server, user) as tab2,
@@ -61,8 +60,9 @@ def test_all_tabs_of_a_user_are_updated_and_no_one_else(server: Server) -> None:
             assert tab1.version == tab2.version == tab3.version
             # Barrier: the stranger's own next update arrives after anything published before
             # it, so if the user's update had leaked, it would be in these frames already.
+            await server.crowd("books-5", "books-0")
             await server.view(other, "books-5")
-            await stranger.wait(lambda s: len(s.frames) >= 2)
+            await stranger.wait(leads_with("books-0"))
             assert all(
                 f["type"] == "snapshot" or f["base"] != tab1.version for f in stranger.frames
             )
@@ -75,7 +75,7 @@ def test_all_tabs_of_a_user_are_updated_and_no_one_else(server: Server) -> None:
 def test_pull_api_equals_last_pushed_state(server: Server) -> None:
     async def scenario() -> None:
         user = new_id("u")
-        await _crowd(server, "phones-4", "phones-5", "books-4")
+        await server.crowd("phones-4", "phones-5", "books-4")
         async with ws_client(server, user) as tab:
             await server.view(user, "phones-4", "books-4")
             await tab.wait(leads_with("phones-5"))
@@ -92,7 +92,7 @@ def test_pull_api_equals_last_pushed_state(server: Server) -> None:
 def test_duplicate_event_id_changes_nothing(server: Server) -> None:
     async def scenario() -> None:
         user = new_id("u")
-        await _crowd(server, "books-7", "books-8")
+        await server.crowd("books-7", "books-8")
         event = {"event_id": new_id("e"), "user_id": user, "type": "view", "item_id": "books-7"}
         async with ws_client(server, user) as tab:
             assert (await server.post([event])).status_code == 202
@@ -109,7 +109,7 @@ def test_duplicate_event_id_changes_nothing(server: Server) -> None:
 def test_bought_and_out_of_stock_items_are_never_recommended(server: Server) -> None:
     async def scenario() -> None:
         user = new_id("u")
-        await _crowd(server, "shoes-7", "shoes-8", "shoes-9")
+        await server.crowd("shoes-7", "shoes-8", "shoes-9")
         async with ws_client(server, user) as tab:
             await server.view(user, "shoes-7")
             await tab.wait(leads_with("shoes-8"))
@@ -126,5 +126,23 @@ def test_bought_and_out_of_stock_items_are_never_recommended(server: Server) -> 
             )
             assert r.status_code == 202
             await tab.wait(lambda s: "shoes-8" not in s.ids)
+
+    asyncio.run(scenario())
+
+
+def test_decay_survives_a_jump_of_decades(server: Server) -> None:
+    """An event long before the decay origin, then one now: the scores are rescaled, not lost."""
+
+    async def scenario() -> None:
+        user = new_id("u")
+        await server.crowd("books-3", "books-6")
+        old = {"event_id": new_id("e"), "user_id": user, "type": "view", "item_id": "phones-6"}
+        r = await server.post([{**old, "ts": 978_307_200_000}])  # 2001-01-01
+        assert r.status_code == 202
+        async with ws_client(server, user) as tab:
+            await server.view(user, "books-3")
+            await tab.wait(leads_with("books-6"))
+            # The 2001 view decayed to nothing next to today's: books lead the affinity.
+            assert all(f["type"] != "error" for f in tab.others)
 
     asyncio.run(scenario())
