@@ -8,9 +8,9 @@ Guarantees every implementation gives:
 - Per-user order: events of one user are handed to the handler in the order they were produced,
   one batch at a time, never concurrently with another batch holding the same user.
 - :meth:`EventProducer.send` returns only once the bus has taken every event of the batch, or
-  raises :class:`~streams.exceptions.SourceUnavailable` having taken none of them... for the
-  in-memory bus; the Kafka producer documents its own partial-failure behaviour.
-- The handler is called with events in batches; a batch is done when the handler returns.
+  raises :class:`~streams.exceptions.SourceUnavailable`; the in-memory bus then has taken none.
+- The handler is called with events in batches; a batch is done when the handler returns, and a
+  batch whose handler raised is handed over again (the processor's dedup absorbs the repeat).
 """
 
 from __future__ import annotations
