@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo serve test unit integration lint js-test browser-test chromium bench clean
+.PHONY: demo serve test unit integration lint js-test browser-test chromium bench clean \
+        services-install services-up services-down
 
 $(BIN)/.runtime: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -32,8 +33,21 @@ lint: $(BIN)/.dev
 unit: $(BIN)/.dev
 	$(BIN)/pytest tests/unit -q
 
+# A real Kafka broker (KRaft; jars from Maven Central, cached in .cache/kafka) and a real Redis
+# (Debian's redis-server, apt-installed when missing and root) on 127.0.0.1:19092 / :16379.
+# `services.sh run` starts both, exports PUSHREC_TEST_KAFKA_BOOTSTRAP / PUSHREC_TEST_REDIS_URL into
+# the command, and stops both when it ends — pass, fail or Ctrl-C.
+services-install:
+	scripts/kafka.sh install
+
+services-up:
+	scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
+
 integration: $(BIN)/.dev
-	$(BIN)/pytest tests/integration -q
+	scripts/services.sh run $(BIN)/pytest tests/integration -q
 
 js-test:
 	node --test examples/shop/

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +98,48 @@ def running_server(*, warmup: bool = True, env: dict[str, str] | None = None) ->
         finally:
             proc.terminate()
             proc.wait(15)
+
+
+@contextlib.contextmanager
+def worker_process(
+    bootstrap: str, topic: str, redis_url: str
+) -> Iterator[tuple[str, Callable[[], float]]]:
+    """One `pushrec worker` on ``topic``; yields its address and a CPU-seconds reader."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PUSHREC_PORT": str(port),
+        "PUSHREC_REDIS_URL": redis_url,
+        "PUSHREC_KAFKA_BOOTSTRAP": bootstrap,
+        "PUSHREC_KAFKA_TOPIC": topic,
+        "PUSHREC_KAFKA_GROUP": f"g-{topic}",
+        "PUSHREC_SECRET": SECRET,
+        "PUSHREC_ADMIN_KEY": ADMIN_KEY,
+        "PUSHREC_LOG_LEVEL": "warning",
+        "PUSHREC_CATALOG_FILE": str(ROOT / "examples/catalog/rees46.jsonl"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "push.cli", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{address}/healthz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield address, cpu
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -1,8 +1,10 @@
 """``POST /v1/events``: the collector.
 
 Takes one event or a JSON array of up to ``max_batch``. Each event is validated on its own; the
-valid ones are handed to the event bus all together (all or none: a full bus answers 503 with
-``Retry-After`` and takes nothing), the invalid ones are reported by index with a reason.
+valid ones are handed to the event bus together, and the answer comes only once the bus has
+them (Kafka: acknowledged by the broker). When it cannot take them (a full in-process bus, Kafka
+unreachable) the answer is 503 with ``Retry-After``: retry the batch; events already taken are
+absorbed by dedup on ``event_id``. The invalid ones are reported by index with a reason.
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ async def post_events(request: Request) -> Response:
     if not accepted:
         return JSONResponse({"accepted": 0, "rejected": rejected}, status_code=400)
     try:
-        await runtime.bus.send(accepted)
+        if runtime.producer is None:  # pragma: no cover - the route exists only on web nodes
+            raise SourceUnavailable("this node does not take events")
+        await runtime.producer.send(accepted)
     except SourceUnavailable as exc:
         m.events_rejected.labels("unavailable").inc(len(accepted))
         raise HTTPProblem(

@@ -67,6 +67,8 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics),
+    ]
+    web: list[BaseRoute] = [
         Route("/v1/events", post_events, methods=["POST"]),
         Route("/v1/items", put_items, methods=["PUT"]),
         Route("/v1/items", get_items, methods=["GET"]),
@@ -75,7 +77,9 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/v1/sse", sse_endpoint, methods=["GET"]),
         WebSocketRoute("/v1/ws", websocket_endpoint),
     ]
-    if runtime.settings.demo:
+    if runtime.settings.web:  # a worker-only node serves probes and metrics alone
+        routes.extend(web)
+    if runtime.settings.demo and runtime.settings.web:
         routes.extend(demo_routes())
     app = Starlette(
         routes=routes,

@@ -42,7 +42,15 @@ def _parser() -> argparse.ArgumentParser:
             "--data-dir", type=Path, help="embedded Redis data directory (default: temporary)"
         )
         p.add_argument("--redis-url", help="external Redis instead of the embedded one")
-    sub.add_parser("worker", help="consume events only (needs Kafka: PUSHREC_KAFKA_BOOTSTRAP)")
+        p.add_argument(
+            "--no-worker",
+            action="store_true",
+            help="serve sockets and the API only; `pushrec worker` consumes (needs Kafka)",
+        )
+    wk = sub.add_parser("worker", help="consume events only (needs PUSHREC_KAFKA_BOOTSTRAP)")
+    wk.add_argument("--host", help="probe/metrics listen address (default 127.0.0.1)")
+    wk.add_argument("--port", type=int, help="probe/metrics port (PUSHREC_PORT, default 8080)")
+    wk.add_argument("--redis-url", help="Redis shared with the web nodes")
     tok = sub.add_parser("token", help="mint a visitor token (needs PUSHREC_SECRET)")
     tok.add_argument("user")
     tok.add_argument("--ttl", type=int, default=86_400, help="validity in seconds (default 86400)")
@@ -62,17 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pushrec: {exc}", file=sys.stderr)
         return 2
-    if args.command in {"serve", "demo"}:
+    if args.command in {"serve", "demo", "worker"}:
         return _serve(settings, args)
     if args.command == "token":
         return _token(settings, args)
-    if args.command == "worker":
-        print(
-            "pushrec: a separate worker consumes from Kafka, which this build does not have yet; "
-            "without Kafka, `pushrec serve` consumes the in-process bus itself",
-            file=sys.stderr,
-        )
-        return 2
     return _catalog_load(settings, args)
 
 
@@ -82,16 +83,25 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         for k, v in (
             ("host", args.host),
             ("port", args.port),
-            ("data_dir", args.data_dir),
+            ("data_dir", getattr(args, "data_dir", None)),
             ("redis_url", args.redis_url),
         )
         if v is not None
     }
+    if getattr(args, "no_worker", False):
+        changes["worker"] = False
+    if args.command == "worker":
+        changes["web"] = False
     if args.command == "demo":
         changes["demo"] = True
         changes.setdefault("catalog_file", settings.catalog_file or CATALOG_FILE)
         changes.setdefault("warmup_file", settings.warmup_file or WARMUP_FILE)
-    settings = settings.replace(**changes)
+    try:
+        settings = settings.replace(**changes)
+        settings.validate()
+    except ConfigError as exc:
+        print(f"pushrec: {exc}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level, settings.log_format)
     creds = resolve_credentials(settings)
     runtime = Runtime(settings, creds)

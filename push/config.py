@@ -53,6 +53,16 @@ class Settings:
     max_pending_diffs: int = 8
     #: Largest client→server WebSocket message, in bytes.
     max_message_bytes: int = 16_384
+    #: Kafka bootstrap servers; unset = the in-process event bus (one process does everything).
+    kafka_bootstrap: str | None = None
+    kafka_topic: str = "events"
+    kafka_group: str = "pushrec"
+    #: Most records taken from Kafka per poll (one poll is processed, then committed, at a time).
+    kafka_max_batch: int = 500
+    #: This node serves sockets and the API (``pushrec serve --no-worker`` keeps only this).
+    web: bool = True
+    #: This node consumes events (``pushrec worker`` keeps only this).
+    worker: bool = True
     #: Serve the demo shop page and its visitor-token endpoint (``pushrec demo``).
     demo: bool = False
     #: A JSONL catalog loaded at start when the catalog is empty (``pushrec demo`` sets it).
@@ -86,6 +96,13 @@ class Settings:
             raise ConfigError("PUSHREC_ADMIN_KEY must be at least 16 characters long")
         if self.log_format not in {"json", "console", "auto"}:
             raise ConfigError("PUSHREC_LOG_FORMAT must be json, console or auto")
+        if self.kafka_bootstrap is None and not (self.web and self.worker):
+            raise ConfigError(
+                "separate web and worker processes need Kafka (PUSHREC_KAFKA_BOOTSTRAP); "
+                "without it one `pushrec serve` process does both"
+            )
+        if not (self.web or self.worker):
+            raise ConfigError("a node must serve (web), consume (worker), or both")
         if not 0 <= self.port <= 65535:
             raise ConfigError("PUSHREC_PORT must be between 0 and 65535")
         counts = (

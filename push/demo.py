@@ -69,10 +69,13 @@ def read_warmup(path: Path, now_ms: int) -> list[Event]:
 
 
 async def warm_up(runtime: Runtime, path: Path) -> None:
-    """Replay the warm-up log through the real pipeline (bus → processor), in chunks."""
+    """Replay the warm-up log through the real pipeline (producer → bus → processor)."""
     events = read_warmup(path, int(time.time() * 1000))
     started = time.perf_counter()
     for start in range(0, len(events), 500):
-        await runtime.bus.send(events[start : start + 500])
-        await runtime.bus.drain(60.0)
+        if runtime.producer is None:
+            return
+        await runtime.producer.send(events[start : start + 500])
+        if runtime.bus is not None:  # keep the in-process bus within its capacity
+            await runtime.bus.drain(60.0)
     log.info("warmup_done", events=len(events), seconds=round(time.perf_counter() - started, 2))

@@ -17,9 +17,10 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: 200 when Redis answers within a second and the consumers are running."""
+    """Readiness: 200 when Redis answers within a second and this node's roles are running
+    (consumer for a worker; the Kafka producer for a web node on Kafka)."""
     runtime: Runtime = request.app.state.runtime
-    checks: dict[str, bool] = {"consumer": runtime.bus.running}
+    checks = runtime.readiness()
     try:
         async with asyncio.timeout(1.0):
             checks["redis"] = bool(await runtime.redis.ping())
@@ -32,5 +33,6 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus exposition of this process's metrics."""
     runtime: Runtime = request.app.state.runtime
-    runtime.metrics.bus_backlog.set(runtime.bus.backlog)
+    if runtime.bus is not None:
+        runtime.metrics.bus_backlog.set(runtime.bus.backlog)
     return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)

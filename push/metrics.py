@@ -88,6 +88,12 @@ class Metrics:
             registry=r,
         )
 
+        self.dead_letters = Counter(
+            "pushrec_dead_letters",
+            "Records sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
         self.bus_backlog = Gauge(
             "pushrec_bus_backlog",
             "Events accepted but not yet processed (in-process bus)",

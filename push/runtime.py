@@ -1,12 +1,14 @@
 """Wiring: builds every component from :class:`Settings` and owns their lifecycle.
 
-Start order: Redis (embedded or external) → catalog mirror → broker → event source. Stop runs in
-reverse, draining the in-process bus so accepted events are handled before Redis goes away.
+Start order: Redis (embedded or external) → catalog mirror → broker → producer → event source.
+Stop runs in reverse: the source finishes (and commits, or drains the in-process bus) before
+Redis goes away, so accepted events are handled.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import socket
 from dataclasses import dataclass, field
@@ -17,15 +19,21 @@ from redis.asyncio import Redis
 
 from push.config import Settings
 from push.metrics import Metrics
+from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
+from sessions.broker import Broker
 from sessions.broker_memory import MemoryBroker
+from sessions.broker_redis import RedisBroker
 from sessions.feeds import FeedStore
 from sessions.hub import Hub
 from sessions.tokens import TokenVerifier
 from streams.catalog import Catalog, load_items
 from streams.processor import Processor
-from streams.profile import ProfileStore, ProfileTuning
+from streams.producer_kafka import KafkaProducer
+from streams.profile import ProfileStore, ProfileTuning, ScoringTuning
 from streams.recommender import Recommender, RecommenderTuning
+from streams.source import EventProducer, EventSource
+from streams.source_kafka import KafkaSource
 from streams.source_memory import MemoryBus
 
 log = structlog.get_logger(__name__)
@@ -63,7 +71,13 @@ def _started(component: T | None) -> T:
 
 
 class Runtime:
-    """Every long-lived component of one node."""
+    """Every long-lived component of one node, for the roles it plays.
+
+    Embedded default: one process, in-process bus, both roles. With Kafka: the web role produces
+    the collector's events to Kafka, the worker role consumes them in the consumer group, and
+    the Redis broker carries updates from whichever worker computed them to whichever web node
+    holds the sockets.
+    """
 
     def __init__(self, settings: Settings, credentials: Credentials) -> None:
         self.settings = settings
@@ -72,13 +86,36 @@ class Runtime:
         self.metrics = Metrics()
         self.verifier = TokenVerifier(credentials.secret, leeway_s=settings.token_leeway_s)
         self.embedded: EmbeddedRedis | None = None
-        self.broker = MemoryBroker()
+        self.bus: MemoryBus | None = None
+        self.producer: EventProducer | None = None
+        self.source: EventSource | None = None
+        self.kafka_producer: KafkaProducer | None = None
+        kafka = settings.kafka_bootstrap
+        if kafka is None:
+            self.bus = MemoryBus(partitions=settings.bus_partitions, capacity=settings.bus_capacity)
+            self.producer, self.source = self.bus, self.bus
+        else:
+            if settings.web:
+                self.kafka_producer = KafkaProducer(
+                    bootstrap=kafka, topic=settings.kafka_topic, client_id=self.node
+                )
+                self.producer = self.kafka_producer
+            if settings.worker:
+                self.source = KafkaSource(
+                    bootstrap=kafka,
+                    topic=settings.kafka_topic,
+                    group=settings.kafka_group,
+                    client_id=self.node,
+                    max_batch=settings.kafka_max_batch,
+                    on_dead=lambda reason: self.metrics.dead_letters.labels(reason).inc(),
+                )
+        self.broker: Broker = MemoryBroker()
         self.hub = Hub(self.broker)
-        self.bus = MemoryBus(partitions=settings.bus_partitions, capacity=settings.bus_capacity)
         self._redis: Redis | None = None
         self._processor: Processor | None = None
         self._feeds: FeedStore | None = None
         self._catalog: Catalog | None = None
+        self._following: asyncio.Task[None] | None = None
 
     @property
     def redis(self) -> Redis:
@@ -100,8 +137,17 @@ class Runtime:
         """The catalog mirror (after :meth:`start`)."""
         return _started(self._catalog)
 
+    def readiness(self) -> dict[str, bool]:
+        """The non-Redis readiness checks of this node's roles."""
+        checks: dict[str, bool] = {}
+        if self.source is not None:
+            checks["consumer"] = self.source.running
+        if self.kafka_producer is not None:
+            checks["producer"] = self.kafka_producer.ready
+        return checks
+
     async def start(self) -> None:
-        """Connect or start Redis, load the catalog, start the broker and the consumers.
+        """Connect or start Redis, load the catalog, start the broker, producer and consumers.
 
         On failure everything started so far is stopped again (no stray Redis process).
         """
@@ -120,13 +166,22 @@ class Runtime:
             # It blocks start-up for the few ms redis-server takes to answer; nothing runs yet.
             self.embedded = EmbeddedRedis(s.data_dir).start()
             url = self.embedded.url
-        self._redis = Redis.from_url(url, health_check_interval=30)
+        self._redis = connect(url, health_check_interval=30)
         await self._redis.ping()
+        if s.kafka_bootstrap is not None:
+            self.broker = RedisBroker(self._redis, on_gap=lambda users: self.hub.resync(users))
+            self.hub = Hub(self.broker)
         self._catalog = Catalog(self._redis)
         if not await self._catalog.load() and s.catalog_file is not None:
             await self._catalog.upsert(load_items(s.catalog_file))
+        if s.redis_url is not None:  # other nodes may write the catalog: follow their changes
+            self._following = asyncio.create_task(self._catalog.follow(), name="catalog-follow")
         self._feeds = FeedStore(self._redis, ttl_s=s.profile_ttl_s, history_len=s.history_len)
-        profiles = ProfileStore(self._redis, ProfileTuning(ttl_s=s.profile_ttl_s))
+        profiles = ProfileStore(
+            self._redis,
+            ProfileTuning(ttl_s=s.profile_ttl_s),
+            ScoringTuning(candidates=2 * s.feed_size),
+        )
         recommender = Recommender(self._catalog, RecommenderTuning(size=s.feed_size))
         self._processor = Processor(
             profiles=profiles,
@@ -137,17 +192,34 @@ class Runtime:
             observe=self.metrics.observe_event,
         )
         await self.broker.start(self.hub.deliver)
-        await self.bus.start(self._processor.handle_batch)
+        if self.kafka_producer is not None:
+            await self.kafka_producer.start()
+        if self.source is not None:
+            await self.source.start(self._processor.handle_batch)
         log.info(
             "runtime_started",
             node=self.node,
             items=len(self._catalog),
             embedded=self.embedded is not None,
+            kafka=s.kafka_bootstrap is not None,
+            web=s.web,
+            worker=s.worker,
         )
 
     async def stop(self) -> None:
-        """Drain and stop consumers, then the broker, then Redis (safe after a failed start)."""
-        await self.bus.stop()
+        """Stop consuming (committing what was done), then the producer, broker and Redis.
+
+        Safe after a failed start.
+        """
+        if self.source is not None:
+            await self.source.stop()
+        if self.kafka_producer is not None:
+            await self.kafka_producer.stop()
+        if self._following is not None:
+            self._following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._following
+            self._following = None
         await self.broker.stop()
         if self._redis is not None:
             await self._redis.aclose()

@@ -1,7 +1,7 @@
 """The broker: carries feed updates to whichever node holds the user's sockets.
 
-Implementations: :mod:`sessions.broker_memory` (one process) and, for several nodes, a Redis
-pub/sub broker (``broker_redis``, added with the scale-out work).
+Implementations: :mod:`sessions.broker_memory` (one process) and, for several nodes,
+:mod:`sessions.broker_redis` (Redis pub/sub, sharded pub/sub on Redis >= 7).
 
 Guarantees every implementation gives:
 
@@ -13,7 +13,7 @@ Guarantees every implementation gives:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from sessions.feeds import FeedUpdate
@@ -32,6 +32,9 @@ class Broker(Protocol):
 
     async def publish(self, update: FeedUpdate) -> None:
         """Send ``update`` to every node watching ``update.user``."""
+
+    async def publish_many(self, updates: Sequence[FeedUpdate]) -> None:
+        """Send each of ``updates``, in order (implementations batch the round trips)."""
 
     async def watch(self, user: str) -> None:
         """Start receiving ``user``'s updates on this node."""

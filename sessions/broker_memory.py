@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sessions.broker import Deliver
 from sessions.feeds import FeedUpdate
 
@@ -30,6 +32,11 @@ class MemoryBroker:
         """Hand ``update`` to the local hub if the user is watched here."""
         if self._deliver is not None and update.user in self._watched:
             self._deliver(update)
+
+    async def publish_many(self, updates: Sequence[FeedUpdate]) -> None:
+        """:meth:`publish` each of ``updates``, in order."""
+        for update in updates:
+            await self.publish(update)
 
     async def watch(self, user: str) -> None:
         """Receive ``user``'s updates."""

@@ -4,7 +4,8 @@
 
     SessionsError
     ├── InvalidToken        a token failed verification (``reason`` says why)
-    └── VersionConflict     a feed write lost a compare-and-set race; re-read and retry
+    ├── VersionConflict     a feed write lost a compare-and-set race; re-read and retry
+    └── CodecError          bytes from another node are not a well-formed feed update
 """
 
 from __future__ import annotations
@@ -28,3 +29,7 @@ class InvalidToken(SessionsError):
 
 class VersionConflict(SessionsError):
     """The stored feed was not at the expected base version when we tried to write it."""
+
+
+class CodecError(SessionsError):
+    """Bytes that are not a well-formed encoded feed update; the message says what was wrong."""

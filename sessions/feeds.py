@@ -11,6 +11,8 @@ Guarantees:
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -83,6 +85,32 @@ def parse_state(user: str, feed: str, fields: list[Any]) -> FeedState | None:
     return FeedState(user, feed, Version(e, int(n)), decode_body(body))
 
 
+class FeedCache:
+    """The last known state of each user's home feed, least recently used evicted first.
+
+    Only a hint: whoever reads it compares its version with the stored one before relying on
+    it, so a stale entry costs a round trip's worth of data, never a wrong diff.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._states: OrderedDict[str, FeedState] = OrderedDict()
+
+    def get(self, user: str) -> FeedState | None:
+        """The cached state of ``user``'s feed, if any."""
+        state = self._states.get(user)
+        if state is not None:
+            self._states.move_to_end(user)
+        return state
+
+    def put(self, state: FeedState) -> None:
+        """Remember ``state`` as the latest of its user."""
+        self._states[state.user] = state
+        self._states.move_to_end(state.user)
+        if len(self._states) > self._capacity:
+            self._states.popitem(last=False)
+
+
 class FeedStore:
     """Reads and compare-and-set writes of feed versions."""
 
@@ -105,26 +133,54 @@ class FeedStore:
         Returns the published-to-be update, or None when ``items`` equals ``base`` (no write, no
         round trip). Raises :class:`VersionConflict` when the stored version is not ``base``.
         """
-        diff: DiffBody | None = None
-        if base is not None:
-            diff = make_diff(base.items, items)
-            if diff is None:
-                return None
-        res = await self._write(
-            keys=[feed_key(user, feed), history_key(user, feed)],
-            args=[
-                base.version.epoch if base else "",
-                base.version.n if base else 0,
-                msgpack.packb(items),
-                msgpack.packb(diff) if diff is not None else b"",
-                self._history_len,
-                self._ttl_s,
-                new_epoch(),
-            ],
-        )
-        ok, epoch, n = int(res[0]), res[1], int(res[2])
-        if not ok:
-            raise VersionConflict(f"feed {feed} moved on before our write (now at n={n})")
-        e = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-        state = FeedState(user, feed, Version(e, n), tuple(items))
-        return FeedUpdate(state, base.version if base else None, diff)
+        result = (await self.write_many([(user, feed, base, items)]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def write_many(
+        self, writes: Sequence[tuple[str, str, FeedState | None, list[dict[str, Any]]]]
+    ) -> list[FeedUpdate | Exception | None]:
+        """Several :meth:`write` calls in one pipelined round trip (none when nothing changed).
+
+        Each result is the update, None (unchanged), or the exception of that write alone
+        (:class:`VersionConflict`, or a Redis error reply); connection errors raise for all.
+        """
+        out: list[FeedUpdate | Exception | None] = [None] * len(writes)
+        pending: list[tuple[int, FeedState, FeedState | None, DiffBody | None]] = []
+        pipe = self._redis.pipeline(transaction=False)
+        for i, (user, feed, base, items) in enumerate(writes):
+            diff: DiffBody | None = None
+            if base is not None:
+                diff = make_diff(base.items, items)
+                if diff is None:
+                    continue
+            await self._write(
+                keys=[feed_key(user, feed), history_key(user, feed)],
+                args=[
+                    base.version.epoch if base else "",
+                    base.version.n if base else 0,
+                    msgpack.packb(items),
+                    msgpack.packb(diff) if diff is not None else b"",
+                    self._history_len,
+                    self._ttl_s,
+                    new_epoch(),
+                ],
+                client=pipe,
+            )
+            pending.append((i, FeedState(user, feed, Version("", 0), tuple(items)), base, diff))
+        if not pending:
+            return out
+        replies = await pipe.execute(raise_on_error=False)
+        for (i, draft, base, diff), res in zip(pending, replies, strict=True):
+            if isinstance(res, Exception):
+                out[i] = res
+                continue
+            ok, epoch, n = int(res[0]), res[1], int(res[2])
+            if not ok:
+                out[i] = VersionConflict(f"feed {draft.feed} moved on before our write (n={n})")
+                continue
+            e = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+            state = FeedState(draft.user, draft.feed, Version(e, n), draft.items)
+            out[i] = FeedUpdate(state, base.version if base else None, diff)
+        return out

@@ -44,6 +44,12 @@ class Hub:
         for outbox in self._by_user.get(update.user, ()):
             outbox.offer(update)
 
+    def resync(self, users: frozenset[str]) -> None:
+        """The broker may have lost updates of ``users``: their connections take snapshots."""
+        for user in users:
+            for outbox in self._by_user.get(user, ()):
+                outbox.resync()
+
     def outboxes(self, user: str) -> frozenset[Outbox]:
         """The live outboxes of ``user`` (for closing them, e.g. on erase)."""
         return frozenset(self._by_user.get(user, ()))

@@ -22,3 +22,8 @@ def feed_key(user: str, feed: str) -> str:
 def history_key(user: str, feed: str) -> str:
     """The capped stream of a feed's recent diffs, for resume."""
     return f"{user_tag(user)}hist:{feed}"
+
+
+def channel_key(user: str) -> str:
+    """The pub/sub channel carrying ``user``'s feed updates between nodes (in the user's slot)."""
+    return f"{user_tag(user)}ch"

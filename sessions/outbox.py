@@ -30,8 +30,13 @@ class Outbox:
     """Bounded, conflating queue of feed work for one connection."""
 
     def __init__(
-        self, *, max_diffs: int = 8, on_conflate: Callable[[], None] | None = None
+        self,
+        *,
+        max_diffs: int = 8,
+        on_conflate: Callable[[], None] | None = None,
+        feeds: frozenset[str] = frozenset({"home"}),
     ) -> None:
+        self.feeds = feeds
         self._max_diffs = max_diffs
         self._pending: dict[str, list[FeedUpdate] | SnapshotWanted] = {}
         self._ready = asyncio.Event()
@@ -61,6 +66,11 @@ class Outbox:
             return
         self._pending[feed] = SnapshotWanted(feed)
         self._ready.set()
+
+    def resync(self) -> None:
+        """Updates may have been missed (broker gap): take a snapshot of every feed."""
+        for feed in self.feeds:
+            self.want_snapshot(feed)
 
     @property
     def pending(self) -> int:

@@ -2,8 +2,9 @@
 
 An item is ``{"item_id", "title", "price", "category", "image", "in_stock", "props"}``. The mirror
 lets the recommender filter and decorate candidates without a Redis round trip per event. It is
-loaded at start and updated by every write made through this process. (Several nodes keep their
-mirrors fresh through the catalog change channel, added with the scale-out work.)
+loaded at start and updated by every write made through this process; :meth:`Catalog.follow`
+keeps it fresh with every other node's writes through the ``pr:catalog`` change channel (a node
+that loses the channel reloads everything when it is back, so no change is missed for long).
 
 Guarantees: :func:`parse_item` accepts a well-formed item or raises :class:`InvalidItem`; an
 upsert batch is validated whole before anything is written.
@@ -11,21 +12,29 @@ upsert batch is validated whole before anything is written.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.exceptions import StreamsError
 
 ITEMS_KEY = "pr:items"  # sorted set of every item id (score 0: ordered by id)
+CHANGES_CHANNEL = "pr:catalog"  # ids of items just written, for other nodes' mirrors
 TRENDING_KEY = "pr:trend"  # written by the event script (streams/lua/event.lua)
 ITEM_FIELDS = frozenset({"item_id", "title", "price", "category", "image", "in_stock", "props"})
 MAX_ITEM_BYTES = 8192
 MAX_PRICE = 1e12
+
+
+log = structlog.get_logger(__name__)
 
 
 class InvalidItem(StreamsError):
@@ -49,15 +58,17 @@ class Item:
     in_stock: bool
     props: dict[str, Any]
 
-    @property
-    def payload(self) -> dict[str, Any]:
-        """The feed payload of this item: id, title, price, category, image (when set)."""
+    #: The feed payload: id, title, category, price and image (when set); no None values.
+    #: Built once per item and shared by every feed that shows it: never mutate it.
+    payload: dict[str, Any] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
         out: dict[str, Any] = {"id": self.item_id, "title": self.title, "category": self.category}
         if self.price is not None:
             out["price"] = self.price
         if self.image:
             out["image"] = self.image
-        return out
+        object.__setattr__(self, "payload", out)
 
     def to_dict(self) -> dict[str, Any]:
         """The API and storage form."""
@@ -164,10 +175,47 @@ class Catalog:
         for item in items:
             pipe.set(item_key(item.item_id), json.dumps(item.to_dict(), separators=(",", ":")))
         pipe.zadd(ITEMS_KEY, {item.item_id: 0 for item in items})
+        # Other nodes refresh these ids from Redis (see follow()); ids only, the store is truth.
+        pipe.publish(CHANGES_CHANNEL, json.dumps([item.item_id for item in items]))
         await pipe.execute()
+        self._put(items)
+
+    def _put(self, items: Iterable[Item]) -> None:
         for item in items:
             self._items[item.item_id] = item
         self._changed()
+
+    async def follow(self) -> None:
+        """Keep the mirror fresh with other nodes' writes until cancelled.
+
+        Subscribes to the change channel, then reloads everything (so nothing written before the
+        subscription is missed), then applies each change by re-reading the named items. After
+        a lost connection it resubscribes and reloads again.
+        """
+        delay = 0.5
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANGES_CHANNEL)
+                    await self.load()
+                    delay = 0.5
+                    async for message in pubsub.listen():
+                        await self._refresh(message.get("data"))
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                log.warning("catalog_follow_lost", error=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _refresh(self, data: object) -> None:
+        try:
+            ids = json.loads(data) if isinstance(data, bytes | str) else None
+        except ValueError:
+            ids = None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            log.warning("catalog_change_ignored")
+            return
+        raws = await self._redis.mget([item_key(i) for i in ids]) if ids else []
+        self._put(parse_item(json.loads(raw)) for raw in raws if raw is not None)
 
     def get(self, item_id: str) -> Item | None:
         """The mirrored item, or None when unknown."""

@@ -121,13 +121,7 @@ def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
 
 
 def unpack_event(data: bytes) -> Event:
-    """Decode an event from the bus (msgpack) and validate it again: the bus is a trust boundary."""
-    try:
-        obj = msgpack.unpackb(data)
-    except Exception as exc:  # msgpack raises several unrelated types on bad input
-        raise InvalidEvent("undecodable", f"record is not msgpack: {type(exc).__name__}") from None
-    user = obj.get("user_id") if isinstance(obj, dict) else None
-    if not isinstance(user, str):
-        raise InvalidEvent("missing_user_id", "user_id is required")
-    ts = obj.get("ts") if isinstance(obj, dict) else None
-    return parse_event(obj, auth_user=None, now_ms=ts if isinstance(ts, int) else 0)
+    """Decode an event packed by :meth:`Event.pack` and validate it again."""
+    from streams.records import MSGPACK, decode_record  # records builds on this module
+
+    return decode_record(data, [("content-type", MSGPACK.encode())], record_ts_ms=0)

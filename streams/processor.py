@@ -1,8 +1,9 @@
 """The per-event processor: profile update → recompute → compare-and-set write → publish.
 
-Cost per event: one Redis round trip to apply the event and read the recompute inputs (Lua), and
-one more to store the new feed version with its diff (Lua compare-and-set) — none when the list
-did not change. A lost race (another writer moved the feed) costs one read and one retry.
+Cost per batch lane: one Redis round trip applies all its events and scores each user's
+candidates (Lua), one more stores the new feed versions with their diffs (Lua compare-and-set),
+one more publishes them — whatever the number of events. No write when a list did not change. A
+lost race (another writer moved the feed) costs one read and one retry for that user.
 
 Guarantees: events of one user are handled in the order given (callers keep per-user order); a
 duplicate ``event_id`` has no effect; a feed version is published only after it is stored. Redis
@@ -13,17 +14,17 @@ not stop the batch.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessions.broker import Broker
 from sessions.exceptions import VersionConflict
-from sessions.feeds import FeedState, FeedStore, FeedUpdate
+from sessions.feeds import FeedCache, FeedState, FeedStore, FeedUpdate
 from streams.catalog import Catalog
 from streams.events import Event
 from streams.profile import ProfileStore
@@ -34,6 +35,8 @@ log = structlog.get_logger(__name__)
 #: Called once per event with (event type, outcome, seconds spent recomputing).
 Observer = Callable[[str, str, float], None]
 HOME = "home"
+#: Concurrent lanes per batch, so Redis and Python work at the same time (measured: 4 beat 2).
+LANES = 4
 _CAS_TRIES = 3
 
 
@@ -53,6 +56,7 @@ class Processor:
         broker: Broker,
         catalog: Catalog,
         observe: Observer = _ignore,
+        known_feeds: int = 50_000,
     ) -> None:
         self._profiles = profiles
         self._recommender = recommender
@@ -60,35 +64,73 @@ class Processor:
         self._broker = broker
         self._catalog = catalog
         self._observe = observe
+        # The last version this process wrote per user: the usual base of the next one, so
+        # Redis need not send it back (see ProfileStore.apply_many).
+        self._known = FeedCache(capacity=known_feeds)
 
     async def handle_batch(self, events: Sequence[Event]) -> None:
-        """Handle ``events`` in order (the source's batch handler)."""
+        """Handle ``events``: every event applied in order, each user's feed recomputed once.
+
+        Users are spread over ``LANES`` lanes that run concurrently, so Redis works on one
+        lane's round trip while Python recomputes another's. A lane costs three pipelined round
+        trips whatever its size: all its events applied in batch order (Redis runs a pipeline's
+        scripts in order, so each user's events apply in order), then one new feed version per
+        user, scored after that user's last event of the batch (the earlier ones are
+        "coalesced": their effect is in that version), then one publish per changed feed.
+        """
+        lanes: list[list[Event]] = [[] for _ in range(LANES)]
         for event in events:
-            await self.handle(event)
+            lanes[zlib.crc32(event.user_id.encode()) % LANES].append(event)
+        await asyncio.gather(*(self._lane(lane) for lane in lanes if lane))
 
     async def handle(self, event: Event) -> str:
         """Handle one event; returns its outcome: ok, unchanged, duplicate, noop or failed."""
-        started = time.perf_counter()
-        try:
-            outcome = await self._handle(event)
-        except (RedisConnectionError, RedisTimeoutError):
-            raise
-        except Exception:
-            log.exception("event_failed", event_id=event.event_id, type=event.type)
-            outcome = "failed"
-        self._observe(event.type, outcome, time.perf_counter() - started)
-        return outcome
+        return (await self._lane([event]))[0]
 
-    async def _handle(self, event: Event) -> str:
-        status, view = await self._profiles.apply(event, self._categories(event))
-        if view is None:
-            return status
-        items = self._recommender.home(view, current=event.item_id)
-        update = await self._store(event.user_id, view.feed, items)
-        if update is None:
-            return "unchanged"
-        await self._broker.publish(update)
-        return "ok"
+    async def _lane(self, lane: list[Event]) -> list[str]:
+        started = time.perf_counter()
+        outcomes = ["failed"] * len(lane)
+        last = {event.user_id: i for i, event in enumerate(lane)}
+        applied = await self._profiles.apply_many(
+            [
+                (e, self._categories(e), self._known.get(e.user_id), last[e.user_id] == i)
+                for i, e in enumerate(lane)
+            ]
+        )
+        writes: list[tuple[str, str, FeedState | None, list[dict[str, Any]]]] = []
+        owners: list[int] = []
+        for i, (event, result) in enumerate(zip(lane, applied, strict=True)):
+            if isinstance(result, Exception):
+                log.error("event_failed", event_id=event.event_id, error=str(result)[:200])
+                continue
+            status, view = result
+            if view is None:
+                outcomes[i] = status
+                continue
+            try:
+                items = self._recommender.home(view, current=event.item_id)
+            except Exception:
+                log.exception("recompute_failed", event_id=event.event_id)
+                continue
+            writes.append((event.user_id, HOME, view.feed, items))
+            owners.append(i)
+        stored = await self._feeds.write_many(writes) if writes else []
+        updates: list[FeedUpdate] = []
+        for i, (user, _, _, items), written in zip(owners, writes, stored, strict=True):
+            if isinstance(written, VersionConflict):  # another writer moved the feed: rebase
+                written = await self._store(user, await self._feeds.read(user, HOME), items)
+            if isinstance(written, Exception):
+                log.error("store_failed", event_id=lane[i].event_id, error=str(written)[:200])
+                continue
+            outcomes[i] = "unchanged" if written is None else "ok"
+            if written is not None:
+                updates.append(written)
+                self._known.put(written.state)
+        await self._broker.publish_many(updates)
+        elapsed = time.perf_counter() - started
+        for event, outcome in zip(lane, outcomes, strict=True):
+            self._observe(event.type, outcome, elapsed)
+        return outcomes
 
     async def ensure_feed(self, user: str) -> FeedState:
         """The user's stored home feed, computing and storing a first one when there is none."""

@@ -5,6 +5,9 @@ Per-user keys (one hash tag, one slot): ``dedup`` (event ids seen, by time, capp
 (profile scalars). Item-side keys: ``pr:nb:<item>`` (co-visitation neighbours, capped),
 ``pr:trend`` and ``pr:trend:c:<category>`` (decayed popularity), ``pr:meta``.
 
+The same script scores the user's candidates right after the update (see
+:class:`ScoringTuning`), so what crosses the wire is a short ranked list, not the raw inputs.
+
 Guarantees: the update is atomic (one Lua script); an event id seen within the dedup window
 changes nothing and is reported as a duplicate; every per-user key carries the profile TTL.
 Caveat: the script derives item-side key names itself, so it needs a single Redis (not Cluster).
@@ -12,8 +15,10 @@ Caveat: the script derives item-side key names itself, so it needs a single Redi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from importlib import resources
+from string import Template
 from typing import Any
 
 from redis.asyncio import Redis
@@ -34,7 +39,7 @@ WEIGHTS: dict[str, tuple[float, float, float]] = {
     "purchase": (5.0, 3.0, 3.0),
     "search": (2.0, 0.0, 0.0),
     "impression": (0.0, 0.0, 0.0),
-    "refresh": (0.0, 0.0, 0.0),  # not an event: read the inputs without changing anything
+    "refresh": (0.0, 0.0, 0.0),  # not an event: score the candidates without changing anything
 }
 
 Scored = list[tuple[str, float]]
@@ -49,36 +54,40 @@ class ProfileTuning:
     dedup_max: int = 2_000
     recent_max: int = 50
     neighbours_kept: int = 100
-    recent_fetched: int = 5
-    neighbours_fetched: int = 30
-    categories_fetched: int = 3
-    trending_fetched: int = 30
     affinity_halflife_ms: int = 3 * 86_400_000
     trending_halflife_ms: int = 6 * 3_600_000
-    bought_fetched: int = 200
     covisit_window: int = 5
 
 
 @dataclass(frozen=True, slots=True)
+class ScoringTuning:
+    """How candidates are scored (inside the event script).
+
+    Sources, each normalised to [0, 1] by its best score: co-visitation neighbours of the user's
+    latest ``recent_fetched`` items (``neighbour_w``, times ``recency_decay`` per step back),
+    trending items of the user's top ``categories_fetched`` categories (``category_w`` times the
+    category's share of the user's affinity), and global trending (``global_w``). The best
+    ``candidates`` (bought and current items excluded) come back, best first, ties by id.
+    """
+
+    recent_fetched: int = 4
+    neighbours_fetched: int = 15
+    categories_fetched: int = 3
+    trending_fetched: int = 15
+    neighbour_w: float = 1.0
+    recency_decay: float = 0.6
+    category_w: float = 0.35
+    global_w: float = 0.1
+    candidates: int = 24
+
+
+@dataclass(frozen=True, slots=True)
 class ProfileView:
-    """What the recommender sees of a user right after an event."""
+    """What the recommender sees of a user right after an event: ranked candidates, and the
+    currently stored feed (the base of the next version)."""
 
-    recent: Scored
-    categories: Scored
-    neighbours: list[Scored]
-    category_trending: list[Scored]
-    global_trending: Scored
-    cart: frozenset[str]
-    bought: frozenset[str]
+    candidates: Scored
     feed: FeedState | None
-
-
-def _scored(flat: list[bytes]) -> Scored:
-    return [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-
-def _strings(values: list[bytes]) -> list[str]:
-    return [v.decode() for v in values]
 
 
 def user_keys(user: str) -> list[str]:
@@ -87,12 +96,31 @@ def user_keys(user: str) -> list[str]:
     return [tag + k for k in ("dedup", "recent", "aff", "cart", "bought", "p")]
 
 
+def script_source(profile: ProfileTuning, scoring: ScoringTuning) -> str:
+    """The event script with its tuning constants filled in (numbers only, from typed settings)."""
+    values: dict[str, int | float] = {}
+    for tuning in (profile, scoring):
+        for f in fields(tuning):
+            value = getattr(tuning, f.name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"tuning {f.name} must be a number")
+            values[f.name.upper()] = value
+    return Template(_EVENT_LUA).substitute(values)
+
+
 class ProfileStore:
     """Applies events to profiles in Redis."""
 
-    def __init__(self, redis: Redis, tuning: ProfileTuning) -> None:
-        self._script = redis.register_script(_EVENT_LUA)
-        self.tuning = tuning
+    def __init__(
+        self,
+        redis: Redis,
+        tuning: ProfileTuning | None = None,
+        scoring: ScoringTuning | None = None,
+    ) -> None:
+        self._redis = redis
+        self.tuning = tuning or ProfileTuning()
+        self.scoring = scoring or ScoringTuning()
+        self._script = redis.register_script(script_source(self.tuning, self.scoring))
 
     async def apply(self, event: Event, categories: list[str]) -> tuple[str, ProfileView | None]:
         """Apply ``event`` in one round trip.
@@ -100,55 +128,69 @@ class ProfileStore:
         Returns ``("duplicate", None)`` for an event id already seen, ``("noop", None)`` for an
         event that cannot change a feed (impression), else ``("ok", view)``.
         """
-        t = self.tuning
-        w_aff, w_cov, w_trend = WEIGHTS[event.type]
-        res = await self._script(
-            keys=[*user_keys(event.user_id), feed_key(event.user_id, "home")],
-            args=[
-                event.event_id,
-                event.type,
-                event.item_id or "",
-                "\n".join(categories),
-                event.ts,
-                t.ttl_s,
-                t.dedup_window_ms,
-                t.dedup_max,
-                t.recent_max,
-                t.neighbours_kept,
-                t.recent_fetched,
-                t.neighbours_fetched,
-                t.categories_fetched,
-                t.trending_fetched,
-                t.affinity_halflife_ms,
-                t.trending_halflife_ms,
-                t.bought_fetched,
-                w_aff,
-                w_cov,
-                w_trend,
-                t.covisit_window,
-            ],
-        )
-        status = int(res[0])
-        if status == 0:
-            return "duplicate", None
-        if status == 2:
-            return "noop", None
-        return "ok", self._view(event.user_id, res)
+        result = (await self.apply_many([(event, categories, None, True)]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def apply_many(
+        self, batch: Sequence[tuple[Event, list[str], FeedState | None, bool]]
+    ) -> list[tuple[str, ProfileView | None] | Exception]:
+        """Several :meth:`apply` calls in one pipelined round trip, in order.
+
+        Redis runs a pipeline's scripts one after the other, in order, so several events of one
+        user in one batch apply in batch order. An entry whose last flag is False is applied but
+        not scored (``("coalesced", None)``): a later event of the same user will score.
+
+        Each entry may carry the feed state the caller believes is stored; when it still is,
+        Redis sends back only its version and the view reuses the caller's copy.
+
+        A Redis error reply fails that event alone (returned in its place); connection errors
+        raise for all, and a retry is absorbed by dedup.
+        """
+        pipe = self._redis.pipeline(transaction=False)
+        for event, categories, known, score in batch:
+            w_aff, w_cov, w_trend = WEIGHTS[event.type]
+            await self._script(
+                keys=[*user_keys(event.user_id), feed_key(event.user_id, "home")],
+                args=[
+                    event.event_id,
+                    event.type,
+                    event.item_id or "",
+                    "\n".join(categories),
+                    event.ts,
+                    w_aff,
+                    w_cov,
+                    w_trend,
+                    known.version.epoch if known else "",
+                    known.version.n if known else 0,
+                    "1" if score else "0",
+                ],
+                client=pipe,
+            )
+        out: list[tuple[str, ProfileView | None] | Exception] = []
+        for (event, _, known, _), res in zip(
+            batch, await pipe.execute(raise_on_error=False), strict=True
+        ):
+            if isinstance(res, Exception):
+                out.append(res)
+            elif int(res[0]) == 0:
+                out.append(("duplicate", None))
+            elif int(res[0]) == 2:
+                out.append(("noop", None))
+            elif int(res[0]) == 3:
+                out.append(("coalesced", None))
+            else:
+                out.append(("ok", self._view(event.user_id, res, known)))
+        return out
 
     @staticmethod
-    def _view(user: str, res: list[Any]) -> ProfileView:
-        recent, cats, nbs, cat_trend, glob, cart, bought, fe, fn, fb = res[1:]
+    def _view(user: str, res: list[Any], known: FeedState | None) -> ProfileView:
+        flat, fe, fn, fb, same = res[1:]
         feed = None
-        if fe:
-            version = Version(fe.decode(), int(fn))
-            feed = FeedState(user, "home", version, decode_body(fb or None))
-        return ProfileView(
-            recent=_scored(recent),
-            categories=_scored(cats),
-            neighbours=[_scored(x) for x in nbs],
-            category_trending=[_scored(x) for x in cat_trend],
-            global_trending=_scored(glob),
-            cart=frozenset(_strings(cart)),
-            bought=frozenset(_strings(bought)),
-            feed=feed,
-        )
+        if int(same) and known is not None:
+            feed = known
+        elif fe:
+            feed = FeedState(user, "home", Version(fe.decode(), int(fn)), decode_body(fb or None))
+        candidates = [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return ProfileView(candidates=candidates, feed=feed)

@@ -1,49 +1,61 @@
--- Apply one event to a user's profile and return everything the recommender needs, in one round
--- trip. Atomic: a duplicate event_id changes nothing.
+-- Apply one event to a user's profile and score the user's candidates, in one round trip.
+-- Atomic: a duplicate event_id changes nothing.
+--
+-- Tuning constants (the upper-case placeholders) are filled in once, from typed numeric settings,
+-- when the script is registered (streams/profile.py): fewer arguments to encode per event.
+--
 -- KEYS: 1 dedup zset, 2 recent zset, 3 affinity zset, 4 cart set, 5 bought zset, 6 profile hash,
 --       7 home feed hash
--- ARGV: 1 event_id, 2 type, 3 item_id ('' = none), 4 categories ('\n'-separated), 5 ts ms,
---       6 user ttl s, 7 dedup window ms, 8 dedup max, 9 recent max, 10 neighbours kept per item,
---       11 recent fetched, 12 neighbours fetched per recent item, 13 categories fetched,
---       14 trending fetched, 15 affinity half-life ms, 16 trending half-life ms, 17 bought fetched,
---       18 affinity weight, 19 co-visitation weight, 20 trending weight, 21 co-visited recent items
--- Returns {0} for a duplicate, {2} when the event cannot change a feed, else
---   {1, recent, cats, neighbours, cat_trending, global_trending, cart, bought, feed_e, feed_n, feed_b}
+-- ARGV: 1 event_id, 2 type ('refresh' = no event, only score), 3 item_id ('' = none),
+--       4 categories ('\n'-separated), 5 ts ms, 6 affinity weight, 7 co-visitation weight,
+--       8 trending weight, 9 epoch and 10 n of the feed version the caller holds ('' / 0: none),
+--       11 '1' to score the candidates, '0' when a later event of the batch will
+-- Returns {0} for a duplicate, {2} when the event cannot change a feed, {3} when applied but not
+-- scored (ARGV[11] = '0'), else
+--   {1, candidates (flat id, score, … best first), feed_e, feed_n, feed_b, 1 if feed_b omitted}
 local eid, etype, item, ts = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
-local ttl = tonumber(ARGV[6])
+local w_aff, w_cov, w_trend = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local ttl = ${TTL_S}
 
--- type 'refresh' is no event: it changes nothing and only gathers the inputs (first connect).
 if etype ~= 'refresh' then
   if redis.call('ZSCORE', KEYS[1], eid) then
     return {0}
   end
   redis.call('ZADD', KEYS[1], ts, eid)
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ts - tonumber(ARGV[7]))
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[8]) - 1)
+  -- Trims cost a call each; an id older than the window does no harm for a while, so expire
+  -- them on one event in 16 (the cap by count still holds within 16 ids).
+  if ts % 16 == 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ts - ${DEDUP_WINDOW_MS})
+    redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -${DEDUP_MAX} - 1)
+  end
   redis.call('EXPIRE', KEYS[1], ttl)
 end
-
-local cats = {}
-for c in string.gmatch(ARGV[4], '[^\n]+') do cats[#cats + 1] = c end
-local w_aff, w_cov, w_trend = tonumber(ARGV[18]), tonumber(ARGV[19]), tonumber(ARGV[20])
-
 if etype == 'impression' then
   return {2}
 end
 
+local cats = {}
+for c in string.gmatch(ARGV[4], '[^\n]+') do cats[#cats + 1] = c end
+
 -- Decay by time-scaled increments: an increment at time t weighs 2^((t - t0)/half-life), so older
--- increments shrink relative to newer ones without rewriting them. When the exponent grows large
--- the whole set is rescaled once and t0 moves forward.
+-- increments shrink relative to newer ones without rewriting them.
 local function scale(t0, halflife)
   return math.pow(2, (ts - t0) / halflife)
 end
+-- A sorted set only grows when a member is new, so it is trimmed to its cap only then:
+-- ZINCRBY returns the new score, which equals the increment exactly for a new member.
+local function incr(key, by, member, cap)
+  if tonumber(redis.call('ZINCRBY', key, by, member)) == by then
+    redis.call('ZREMRANGEBYRANK', key, 0, -cap - 1)
+  end
+end
+local touched = {}  -- per-user keys this event wrote: only they need their TTL refreshed
 local function rescale(key, factor)
   local flat = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
   for i = 1, #flat, 2 do
     redis.call('ZADD', key, tonumber(flat[i + 1]) * factor, flat[i])
   end
 end
-
 -- The decay origin kept in field `field` of hash `hkey`. Past 200 half-lives the scores would
 -- head for overflow: every key `keys()` names is rescaled once and the origin moves to now.
 local function origin(hkey, field, hl, keys)
@@ -61,41 +73,43 @@ end
 
 -- Per-user affinity to categories.
 if w_aff ~= 0 and #cats > 0 then
-  local hl = tonumber(ARGV[15])
+  local hl = ${AFFINITY_HALFLIFE_MS}
   local t0 = origin(KEYS[6], 'a0', hl, function() return {KEYS[3]} end)
   local inc = w_aff * scale(t0, hl)
   for _, c in ipairs(cats) do redis.call('ZINCRBY', KEYS[3], inc, c) end
+  touched[#touched + 1] = KEYS[3]
+  touched[#touched + 1] = KEYS[6]
 end
 
 if item ~= '' then
-  local nb_max = tonumber(ARGV[10])
   if w_cov > 0 then
     -- Co-visitation with the user's latest distinct items, closer ones weighing more.
-    local prev = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[21]) - 1)
+    local prev = redis.call('ZREVRANGE', KEYS[2], 0, ${COVISIT_WINDOW} - 1)
     local nb_item = 'pr:nb:' .. item
     for i, p in ipairs(prev) do
       if p ~= item then
-        local nb_p = 'pr:nb:' .. p
-        redis.call('ZINCRBY', nb_item, w_cov / i, p)
-        redis.call('ZINCRBY', nb_p, w_cov / i, item)
-        redis.call('ZREMRANGEBYRANK', nb_p, 0, -nb_max - 1)
+        incr(nb_item, w_cov / i, p, ${NEIGHBOURS_KEPT})
+        incr('pr:nb:' .. p, w_cov / i, item, ${NEIGHBOURS_KEPT})
       end
     end
-    redis.call('ZREMRANGEBYRANK', nb_item, 0, -nb_max - 1)
-    redis.call('ZADD', KEYS[2], ts, item)
-    redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -tonumber(ARGV[9]) - 1)
+    if redis.call('ZADD', KEYS[2], ts, item) == 1 then
+      redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -${RECENT_MAX} - 1)
+    end
+    touched[#touched + 1] = KEYS[2]
   end
   if etype == 'add_to_cart' then
     redis.call('SADD', KEYS[4], item)
+    touched[#touched + 1] = KEYS[4]
   elseif etype == 'remove_from_cart' then
     redis.call('SREM', KEYS[4], item)
   elseif etype == 'purchase' then
     redis.call('SREM', KEYS[4], item)
     redis.call('ZADD', KEYS[5], ts, item)
     redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -501)
+    touched[#touched + 1] = KEYS[5]
   end
   if w_trend > 0 then
-    local hl = tonumber(ARGV[16])
+    local hl = ${TRENDING_HALFLIFE_MS}
     local t0 = origin('pr:meta', 't0', hl, function()
       local keys = {'pr:trend'}
       for _, c in ipairs(redis.call('SMEMBERS', 'pr:trend:cats')) do
@@ -104,37 +118,89 @@ if item ~= '' then
       return keys
     end)
     local inc = w_trend * scale(t0, hl)
-    redis.call('ZINCRBY', 'pr:trend', inc, item)
-    redis.call('ZREMRANGEBYRANK', 'pr:trend', 0, -5001)
+    incr('pr:trend', inc, item, 5000)
     for _, c in ipairs(cats) do
-      redis.call('SADD', 'pr:trend:cats', c)
-      redis.call('ZINCRBY', 'pr:trend:c:' .. c, inc, item)
-      redis.call('ZREMRANGEBYRANK', 'pr:trend:c:' .. c, 0, -1001)
+      local key = 'pr:trend:c:' .. c
+      if redis.call('EXISTS', key) == 0 then redis.call('SADD', 'pr:trend:cats', c) end
+      incr(key, inc, item, 1000)
     end
   end
 end
+-- TTLs: the keys this event wrote get theirs now (so a new key never lacks one); once an hour
+-- every key of the user is refreshed, so an active user's older keys (cart, bought) live on.
 if etype ~= 'refresh' then
-  for i = 2, 6 do redis.call('EXPIRE', KEYS[i], ttl) end
+  local refreshed = tonumber(redis.call('HGET', KEYS[6], 'x') or '0')
+  if ts - refreshed > 3600000 or ts < refreshed then
+    redis.call('HSET', KEYS[6], 'x', ts)
+    touched = {KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}
+  end
+end
+for _, key in ipairs(touched) do redis.call('EXPIRE', key, ttl) end
+if ARGV[11] == '0' then
+  return {3}  -- a later event of this user in the same batch will score (coalesced)
 end
 
--- Everything the recommender needs.
-local recent = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(ARGV[11]) - 1, 'WITHSCORES')
-local nb_fetch = tonumber(ARGV[12]) - 1
-local neighbours = {}
-for i = 1, #recent, 2 do
-  neighbours[#neighbours + 1] =
-    redis.call('ZREVRANGE', 'pr:nb:' .. recent[i], 0, nb_fetch, 'WITHSCORES')
+-- Scoring, next to the data: each source is normalised by its best score so no source drowns
+-- the others by scale, then weighted. See streams/recommender.py for the sources and weights.
+local scores = {}
+local function add(flat, weight)
+  local top = tonumber(flat[2])
+  if weight <= 0 or not top or top <= 0 then return end
+  for i = 1, #flat, 2 do
+    local s = tonumber(flat[i + 1])
+    if s > 0 then scores[flat[i]] = (scores[flat[i]] or 0) + weight * s / top end
+  end
 end
-local top = redis.call('ZREVRANGE', KEYS[3], 0, tonumber(ARGV[13]) - 1, 'WITHSCORES')
-local trend_fetch = tonumber(ARGV[14]) - 1
-local cat_trending = {}
+local recent = redis.call('ZREVRANGE', KEYS[2], 0, ${RECENT_FETCHED} - 1)
+local w = ${NEIGHBOUR_W}
+for _, r in ipairs(recent) do
+  add(redis.call('ZREVRANGE', 'pr:nb:' .. r, 0, ${NEIGHBOURS_FETCHED} - 1, 'WITHSCORES'), w)
+  w = w * ${RECENCY_DECAY}
+end
+local top = redis.call('ZREVRANGE', KEYS[3], 0, ${CATEGORIES_FETCHED} - 1, 'WITHSCORES')
+local total = 0
+for i = 2, #top, 2 do total = total + math.max(tonumber(top[i]), 0) end
 for i = 1, #top, 2 do
-  cat_trending[#cat_trending + 1] =
-    redis.call('ZREVRANGE', 'pr:trend:c:' .. top[i], 0, trend_fetch, 'WITHSCORES')
+  if total > 0 then
+    local share = math.max(tonumber(top[i + 1]), 0) / total
+    add(redis.call('ZREVRANGE', 'pr:trend:c:' .. top[i], 0, ${TRENDING_FETCHED} - 1, 'WITHSCORES'),
+        ${CATEGORY_W} * share)
+  end
 end
-local global = redis.call('ZREVRANGE', 'pr:trend', 0, trend_fetch, 'WITHSCORES')
-local cart = redis.call('SRANDMEMBER', KEYS[4], 50)
-local bought = redis.call('ZREVRANGE', KEYS[5], 0, tonumber(ARGV[17]) - 1)
-local feed = redis.call('HMGET', KEYS[7], 'e', 'n', 'b')
-return {1, recent, top, neighbours, cat_trending, global, cart, bought,
-        feed[1] or '', feed[2] or '0', feed[3] or ''}
+add(redis.call('ZREVRANGE', 'pr:trend', 0, ${TRENDING_FETCHED} - 1, 'WITHSCORES'), ${GLOBAL_W})
+
+-- Best first, ties by id; the item being looked at and bought items are never candidates. Only
+-- the best few need ordering: a plain numeric sort of the eligible scores (no Lua comparator)
+-- finds the cut-off, and only the entries at or above it are sorted with the tie-break.
+-- (Within each source, Redis itself decides which of several members tied at its fetch limit
+-- are fetched: the ones with the greater ids.)
+local bought = {}
+if redis.call('ZCARD', KEYS[5]) > 0 then  -- most visitors bought nothing: one cheap call
+  for _, b in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do bought[b] = true end
+end
+local values = {}
+for id, s in pairs(scores) do
+  if id ~= item and not bought[id] then values[#values + 1] = s end
+end
+table.sort(values)
+local cut = values[math.max(#values - ${CANDIDATES} + 1, 1)] or 0
+local ranked = {}
+for id, s in pairs(scores) do
+  if s >= cut and id ~= item and not bought[id] then ranked[#ranked + 1] = {id, s} end
+end
+table.sort(ranked, function(a, b)
+  if a[2] ~= b[2] then return a[2] > b[2] end
+  return a[1] < b[1]
+end)
+local out = {}
+for i = 1, math.min(#ranked, ${CANDIDATES}) do
+  out[#out + 1] = ranked[i][1]
+  out[#out + 1] = tostring(ranked[i][2])  -- a Lua number would reach the client as an integer
+end
+-- The stored feed is the base of the next version. The caller usually holds it already (it wrote
+-- it): then only its version comes back, not the body.
+local feed = redis.call('HMGET', KEYS[7], 'e', 'n')
+if feed[1] and feed[1] == ARGV[9] and feed[2] == ARGV[10] then
+  return {1, out, feed[1], feed[2], '', 1}
+end
+return {1, out, feed[1] or '', feed[2] or '0', redis.call('HGET', KEYS[7], 'b') or '', 0}

@@ -40,9 +40,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def start_server(
-    extra_env: dict[str, str] | None = None, *, embedded: bool = False
+    extra_env: dict[str, str] | None = None,
+    *,
+    embedded: bool = False,
+    command: tuple[str, ...] = ("serve",),
 ) -> tuple[subprocess.Popen[bytes], Server]:
-    """Start ``pushrec serve`` and wait until ready; ``embedded`` forces its private Redis."""
+    """Start ``pushrec <command>`` and wait until ready; ``embedded`` forces its private Redis."""
     port = free_port()
     env = {
         **os.environ,
@@ -55,11 +58,11 @@ def start_server(
         **(extra_env or {}),
     }
     redis_url = os.environ.get("PUSHREC_TEST_REDIS_URL")
-    if redis_url and not embedded:
+    if redis_url and not embedded and "PUSHREC_REDIS_URL" not in (extra_env or {}):
         env["PUSHREC_REDIS_URL"] = redis_url
     log = open(ROOT / ".pytest_cache" / f"server-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "push.cli", "serve"], cwd=ROOT, env=env, stdout=log, stderr=log
+        [sys.executable, "-m", "push.cli", *command], cwd=ROOT, env=env, stdout=log, stderr=log
     )
     server = Server(f"127.0.0.1:{port}", SECRET, ADMIN_KEY)
     deadline = time.monotonic() + 30 * server.scale

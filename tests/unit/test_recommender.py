@@ -1,8 +1,10 @@
-"""Unit tests of streams/recommender.py: scoring, filtering and ordering of the home feed."""
+"""Unit tests of streams/recommender.py: ranked candidates meet the catalog.
+
+Scoring happens in the event script (tests/integration/test_profile.py); here the candidates are
+given, and the recommender only drops what the catalog cannot show, keeping their order.
+"""
 
 from __future__ import annotations
-
-from typing import Any
 
 import pytest
 
@@ -31,118 +33,85 @@ IDS = [f"i{n:02d}" for n in range(30)]
 CATALOG = _catalog([_item(i) for i in IDS] + [_item("gone", in_stock=False)])
 
 
-def _view(
-    *,
-    neighbours: list[Scored] | None = None,
-    categories: Scored | None = None,
-    category_trending: list[Scored] | None = None,
-    global_trending: Scored | None = None,
-    bought: frozenset[str] = frozenset(),
-) -> ProfileView:
-    return ProfileView(
-        recent=[],
-        categories=categories or [],
-        neighbours=neighbours or [],
-        category_trending=category_trending or [],
-        global_trending=global_trending or [],
-        cart=frozenset(),
-        bought=bought,
-        feed=None,
-    )
+def _view(candidates: Scored) -> ProfileView:
+    return ProfileView(candidates=candidates, feed=None)
 
 
-def _home(view: ProfileView, *, current: str | None = None, size: int = 12) -> list[str]:
+def _home(candidates: Scored, *, current: str | None = None, size: int = 12) -> list[str]:
     recommender = Recommender(CATALOG, RecommenderTuning(size=size))
-    return [p["id"] for p in recommender.home(view, current=current)]
+    return [p["id"] for p in recommender.home(_view(candidates), current=current)]
 
 
-def test_neighbours_of_recent_items_rank_first() -> None:
-    view = _view(
-        neighbours=[[("i05", 4.0), ("i06", 2.0)]],
-        global_trending=[("i01", 900.0), ("i02", 800.0), ("i06", 1.0)],
-    )
-    assert _home(view) == ["i05", "i06", "i01", "i02"]
+def test_order_of_the_candidates_is_kept() -> None:
+    # The script ranks; the recommender must not re-sort (not by score, not by id).
+    candidates = [("i07", 3.0), ("i02", 5.0), ("i09", 0.5), ("i01", 0.5)]
+    assert _home(candidates) == ["i07", "i02", "i09", "i01"]
 
 
-def test_newest_items_neighbours_count_most() -> None:
-    view = _view(neighbours=[[("i03", 1.0)], [("i02", 1.0)], [("i01", 1.0)]])
-    assert _home(view) == ["i03", "i02", "i01"]
+def test_unknown_out_of_stock_and_current_items_are_dropped() -> None:
+    candidates = [
+        ("i01", 9.0),
+        ("gone", 8.0),
+        ("nope", 7.0),
+        ("i02", 6.0),
+        ("i03", 5.0),
+    ]
+    assert _home(candidates, current="i01") == ["i02", "i03"]
+    assert _home(candidates, current="i03") == ["i01", "i02"]
 
 
-def test_scores_add_up_across_sources() -> None:
-    # i02 is a weaker neighbour but also trending: 0.5 + 0.1 > i01's 0.55 from one source.
-    view = _view(
-        neighbours=[[("i01", 0.55), ("i02", 0.5), ("i09", 1.0)]],
-        global_trending=[("i02", 3.0)],
-    )
-    assert _home(view) == ["i09", "i02", "i01"]
+def test_current_none_or_unknown_drops_nothing_more() -> None:
+    candidates = [("i01", 1.0), ("i02", 0.5)]
+    assert _home(candidates, current=None) == ["i01", "i02"]
+    assert _home(candidates, current="") == ["i01", "i02"]
+    assert _home(candidates, current="nope") == ["i01", "i02"]
 
 
-def test_preferred_categories_trending_ranks_above_global_trending() -> None:
-    view = _view(
-        categories=[("shoes", 2.0), ("hats", 1.0)],
-        category_trending=[[("i11", 5.0)], [("i10", 5.0)]],
-        global_trending=[("i12", 5.0)],
-    )
-    # shoes: 0.35 * 2/3, hats: 0.35 * 1/3, global: 0.1.
-    assert _home(view) == ["i11", "i10", "i12"]
-
-
-def test_bought_out_of_stock_unknown_and_current_items_are_excluded() -> None:
-    view = _view(
-        neighbours=[[("i01", 9.0), ("gone", 8.0), ("nope", 7.0), ("i02", 6.0), ("i03", 5.0)]],
-        global_trending=[("i04", 1.0)],
-        bought=frozenset({"i02"}),
-    )
-    assert _home(view, current="i01") == ["i03", "i04"]
-
-
-def test_current_none_or_empty_excludes_nothing() -> None:
-    view = _view(global_trending=[("i01", 1.0)])
-    assert _home(view, current=None) == ["i01"]
-    assert _home(view, current="") == ["i01"]
-
-
-def test_cold_user_gets_global_trending() -> None:
-    trending = [("i07", 50.0), ("i03", 40.0), ("i09", 30.0), ("gone", 20.0), ("i01", 10.0)]
-    assert _home(_view(global_trending=trending)) == ["i07", "i03", "i09", "i01"]
-
-
-def test_no_signal_at_all_is_an_empty_feed() -> None:
-    assert _home(_view()) == []
-
-
-def test_non_positive_scores_are_ignored() -> None:
-    view = _view(global_trending=[("i01", 2.0), ("i02", 0.0), ("i03", -1.0)])
-    assert _home(view) == ["i01"]
-    assert _home(_view(global_trending=[("i01", 0.0)])) == []
-
-
-@pytest.mark.parametrize("size", [1, 3, 12])
+@pytest.mark.parametrize("size", [1, 3, 12, 30])
 def test_size_cap(size: int) -> None:
-    view = _view(global_trending=[(i, float(100 - n)) for n, i in enumerate(IDS)])
-    assert _home(view, size=size) == IDS[:size]
+    candidates = [(i, float(100 - n)) for n, i in enumerate(IDS)]
+    assert _home(candidates, size=size) == IDS[:size]
 
 
-def test_ties_break_by_id() -> None:
-    tied = [("i09", 1.0), ("i03", 1.0), ("i07", 1.0), ("i01", 1.0)]
-    assert _home(_view(global_trending=tied)) == ["i01", "i03", "i07", "i09"]
-    assert _home(_view(global_trending=list(reversed(tied)))) == ["i01", "i03", "i07", "i09"]
+def test_size_counts_only_kept_items() -> None:
+    # Dropped candidates do not use up the feed's slots.
+    candidates = [("gone", 9.0), ("nope", 8.0), ("i05", 7.0), ("i04", 6.0), ("i03", 5.0)]
+    assert _home(candidates, current="i05", size=2) == ["i04", "i03"]
 
 
-def test_output_is_deterministic_and_made_of_catalog_payloads() -> None:
-    view = _view(
-        neighbours=[[("i01", 2.0), ("i02", 2.0)], [("i03", 1.0)]],
-        categories=[("misc", 1.0)],
-        category_trending=[[("i04", 1.0), ("i05", 1.0)]],
-        global_trending=[("i06", 1.0), ("i01", 1.0)],
-    )
+def test_fewer_candidates_than_size() -> None:
+    assert _home([("i04", 1.0), ("i08", 0.5)], size=12) == ["i04", "i08"]
+
+
+def test_empty_candidates_give_an_empty_feed() -> None:
+    assert _home([]) == []
+    assert _home([("gone", 1.0), ("nope", 1.0)]) == []
+    assert _home([("i01", 1.0)], current="i01") == []
+
+
+def test_payloads_are_the_catalogs_cached_payloads() -> None:
     recommender = Recommender(CATALOG, RecommenderTuning())
-    first: list[dict[str, Any]] = recommender.home(view, current=None)
-    assert first == recommender.home(view, current=None)
-    ids = [p["id"] for p in first]
-    assert len(ids) == len(set(ids))
+    view = _view([("i03", 2.0), ("i01", 1.0)])
+    first = recommender.home(view, current=None)
+    assert [p["id"] for p in first] == ["i03", "i01"]
     for payload in first:
         item = CATALOG.get(payload["id"])
         assert item is not None
-        assert payload == item.payload
+        # The very object built once per Item, not a copy.
+        assert payload is item.payload
+        assert payload == {
+            "id": item.item_id,
+            "title": item.title,
+            "category": "misc",
+            "price": 10.0,
+        }
+    again = recommender.home(view, current=None)
+    assert again == first
+    assert all(a is b for a, b in zip(again, first, strict=True))
+
+
+def test_payload_leaves_out_unset_fields() -> None:
+    catalog = _catalog([Item("x1", "X one", None, "hats", "", True, {"k": 1})])
+    recommender = Recommender(catalog, RecommenderTuning())
+    out = recommender.home(_view([("x1", 1.0)]), current=None)
+    assert out == [{"id": "x1", "title": "X one", "category": "hats"}]

@@ -1,0 +1,262 @@
+"""Redis pub/sub broker: carries a user's feed updates to every node holding that user's sockets.
+
+Each user has one channel, ``pr:{u:<id>}:ch``. Its hash tag puts it in the user's slot, so with
+``sharded=True`` the broker uses SPUBLISH/SSUBSCRIBE (sharded pub/sub, Redis >= 7) instead of
+PUBLISH/SUBSCRIBE. A node keeps one pub/sub connection and one reader task.
+
+Guarantees, beyond those of :mod:`sessions.broker`:
+
+- When :meth:`RedisBroker.watch` returns, Redis has confirmed the subscription, or
+  ``confirm_timeout_s`` passed (an update missed meanwhile makes the next diff not fit the
+  client's version, so the client takes a snapshot).
+- Per ``(user, feed)`` a version of the same epoch that is not newer than the last one delivered is
+  dropped (duplicate or out of order); a version of another epoch always passes.
+- A message that does not decode, or whose user does not own the channel it came on, is logged,
+  counted in ``bad_messages``, passed to ``on_bad_message`` and skipped; an exception raised by
+  ``deliver`` is logged and swallowed. Neither stops the reader.
+- After the pub/sub connection is lost, the reader reconnects with capped, fully jittered
+  backoff, subscribes every watched user again and, once Redis confirmed all of them, calls
+  ``on_gap(users)``: updates of those users may have been missed, so their connections should take
+  a snapshot.
+- :meth:`RedisBroker.publish` is one round trip and raises the client's ``redis`` errors: the
+  version is already stored, so the caller may retry, and clients recover by snapshot anyway.
+  ``watch``/``unwatch`` never raise for a lost connection: the reconnect repairs subscriptions.
+
+Caveat: on Redis Cluster a sharded subscription must be made on the node owning the slot; this
+class holds a single connection, so it serves a standalone Redis (or one shard) only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from sessions.broker import Deliver
+from sessions.codec import CodecError, decode_update, encode_update
+from sessions.feeds import FeedUpdate
+from sessions.keys import channel_key
+from sessions.versions import Version
+
+log = structlog.get_logger(__name__)
+
+_LOST = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+class RedisBroker:
+    """Publish/subscribe of feed updates over Redis, one channel per user."""
+
+    bad_messages: int
+    """How many received messages were skipped as malformed."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        sharded: bool = False,
+        on_gap: Callable[[frozenset[str]], None] | None = None,
+        on_bad_message: Callable[[bytes], None] | None = None,
+        confirm_timeout_s: float = 5.0,
+        backoff_s: tuple[float, float] = (0.05, 5.0),
+    ) -> None:
+        if redis.connection_pool.connection_kwargs.get("decode_responses"):
+            raise ValueError("RedisBroker needs a client with decode_responses=False")
+        self._redis = redis
+        self._sharded = sharded
+        self._on_gap = on_gap
+        self._on_bad_message = on_bad_message
+        self._confirm_timeout_s = confirm_timeout_s
+        self._backoff_min, self._backoff_max = backoff_s
+        self._backoff = self._backoff_min
+        self._deliver: Deliver | None = None
+        self._pubsub: Any = None  # redis-py's PubSub is untyped
+        self._reader: asyncio.Task[None] | None = None
+        self._watched: set[str] = set()
+        self._last: dict[str, dict[str, Version]] = {}
+        self._waiters: dict[bytes, asyncio.Future[None]] = {}
+        self._gap: frozenset[str] = frozenset()
+        self._unconfirmed: set[bytes] = set()
+        self.bad_messages = 0
+
+    async def start(self, deliver: Deliver) -> None:
+        """Connect the pub/sub connection, subscribe watched users, start the reader (idempotent).
+
+        Raises the client's ``redis`` errors when Redis cannot be reached.
+        """
+        if self._reader is not None:
+            return
+        pubsub: Any = self._redis.pubsub()
+        try:
+            await pubsub.connect()
+            self._deliver, self._pubsub = deliver, pubsub
+            pubsub.connection.register_connect_callback(self._reconnected)
+            if self._watched:
+                await self._subscribe(*(channel_key(u) for u in self._watched))
+        except BaseException:
+            self._deliver = self._pubsub = None
+            await pubsub.aclose()
+            raise
+        self._reader = asyncio.create_task(self._read(pubsub), name="redis-broker-reader")
+
+    async def stop(self) -> None:
+        """Cancel the reader and close the pub/sub connection (idempotent)."""
+        reader, pubsub = self._reader, self._pubsub
+        self._reader = self._pubsub = self._deliver = None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        if pubsub is not None:
+            await pubsub.aclose()
+        for waiter in self._waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+        self._watched.clear()
+        self._last.clear()
+        self._gap, self._unconfirmed = frozenset(), set()
+
+    async def publish(self, update: FeedUpdate) -> None:
+        """Send ``update`` on its user's channel (one round trip; raises ``redis`` errors)."""
+        await self.publish_many([update])
+
+    async def publish_many(self, updates: Sequence[FeedUpdate]) -> None:
+        """Send ``updates`` in order, in one pipelined round trip (raises ``redis`` errors)."""
+        if not updates:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for update in updates:
+            data = encode_update(update)
+            if self._sharded:
+                pipe.spublish(channel_key(update.user), data)
+            else:
+                pipe.publish(channel_key(update.user), data)
+        await pipe.execute()
+
+    async def watch(self, user: str) -> None:
+        """Subscribe to ``user``'s channel once; wait (bounded) for Redis to confirm it."""
+        if user in self._watched:
+            return
+        self._watched.add(user)
+        if self._pubsub is None:
+            return
+        channel = channel_key(user).encode()
+        waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
+        # While the connection is down the reconnect subscribes every watched user; sending from
+        # here too would race the reader's reconnect on the same connection.
+        if self._pubsub.connection.is_connected:
+            try:
+                await self._subscribe(channel.decode())
+            except _LOST as exc:
+                log.warning("broker.subscribe_failed", error=repr(exc))
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), self._confirm_timeout_s)
+        except TimeoutError:
+            log.warning("broker.subscribe_unconfirmed", timeout_s=self._confirm_timeout_s)
+        finally:
+            if self._waiters.get(channel) is waiter:
+                del self._waiters[channel]
+
+    async def unwatch(self, user: str) -> None:
+        """Unsubscribe from ``user``'s channel, forget its versions; nothing more is delivered."""
+        if user not in self._watched:
+            return
+        self._watched.discard(user)
+        self._last.pop(user, None)
+        channel = channel_key(user)
+        self._unconfirmed.discard(channel.encode())
+        self._report_gap()
+        if self._pubsub is None or not self._pubsub.connection.is_connected:
+            return  # the reconnect drops subscriptions of users no longer watched
+        try:
+            if self._sharded:
+                await self._pubsub.sunsubscribe(channel)
+            else:
+                await self._pubsub.unsubscribe(channel)
+        except _LOST as exc:
+            log.warning("broker.unsubscribe_failed", error=repr(exc))
+
+    async def _subscribe(self, *channels: str) -> None:
+        assert self._pubsub is not None
+        if self._sharded:
+            await self._pubsub.ssubscribe(*channels)
+        else:
+            await self._pubsub.subscribe(*channels)
+
+    async def _reconnected(self, _connection: Any) -> None:
+        """Runs inside redis-py after every reconnect, after it re-sent its known subscriptions."""
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        self._backoff = self._backoff_min
+        wanted = {channel_key(u).encode() for u in self._watched}
+        held = set(pubsub.shard_channels if self._sharded else pubsub.channels)
+        if held - wanted:
+            await (pubsub.sunsubscribe if self._sharded else pubsub.unsubscribe)(*(held - wanted))
+        if wanted - held:
+            await self._subscribe(*(c.decode() for c in wanted - held))
+        if wanted:
+            log.warning("broker.resubscribed", users=len(wanted))
+            self._gap |= frozenset(self._watched)
+            self._unconfirmed |= wanted
+
+    async def _read(self, pubsub: Any) -> None:
+        while True:
+            try:
+                message = await pubsub.get_message(timeout=None)
+            except Exception as exc:  # RedisError, OSError; anything else must not end the reader
+                delay = random.uniform(0, self._backoff)  # noqa: S311 - jitter, not a secret
+                self._backoff = min(self._backoff * 2, self._backoff_max)
+                log.warning("broker.pubsub_lost", error=repr(exc), retry_in_s=round(delay, 3))
+                await asyncio.sleep(delay)
+                continue
+            if message is not None:
+                self._handle(message)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind in ("subscribe", "ssubscribe"):
+            waiter = self._waiters.pop(channel, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self._unconfirmed.discard(channel)
+            self._report_gap()
+            return
+        if kind not in ("message", "smessage"):
+            return
+        try:
+            update = decode_update(message["data"])
+            if channel_key(update.user).encode() != channel:
+                raise CodecError("the update's user does not own the channel it came on")
+        except CodecError as exc:
+            self.bad_messages += 1
+            log.warning("broker.bad_message", error=str(exc))
+            if self._on_bad_message is not None:
+                self._call(self._on_bad_message, message["data"])
+            return
+        if update.user not in self._watched or self._deliver is None:
+            return
+        versions = self._last.setdefault(update.user, {})
+        last, new = versions.get(update.feed), update.state.version
+        if last is not None and last.epoch == new.epoch and new.n <= last.n:
+            return
+        versions[update.feed] = new
+        self._call(self._deliver, update)
+
+    def _report_gap(self) -> None:
+        if self._gap and not self._unconfirmed:
+            users, self._gap = self._gap & self._watched, frozenset()
+            if users and self._on_gap is not None:
+                self._call(self._on_gap, users)
+
+    @staticmethod
+    def _call(fn: Callable[[Any], None], arg: object) -> None:
+        try:
+            fn(arg)
+        except Exception:
+            log.exception("broker.callback_failed", callback=getattr(fn, "__qualname__", "?"))

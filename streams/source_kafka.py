@@ -1,0 +1,196 @@
+"""The Kafka event source: a consumer group over the events topic, committing after the work.
+
+Guarantees:
+
+- Per-user order: events are keyed by user id, a partition is consumed by one member at a time,
+  and a poll's records are handled in partition order, one poll at a time.
+- Effectively once: offsets are committed only after the poll's events were applied, stored and
+  published (and its bad records dead-lettered); a crash or rebalance before the commit replays
+  them, and the processor's dedup on ``event_id`` plus the feed's compare-and-set absorb the replay.
+- Nothing lost silently: an undecodable or invalid record goes to ``<topic>.dlq`` with its reason
+  before its offset is committed; consumption continues.
+- Rebalances: when partitions are revoked, the poll in flight is finished and committed first; if
+  it cannot finish (Redis away), it is abandoned uncommitted and the next owner replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from streams.deadletter import DeadLetters
+from streams.events import Event
+from streams.exceptions import InvalidEvent
+from streams.records import decode_record
+from streams.source import BatchHandler
+
+log = structlog.get_logger(__name__)
+
+
+class _Abandoned(Exception):
+    """The poll in flight was given up because its partitions are moving."""
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, source: KafkaSource) -> None:
+        self._source = source
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        # Wait for the poll in flight to finish and commit (or be abandoned) before letting the
+        # partitions go, so the next owner starts exactly after what we completed.
+        self._source.revoking = True
+        try:
+            async with self._source.in_flight:
+                pass
+        finally:
+            self._source.revoking = False
+        log.info("partitions_revoked", partitions=len(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+class KafkaSource:
+    """Consumes events from Kafka in a consumer group and hands them to the processor."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        client_id: str,
+        max_batch: int = 500,
+        on_dead: Callable[[str], None] = lambda _reason: None,
+    ) -> None:
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._group = group
+        self._client_id = client_id
+        self._max_batch = max_batch
+        self._on_dead = on_dead
+        self._handler: BatchHandler | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self.in_flight = asyncio.Lock()
+        self.revoking = False
+        self._stopping = False
+
+    @property
+    def running(self) -> bool:
+        """True while the consumer is connected and its loop alive (readiness)."""
+        return self._consumer is not None and self._task is not None and not self._task.done()
+
+    async def start(self, handler: BatchHandler) -> None:
+        """Start consuming in the background (connecting, and reconnecting, as needed)."""
+        self._handler = handler
+        self._task = asyncio.create_task(self._run(), name="kafka-source")
+
+    async def stop(self) -> None:
+        """Finish and commit the poll in flight, then leave the group."""
+        self._stopping = True
+        async with self.in_flight:
+            if self._task is not None:
+                self._task.cancel()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while not self._stopping:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                group_id=self._group,
+                client_id=self._client_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=self._max_batch,
+                session_timeout_ms=10_000,
+                heartbeat_interval_ms=2_000,
+            )
+            dlq = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                client_id=f"{self._client_id}-dlq",
+                enable_idempotence=True,
+                acks="all",
+            )
+            try:
+                consumer.subscribe([self._topic], listener=_Listener(self))
+                await consumer.start()
+                await dlq.start()
+                self._consumer = consumer
+                delay = 0.5
+                log.info("kafka_consumer_started", topic=self._topic, group=self._group)
+                await self._consume(consumer, DeadLetters(dlq, f"{self._topic}.dlq", self._on_dead))
+            except KafkaError as exc:
+                log.warning("kafka_consumer_unavailable", error=type(exc).__name__)
+            finally:
+                self._consumer = None
+                with contextlib.suppress(Exception):
+                    await consumer.stop()  # leaves the group: partitions move at once
+                with contextlib.suppress(Exception):
+                    await dlq.stop()
+            if not self._stopping:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _consume(self, consumer: AIOKafkaConsumer, dlq: DeadLetters) -> None:
+        while True:
+            polled = await consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+            if not polled:
+                continue
+            async with self.in_flight:
+                try:
+                    await self._process(polled, dlq)
+                except _Abandoned:
+                    log.warning("poll_abandoned", records=sum(len(r) for r in polled.values()))
+                    continue
+                try:
+                    await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in polled.items()})
+                except CommitFailedError:
+                    # The group moved on (we were too slow); the new owner replays, dedup absorbs.
+                    log.warning("commit_failed_rebalanced")
+
+    async def _process(self, polled: dict[TopicPartition, list[Any]], dlq: DeadLetters) -> None:
+        events: list[Event] = []
+        for tp, records in polled.items():
+            for record in records:
+                try:
+                    events.append(
+                        decode_record(record.value, record.headers, record_ts_ms=record.timestamp)
+                    )
+                except InvalidEvent as exc:
+                    await dlq.send(
+                        key=record.key,
+                        value=record.value,
+                        headers=record.headers,
+                        origin=(tp.topic, tp.partition, record.offset),
+                        reason=exc.reason,
+                        error=str(exc),
+                    )
+        await self._handle(events)
+
+    async def _handle(self, events: list[Event]) -> None:
+        handler = self._handler
+        if handler is None or not events:
+            return
+        delay = 0.05
+        while True:
+            try:
+                await handler(events)
+                return
+            except Exception as exc:
+                # Redis away (the processor handles per-event failures itself). Retrying is safe
+                # (dedup); giving up is safe only uncommitted, when the partitions move anyway.
+                if self.revoking or self._stopping:
+                    raise _Abandoned from exc
+                log.warning("batch_retry", size=len(events), error=type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
