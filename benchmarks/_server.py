@@ -101,25 +101,42 @@ def running_server(*, warmup: bool = True, env: dict[str, str] | None = None) ->
 
 
 @contextlib.contextmanager
+def node_process(
+    bootstrap: str, redis_url: str, command: tuple[str, ...], env: dict[str, str]
+) -> Iterator[str]:
+    """One pushrec process on Kafka and ``redis_url``; yields its address once it answers."""
+    with _node(bootstrap, redis_url, command, env) as (address, _cpu):
+        yield address
+
+
+@contextlib.contextmanager
 def worker_process(
     bootstrap: str, topic: str, redis_url: str
 ) -> Iterator[tuple[str, Callable[[], float]]]:
     """One `pushrec worker` on ``topic``; yields its address and a CPU-seconds reader."""
+    env = {"PUSHREC_KAFKA_TOPIC": topic, "PUSHREC_KAFKA_GROUP": f"g-{topic}"}
+    with _node(bootstrap, redis_url, ("worker",), env) as node:
+        yield node
+
+
+@contextlib.contextmanager
+def _node(
+    bootstrap: str, redis_url: str, command: tuple[str, ...], extra: dict[str, str]
+) -> Iterator[tuple[str, Callable[[], float]]]:
     port = _free_port()
     env = {
         **os.environ,
         "PUSHREC_PORT": str(port),
         "PUSHREC_REDIS_URL": redis_url,
         "PUSHREC_KAFKA_BOOTSTRAP": bootstrap,
-        "PUSHREC_KAFKA_TOPIC": topic,
-        "PUSHREC_KAFKA_GROUP": f"g-{topic}",
         "PUSHREC_SECRET": SECRET,
         "PUSHREC_ADMIN_KEY": ADMIN_KEY,
         "PUSHREC_LOG_LEVEL": "warning",
         "PUSHREC_CATALOG_FILE": str(ROOT / "examples/catalog/rees46.jsonl"),
+        **extra,
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "push.cli", "worker"],
+        [sys.executable, "-m", "push.cli", *command],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
@@ -135,10 +152,12 @@ def worker_process(
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://{address}/healthz", timeout=1):
-                    break
+                with urllib.request.urlopen(f"http://{address}/readyz", timeout=1) as r:
+                    if json.load(r)["ready"]:
+                        break
             except OSError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         yield address, cpu
     finally:
         proc.terminate()

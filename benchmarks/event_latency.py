@@ -263,7 +263,7 @@ def main() -> None:
     fig.tight_layout()
     args.plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.plot, dpi=90)
-    print(f"\nplot: {args.plot.relative_to(ROOT)}")
+    print(f"\nplot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def main() -> None:
     fig.tight_layout()
     plot.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(plot, dpi=90)
-    print(f"\nplot: {plot.relative_to(ROOT)}")
+    print(f"\nplot: {plot}")
 
 
 if __name__ == "__main__":

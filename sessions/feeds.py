@@ -23,6 +23,7 @@ from redis.asyncio import Redis
 from sessions.diff import DiffBody, checksum, ids_of, make_diff
 from sessions.exceptions import VersionConflict
 from sessions.keys import feed_key, history_key
+from sessions.scripts import Call, PipelinedScript
 from sessions.versions import Version, new_epoch
 
 _WRITE_LUA = resources.files("sessions").joinpath("lua/feed_write.lua").read_text()
@@ -118,7 +119,7 @@ class FeedStore:
         self._redis = redis
         self._ttl_s = ttl_s
         self._history_len = history_len
-        self._write = redis.register_script(_WRITE_LUA)
+        self._write = PipelinedScript(redis, _WRITE_LUA)
 
     async def read(self, user: str, feed: str) -> FeedState | None:
         """The current version of a feed, or None when it has none."""
@@ -148,30 +149,31 @@ class FeedStore:
         """
         out: list[FeedUpdate | Exception | None] = [None] * len(writes)
         pending: list[tuple[int, FeedState, FeedState | None, DiffBody | None]] = []
-        pipe = self._redis.pipeline(transaction=False)
+        calls: list[Call] = []
         for i, (user, feed, base, items) in enumerate(writes):
             diff: DiffBody | None = None
             if base is not None:
                 diff = make_diff(base.items, items)
                 if diff is None:
                     continue
-            await self._write(
-                keys=[feed_key(user, feed), history_key(user, feed)],
-                args=[
-                    base.version.epoch if base else "",
-                    base.version.n if base else 0,
-                    msgpack.packb(items),
-                    msgpack.packb(diff) if diff is not None else b"",
-                    self._history_len,
-                    self._ttl_s,
-                    new_epoch(),
-                ],
-                client=pipe,
+            calls.append(
+                (
+                    [feed_key(user, feed), history_key(user, feed)],
+                    [
+                        base.version.epoch if base else "",
+                        base.version.n if base else 0,
+                        msgpack.packb(items),
+                        msgpack.packb(diff) if diff is not None else b"",
+                        self._history_len,
+                        self._ttl_s,
+                        new_epoch(),
+                    ],
+                )
             )
             pending.append((i, FeedState(user, feed, Version("", 0), tuple(items)), base, diff))
         if not pending:
             return out
-        replies = await pipe.execute(raise_on_error=False)
+        replies = await self._write.run_many(calls)
         for (i, draft, base, diff), res in zip(pending, replies, strict=True):
             if isinstance(res, Exception):
                 out[i] = res

@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 
 from sessions.feeds import FeedState, decode_body
 from sessions.keys import feed_key, user_tag
+from sessions.scripts import Call, PipelinedScript
 from sessions.versions import Version
 from streams.events import Event
 
@@ -117,10 +118,9 @@ class ProfileStore:
         tuning: ProfileTuning | None = None,
         scoring: ScoringTuning | None = None,
     ) -> None:
-        self._redis = redis
         self.tuning = tuning or ProfileTuning()
         self.scoring = scoring or ScoringTuning()
-        self._script = redis.register_script(script_source(self.tuning, self.scoring))
+        self._script = PipelinedScript(redis, script_source(self.tuning, self.scoring))
 
     async def apply(self, event: Event, categories: list[str]) -> tuple[str, ProfileView | None]:
         """Apply ``event`` in one round trip.
@@ -148,30 +148,30 @@ class ProfileStore:
         A Redis error reply fails that event alone (returned in its place); connection errors
         raise for all, and a retry is absorbed by dedup.
         """
-        pipe = self._redis.pipeline(transaction=False)
+        calls: list[Call] = []
         for event, categories, known, score in batch:
             w_aff, w_cov, w_trend = WEIGHTS[event.type]
-            await self._script(
-                keys=[*user_keys(event.user_id), feed_key(event.user_id, "home")],
-                args=[
-                    event.event_id,
-                    event.type,
-                    event.item_id or "",
-                    "\n".join(categories),
-                    event.ts,
-                    w_aff,
-                    w_cov,
-                    w_trend,
-                    known.version.epoch if known else "",
-                    known.version.n if known else 0,
-                    "1" if score else "0",
-                ],
-                client=pipe,
+            calls.append(
+                (
+                    [*user_keys(event.user_id), feed_key(event.user_id, "home")],
+                    [
+                        event.event_id,
+                        event.type,
+                        event.item_id or "",
+                        "\n".join(categories),
+                        event.ts,
+                        w_aff,
+                        w_cov,
+                        w_trend,
+                        known.version.epoch if known else "",
+                        known.version.n if known else 0,
+                        "1" if score else "0",
+                    ],
+                )
             )
+        replies = await self._script.run_many(calls)
         out: list[tuple[str, ProfileView | None] | Exception] = []
-        for (event, _, known, _), res in zip(
-            batch, await pipe.execute(raise_on_error=False), strict=True
-        ):
+        for (event, _, known, _), res in zip(batch, replies, strict=True):
             if isinstance(res, Exception):
                 out.append(res)
             elif int(res[0]) == 0:
