@@ -27,6 +27,7 @@ import httpx
 import redis
 from websockets.asyncio.client import ClientConnection, connect
 
+from benchmarks._plot import figure, latency_cdf, save
 from benchmarks._server import ADMIN_KEY, ROOT, SECRET, running_server
 from sessions.diff import DiffBody, apply_diff
 from sessions.tokens import TokenVerifier
@@ -240,30 +241,14 @@ def main() -> None:
     print(f"| snapshot frame bytes, median | {statistics.median(res['snap']):.0f} |")
     print(f"| update / snapshot, median | {statistics.median(ratio):.1%} |")
     print(f"| update / snapshot, p90 | {pct(ratio, 0.9):.1%} |")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    s = sorted(lat)
-    a.plot(s, [i / len(s) for i in range(len(s))])
-    a.set_xscale("log")
-    a.set_xlabel("POST → diff frame (ms)")
-    a.set_ylabel("fraction of events")
-    a.axvline(3, color="g", ls="--", label="p50 target 3 ms")
-    a.axvline(15, color="r", ls="--", label="p99 target 15 ms")
-    a.legend()
-    a.set_title("event → diff latency (CDF)")
+    fig, (a, b) = figure(2)
+    latency_cdf(a, lat, "POST → diff frame (ms)", "event → diff latency (CDF)")
     b.hist([r * 100 for r in ratio], bins=30)
     b.axvline(10, color="r", ls="--", label="target 10 %")
-    b.set_xlabel("diff bytes / snapshot bytes (%)")
+    b.set_xlabel("update bytes / snapshot bytes (%)")
     b.set_title("wire size of one-event updates")
     b.legend()
-    fig.tight_layout()
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.plot, dpi=90)
-    print(f"\nplot: {args.plot}")
+    save(fig, args.plot)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from websockets.asyncio.client import ClientConnection, connect
 
+from benchmarks._plot import figure, latency_cdf, save
 from benchmarks._server import ROOT, SECRET, node_process, processed_total
 from push.demo import WARMUP_FILE, read_warmup
 from sessions.tokens import TokenVerifier
@@ -147,25 +148,14 @@ def main() -> None:
     for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)):
         print(f"| latency {name} | {pct(lat, q):.2f} ms |")
     print(f"| latency max | {max(lat):.2f} ms |")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ordered = sorted(lat)
-    ax.plot(ordered, [i / len(ordered) for i in range(len(ordered))])
-    ax.set_xscale("log")
-    ax.axvline(3, color="g", ls="--", label="p50 target 3 ms")
-    ax.axvline(15, color="r", ls="--", label="p99 target 15 ms")
-    ax.set_xlabel("Kafka produce → client frame (ms)")
-    ax.set_ylabel("fraction of events")
-    ax.set_title(f"{args.clients} sockets, {res['rate']:.0f} events/s, web + worker processes")
-    ax.legend()
-    fig.tight_layout()
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.plot, dpi=90)
-    print(f"\nplot: {args.plot}")
+    fig, (ax,) = figure()
+    latency_cdf(
+        ax,
+        lat,
+        "Kafka produce → client frame (ms)",
+        f"{args.clients} sockets, {res['rate']:.0f} events/s, web + worker processes",
+    )
+    save(fig, args.plot)
 
 
 if __name__ == "__main__":

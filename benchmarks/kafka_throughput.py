@@ -24,6 +24,7 @@ import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from benchmarks._plot import figure, save
 from benchmarks._server import ROOT, processed_total, worker_process
 from push.demo import WARMUP_FILE, read_warmup
 
@@ -109,12 +110,7 @@ def main() -> None:
     print(f"| all events, wall | {total:.1f} s ({args.events / total:,.0f} events/s incl. start) |")
     print(f"| worker process CPU (user+sys) | {worker_cpu:.1f} s |")
     print(f"| Redis server CPU (user+sys) | {redis_cpu:.1f} s |")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, (ax,) = figure()
     ts = [t for t, _ in samples]
     rates = [0.0] + [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(samples)]
     ax.plot(ts, rates)
@@ -124,10 +120,7 @@ def main() -> None:
     ax.set_ylabel("events/s")
     ax.set_title("one worker process: Kafka → Redis → stored diffs")
     ax.legend()
-    fig.tight_layout()
-    plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(plot, dpi=90)
-    print(f"\nplot: {plot}")
+    save(fig, plot)
 
 
 if __name__ == "__main__":

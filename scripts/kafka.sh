@@ -32,6 +32,8 @@ KAFKA_JAR="$LIB/kafka_2.13-$KAFKA_VERSION.jar"
 
 log() { echo "kafka.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
+# shellcheck source=scripts/_proc.sh
+. "$(dirname "${BASH_SOURCE[0]}")/_proc.sh"
 
 need_java() {
   command -v java >/dev/null || die "java not found (Java 17+ required; apt-get install openjdk-17-jre-headless)"
@@ -224,25 +226,7 @@ start() {
 }
 
 stop() {
-  if ! pid_alive; then
-    rm -f "$PIDFILE"
-    log "not running"
-    return 0
-  fi
-  local pid i
-  pid="$(cat "$PIDFILE")"
-  kill -TERM "$pid" 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.2
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "still running after 20s; killing"
-    kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.5
-  fi
-  rm -f "$PIDFILE"
-  log "stopped"
+  stop_pidfile 20
 }
 
 case "${1:-}" in

