@@ -27,7 +27,7 @@ from sessions.exceptions import VersionConflict
 from sessions.feeds import FeedCache, FeedState, FeedStore, FeedUpdate
 from streams.catalog import Catalog
 from streams.events import Event
-from streams.profile import ProfileStore
+from streams.profile import ProfileStore, ProfileView
 from streams.recommender import Recommender
 
 log = structlog.get_logger(__name__)
@@ -90,13 +90,16 @@ class Processor:
     async def _lane(self, lane: list[Event]) -> list[str]:
         started = time.perf_counter()
         outcomes = ["failed"] * len(lane)
-        last = {event.user_id: i for i, event in enumerate(lane)}
+        # Each user's feed is scored on the user's last event that can change it (impressions
+        # cannot); the earlier ones are applied unscored ("coalesced").
+        last = {e.user_id: i for i, e in enumerate(lane) if e.type != "impression"}
         applied = await self._profiles.apply_many(
             [
-                (e, self._categories(e), self._known.get(e.user_id), last[e.user_id] == i)
+                (e, self._categories(e), self._known.get(e.user_id), last.get(e.user_id) == i)
                 for i, e in enumerate(lane)
             ]
         )
+        await self._score_missed(lane, applied)
         writes: list[tuple[str, str, FeedState | None, list[dict[str, Any]]]] = []
         owners: list[int] = []
         for i, (event, result) in enumerate(zip(lane, applied, strict=True)):
@@ -104,13 +107,14 @@ class Processor:
                 log.error("event_failed", event_id=event.event_id, error=str(result)[:200])
                 continue
             status, view = result
+            outcomes[i] = status
             if view is None:
-                outcomes[i] = status
                 continue
             try:
                 items = self._recommender.home(view, current=event.item_id)
             except Exception:
                 log.exception("recompute_failed", event_id=event.event_id)
+                outcomes[i] = "failed"
                 continue
             writes.append((event.user_id, HOME, view.feed, items))
             owners.append(i)
@@ -122,7 +126,8 @@ class Processor:
             if isinstance(written, Exception):
                 log.error("store_failed", event_id=lane[i].event_id, error=str(written)[:200])
                 continue
-            outcomes[i] = "unchanged" if written is None else "ok"
+            if outcomes[i] == "ok":  # a duplicate that scored for coalesced events stays one
+                outcomes[i] = "unchanged" if written is None else "ok"
             if written is not None:
                 updates.append(written)
                 self._known.put(written.state)
@@ -131,6 +136,40 @@ class Processor:
         for event, outcome in zip(lane, outcomes, strict=True):
             self._observe(event.type, outcome, elapsed)
         return outcomes
+
+    async def _score_missed(
+        self, lane: list[Event], applied: list[tuple[str, ProfileView | None] | Exception]
+    ) -> None:
+        """Score users whose scoring event turned out a duplicate after coalesced events.
+
+        Rare (a replayed event ending a user's run in a batch), and then one more round trip:
+        the coalesced events changed the profile, so the feed must still be recomputed.
+        """
+        coalesced = {
+            e.user_id for e, r in zip(lane, applied, strict=True) if r == ("coalesced", None)
+        }
+        missed = [
+            i
+            for i, (e, r) in enumerate(zip(lane, applied, strict=True))
+            if e.user_id in coalesced
+            and isinstance(r, tuple)
+            and r[0] == "duplicate"
+            and all(lane[j].user_id != e.user_id for j in range(i + 1, len(lane)))
+        ]
+        if not missed:
+            return
+        refresh: list[tuple[Event, list[str], FeedState | None, bool]] = [
+            (
+                Event("", lane[i].user_id, "refresh", None, lane[i].ts),
+                [],
+                self._known.get(lane[i].user_id),
+                True,
+            )
+            for i in missed
+        ]
+        for i, result in zip(missed, await self._profiles.apply_many(refresh), strict=True):
+            if isinstance(result, tuple) and result[1] is not None:
+                applied[i] = ("duplicate", result[1])
 
     async def ensure_feed(self, user: str) -> FeedState:
         """The user's stored home feed, computing and storing a first one when there is none."""

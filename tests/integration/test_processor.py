@@ -1,0 +1,78 @@
+"""streams/processor.py on a real Redis: coalescing keeps every event's effect in the feed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from push.redis_client import connect
+from push.redis_server import EmbeddedRedis
+from sessions.broker_memory import MemoryBroker
+from sessions.feeds import FeedStore, FeedUpdate
+from streams.catalog import Catalog, Item
+from streams.events import Event
+from streams.processor import Processor
+from streams.profile import ProfileStore
+from streams.recommender import Recommender, RecommenderTuning
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    external = os.environ.get("PUSHREC_TEST_REDIS_URL")
+    if external:
+        yield external.rsplit("/", 1)[0] + "/11"
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+def _view(n: int, user: str, item: str, ts: int, event_id: str | None = None) -> Event:
+    return Event(event_id or f"{user}-{n}", user, "view", item, ts)
+
+
+async def _scenario(url: str) -> None:
+    redis = connect(url)
+    await redis.flushdb()
+    catalog = Catalog(redis)
+    await catalog.upsert([Item(i, i, 1.0, "c", "", True, {}) for i in "abcdefgh"])
+    feeds = FeedStore(redis, ttl_s=3600, history_len=10)
+    broker = MemoryBroker()
+    published: list[FeedUpdate] = []
+    await broker.start(published.append)
+    processor = Processor(
+        profiles=ProfileStore(redis),
+        recommender=Recommender(catalog, RecommenderTuning(size=3)),
+        feeds=feeds,
+        broker=broker,
+        catalog=catalog,
+    )
+    now = int(time.time() * 1000)
+    # Others teach neighbours: a→b, c→d.
+    await processor.handle_batch([_view(0, "o1", "a", now), _view(1, "o1", "b", now + 1)])
+    await processor.handle_batch([_view(0, "o2", "c", now), _view(1, "o2", "d", now + 1)])
+
+    # A batch whose last event of the user is a replay: the views before it were coalesced,
+    # and their effect must still reach the stored feed.
+    first = _view(0, "u", "a", now + 10)
+    await processor.handle_batch([first])
+    await processor.handle_batch([_view(1, "u", "c", now + 11), first])
+    state = await feeds.read("u", "home")
+    assert state is not None
+    assert state.items[0]["id"] == "d"  # the neighbour of the coalesced view of c
+
+    # An impression last does not hide the view before it: the feed is recomputed with "a"
+    # as the current item (so "a" leaves the list).
+    impression = Event("u-imp", "u", "impression", "x", now + 13)
+    await processor.handle_batch([_view(2, "u", "a", now + 12), impression])
+    after = await feeds.read("u", "home")
+    assert after is not None and after.version.n == state.version.n + 1
+    assert "a" not in [p["id"] for p in after.items]
+    await redis.aclose()
+
+
+def test_coalesced_events_reach_the_feed_even_when_the_last_is_a_replay(redis_url: str) -> None:
+    asyncio.run(_scenario(redis_url))
