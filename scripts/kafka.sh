@@ -190,14 +190,20 @@ start() {
     fi
   done
   mkdir -p "$KAFKA_DIR"
-  rm -rf "$DATA"
   : >"$LOG"
   write_config
   local java_opts=(-Dlog4j.configuration="file:$LOG4J" -Djava.awt.headless=true)
-  local uuid
-  uuid="$(java "${java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool random-uuid)"
-  java "${java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool format -t "$uuid" -c "$PROPS" >"$OUT" 2>&1 \
-    || { cat "$OUT" >&2; die "storage format failed"; }
+  # KAFKA_KEEP_DATA=1 restarts on the existing log (topics, offsets): a broker restart, as in
+  # production. Otherwise every start is a fresh, formatted broker.
+  if [ "${KAFKA_KEEP_DATA:-}" = 1 ] && [ -f "$DATA/meta.properties" ]; then
+    : >"$OUT"
+  else
+    rm -rf "$DATA"
+    local uuid
+    uuid="$(java "${java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool random-uuid)"
+    java "${java_opts[@]}" -cp "$LIB/*" kafka.tools.StorageTool format -t "$uuid" -c "$PROPS" \
+      >"$OUT" 2>&1 || { cat "$OUT" >&2; die "storage format failed"; }
+  fi
   # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS is a list of JVM flags
   nohup java $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 "${java_opts[@]}" \
     -cp "$LIB/*" kafka.Kafka "$PROPS" >>"$OUT" 2>&1 </dev/null &

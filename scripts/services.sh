@@ -38,7 +38,13 @@ up() {
   if [ -z "$bootstrap" ] || [ -z "$redis_url" ]; then
     log "could not read the service addresses"; down >/dev/null 2>&1 || true; return 1
   fi
-  printf 'PUSHREC_TEST_KAFKA_BOOTSTRAP=%s\nPUSHREC_TEST_REDIS_URL=%s\n' "$bootstrap" "$redis_url" >"$ENV_FILE.tmp"
+  {
+    printf 'PUSHREC_TEST_KAFKA_BOOTSTRAP=%s\nPUSHREC_TEST_REDIS_URL=%s\n' "$bootstrap" "$redis_url"
+    # What a test needs to restart this very broker (scripts/kafka.sh with KAFKA_KEEP_DATA=1).
+    printf 'PUSHREC_TEST_KAFKA_DIR=%s\n' "${KAFKA_DIR:-$ROOT/.cache/kafka}"
+    printf 'PUSHREC_TEST_KAFKA_PORT=%s\n' "${KAFKA_PORT:-19092}"
+    printf 'PUSHREC_TEST_KAFKA_CONTROLLER_PORT=%s\n' "${KAFKA_CONTROLLER_PORT:-19093}"
+  } >"$ENV_FILE.tmp"
   mv "$ENV_FILE.tmp" "$ENV_FILE"
   cat "$ENV_FILE"
 }

@@ -91,9 +91,27 @@ class KafkaProducer:
                 await asyncio.gather(*pending)
         except (KafkaError, TimeoutError) as exc:
             log.warning("kafka_produce_failed", events=len(events), error=type(exc).__name__)
+            if isinstance(exc, KafkaError) and not exc.retriable:
+                # E.g. OutOfOrderSequenceNumber after a broker restart cut batches mid-flight:
+                # this producer's idempotence state is broken for good and every later send
+                # would fail the same way. A new producer starts a new sequence (and dedup on
+                # event_id absorbs what the old one may have delivered).
+                self._replace(producer)
             raise SourceUnavailable(
                 "event log (Kafka) did not acknowledge; retry the batch", retry_after_s=1
             ) from None
+
+    def _replace(self, broken: AIOKafkaProducer) -> None:
+        if self._producer is not broken:
+            return  # another send already replaced it
+        self._producer = None
+
+        self._connecting = asyncio.create_task(self._renew(broken))
+
+    async def _renew(self, broken: AIOKafkaProducer) -> None:
+        with contextlib.suppress(Exception):
+            await broken.stop()
+        await self._keep_connecting()
 
     async def stop(self) -> None:
         """Flush and close."""
