@@ -11,6 +11,9 @@ import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
 
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
 from push import protocol
 from push.protocol import Action, ClientState
 from push.runtime import Runtime
@@ -24,6 +27,14 @@ HOME = "home"
 
 class SlowClient(Exception):
     """A frame could not be written within the send timeout."""
+
+
+class Unavailable(Exception):
+    """The feed store stayed unreachable: the client should reconnect (maybe elsewhere)."""
+
+
+#: How long a connection waits for the feed store to come back before giving up on it.
+STORE_PATIENCE_S = 15.0
 
 
 def resume_id(state: FeedState) -> str:
@@ -67,11 +78,11 @@ class LiveSession:
         gauge.inc()
         try:
             await self.send(protocol.hello_frame(self.user, self.conn), "hello")
-            await self._snapshot(await self.runtime.processor.ensure_feed(self.user))
+            await self._snapshot(await self._stored())
             while not self.outbox.closed:
                 for work in await self.outbox.take():
                     if isinstance(work, SnapshotWanted):
-                        await self._snapshot(await self.runtime.processor.ensure_feed(self.user))
+                        await self._snapshot(await self._stored())
                         continue
                     action = self._client.on_update(work)
                     if action is Action.SEND:
@@ -83,6 +94,23 @@ class LiveSession:
             self.outbox.close()
             gauge.dec()
             await hub.detach(self.user, self.outbox)
+
+    async def _stored(self) -> FeedState:
+        """The stored feed, riding out a short Redis outage (restart, failover).
+
+        Raises :class:`Unavailable` after ``STORE_PATIENCE_S``: the transport then closes with
+        a reconnect code, and the client comes back to a node that can serve it.
+        """
+        delay = 0.1
+        deadline = asyncio.get_running_loop().time() + STORE_PATIENCE_S
+        while True:
+            try:
+                return await self.runtime.processor.ensure_feed(self.user)
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    raise Unavailable("feed store unreachable") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _snapshot(self, state: FeedState) -> None:
         held = self._client.held(state.feed)

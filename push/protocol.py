@@ -27,6 +27,7 @@ class CloseCode(enum.IntEnum):
     SHUTDOWN = 4000  # server going away (deploy): reconnect, possibly to another node
     SLOW = 4001  # the client did not keep up: reconnect and take a snapshot
     HEARTBEAT = 4002  # the client stopped answering pings
+    UNAVAILABLE = 4003  # the server cannot reach its feed store: reconnect (maybe elsewhere)
     BAD_REQUEST = 4500  # protocol violation (too many malformed messages)
     UNAUTHORIZED = 4501  # token missing, invalid or expired: get a new token first
     AUTH_TIMEOUT = 4502  # no auth message in time

@@ -15,7 +15,7 @@ import structlog
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from push import protocol
-from push.live import LiveSession, SlowClient
+from push.live import LiveSession, SlowClient, Unavailable
 from push.protocol import CloseCode, ProtocolError
 from push.runtime import Runtime
 from sessions.exceptions import InvalidToken
@@ -62,6 +62,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                 close = exc
             elif isinstance(exc, SlowClient):
                 close = _Close(CloseCode.SLOW, "client too slow; reconnect")
+            elif isinstance(exc, Unavailable):
+                close = _Close(CloseCode.UNAVAILABLE, "feed store unreachable; reconnect")
             elif isinstance(exc, WebSocketDisconnect | OSError) or exc is None:
                 pass
             else:
