@@ -10,7 +10,7 @@ import random
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import msgpack
@@ -215,3 +215,76 @@ def test_three_nodes_share_the_work_and_survive_a_sigkill() -> None:
             # Every update after the first snapshot arrived as the next version, in order.
             versions = [f["version"] for f in frames]
             assert all(b[1] == a[1] + 1 and b[0] == a[0] for a, b in itertools.pairwise(versions))
+
+
+def _model(c: Cluster, users: list[str]) -> dict[str, Any]:
+    """Everything the events built in Redis: each user's profile and the learnt item model.
+
+    Decayed scores share one origin per run (the first event it applied), so sums that differ
+    only by that constant factor are made comparable by dividing by the largest.
+    """
+    store = c.redis()
+
+    def scored(key: str, normalise: bool = False) -> dict[str, float]:
+        raw = cast(list[tuple[bytes, float]], store.zrange(key, 0, -1, withscores=True))
+        pairs = {m.decode(): float(s) for m, s in raw}
+        top = max(pairs.values(), default=1.0) if normalise else 1.0
+        return {m: round(s / top, 9) for m, s in pairs.items()}
+
+    model: dict[str, Any] = {"trend": scored("pr:trend", normalise=True)}
+    for item in ITEMS:
+        model[f"nb:{item}"] = scored(f"pr:nb:{item}")
+    for user in users:
+        tag = f"pr:{{u:{user}}}:"
+        model[user] = {
+            "recent": scored(tag + "recent"),
+            "aff": scored(tag + "aff"),
+            "cart": sorted(m.decode() for m in cast(set[bytes], store.smembers(tag + "cart"))),
+            "bought": scored(tag + "bought"),
+            "events": store.zcard(tag + "dedup"),
+        }
+    return model
+
+
+def test_three_nodes_learn_exactly_what_one_node_learns() -> None:
+    """The same events, through one node and through a web node with two workers: every
+    user's profile and the learnt item model come out the same."""
+    rng = random.Random(23)  # noqa: S311 - reproducible traffic, not secrets
+    users = [f"ref-{n}" for n in range(6)]
+    start = int(time.time() * 1000)
+    kinds = ["view"] * 6 + ["add_to_cart", "purchase"]
+    events = [
+        {
+            "event_id": f"ref-{i}",
+            "user_id": users[i % len(users)],
+            "type": rng.choice(kinds),
+            "item_id": rng.choice(ITEMS),
+            "ts": start + i,
+        }
+        for i in range(240)
+    ]
+
+    def run(*commands: tuple[str, ...]) -> dict[str, Any]:
+        with cluster() as c:
+            nodes = [c.start(f"n{i}", *cmd) for i, cmd in enumerate(commands)]
+            web = nodes[0]
+            web.load_catalog()
+
+            async def post_all() -> None:
+                for n in range(0, len(events), 20):
+                    assert (await web.post(events[n : n + 20])).status_code == 202
+                await _until(
+                    lambda: all(
+                        c.redis().zcard(f"pr:{{u:{u}}}:dedup")
+                        == sum(e["user_id"] == u for e in events)
+                        for u in users
+                    ),
+                    60,
+                )
+
+            asyncio.run(post_all())
+            return _model(c, users)
+
+    reference = run(("serve",))
+    spread = run(("serve", "--no-worker"), ("worker",), ("worker",))
+    assert spread == reference
