@@ -309,3 +309,36 @@ def test_three_nodes_learn_exactly_what_one_node_learns() -> None:
     reference = run(("serve",))
     spread = run(("serve", "--no-worker"), ("worker",), ("worker",))
     assert spread == reference
+
+
+def test_clients_of_a_killed_web_node_reconnect_elsewhere_and_converge() -> None:
+    """A web node is SIGKILLed: its client reconnects to another web node, gets the stored
+    state as a snapshot, and follows every later change there."""
+    with cluster() as c:
+        web_a = c.start("web-a", "serve", "--no-worker")
+        web_b = c.start("web-b", "serve", "--no-worker")
+        c.start("worker", "worker")
+        web_a.load_catalog()
+
+        async def scenario() -> None:
+            user = new_id("u")
+            await web_a.crowd("phones-1", "phones-2", "phones-3")
+            await web_a.crowd("books-1", "books-2", "books-3")
+            async with ws_client(web_a, user) as tab:
+                await web_a.view(user, "phones-1")
+                await tab.wait(lambda s: len(s.frames) > 1 and s.ids[:1] == ["phones-2"], 15)
+                c.kill("web-a")
+            # The client comes back on another node (as the SDK does after a drop).
+            await web_b.view(user, "books-1")  # a change while it was away
+            async with ws_client(web_b, user) as again:
+                stored = await web_b.feed(user)
+                assert again.frames[0]["type"] == "snapshot"
+                await again.wait(holds(version_key(stored["version"])), 15)
+                assert again.states[version_key(stored["version"])] == stored["items"]
+                await web_b.view(user, "phones-1")
+                await again.wait(lambda s: len(s.frames) > 1, 15)  # the next change arrives
+                latest = await web_b.feed(user)
+                await again.wait(holds(version_key(latest["version"])), 15)
+                assert again.states[version_key(latest["version"])] == latest["items"]
+
+        asyncio.run(scenario())
