@@ -7,6 +7,7 @@ Timeouts scale with ``PUSHREC_TEST_TIMEOUT_SCALE`` (default 1).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from push.redis_server import EmbeddedRedis
 from tests.integration.harness import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,6 +80,18 @@ def start_server(
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError("server did not become ready")
+
+
+@contextlib.contextmanager
+def redis_database(db: int) -> Iterator[str]:
+    """URL of a real Redis database for one test: database ``db`` of
+    ``PUSHREC_TEST_REDIS_URL`` when set, else a private embedded server."""
+    external = os.environ.get("PUSHREC_TEST_REDIS_URL")
+    if external:
+        yield f"{external.rsplit('/', 1)[0]}/{db}"
+        return
+    with EmbeddedRedis() as server:
+        yield server.url
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> int:

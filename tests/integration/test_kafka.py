@@ -206,14 +206,7 @@ def test_three_nodes_share_the_work_and_survive_a_sigkill() -> None:
                         before_kill.update({u: len(clients[u].frames) for u in users})
                         c.kill("w1")  # mid-stream: uncommitted work must be redone, once
                     assert (await web.post(events[n : n + 20])).status_code == 202
-                await _until(
-                    lambda: all(
-                        c.redis().zcard(f"pr:{{u:{u}}}:dedup")
-                        == sum(e["user_id"] == u for e in events)
-                        for u in users
-                    ),
-                    60,
-                )
+                await _until(lambda: _applied(c, users) == len(events), 60)
                 for user in users:
                     stored = await web.feed(user)
                     key = version_key(stored["version"])
@@ -294,14 +287,7 @@ def test_three_nodes_learn_exactly_what_one_node_learns() -> None:
             async def post_all() -> None:
                 for n in range(0, len(events), 20):
                     assert (await web.post(events[n : n + 20])).status_code == 202
-                await _until(
-                    lambda: all(
-                        c.redis().zcard(f"pr:{{u:{u}}}:dedup")
-                        == sum(e["user_id"] == u for e in events)
-                        for u in users
-                    ),
-                    60,
-                )
+                await _until(lambda: _applied(c, users) == len(events), 60)
 
             asyncio.run(post_all())
             return _model(c, users)

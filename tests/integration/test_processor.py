@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from push.redis_client import connect
-from push.redis_server import EmbeddedRedis
 from sessions.broker_memory import MemoryBroker
 from sessions.feeds import FeedStore, FeedUpdate
 from streams.catalog import Catalog, Item
@@ -18,16 +16,13 @@ from streams.events import Event
 from streams.processor import Processor
 from streams.profile import ProfileStore
 from streams.recommender import Recommender, RecommenderTuning
+from tests.integration.conftest import redis_database
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    external = os.environ.get("PUSHREC_TEST_REDIS_URL")
-    if external:
-        yield external.rsplit("/", 1)[0] + "/11"
-        return
-    with EmbeddedRedis() as server:
-        yield server.url
+    with redis_database(11) as url:
+        yield url
 
 
 def _view(n: int, user: str, item: str, ts: int, event_id: str | None = None) -> Event:

@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 
 import pytest
 
 from push.redis_client import connect
-from push.redis_server import EmbeddedRedis
 from sessions.scripts import PipelinedScript
+from tests.integration.conftest import redis_database
 
 COUNT = "return redis.call('INCR', KEYS[1])"
 
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    external = os.environ.get("PUSHREC_TEST_REDIS_URL")
-    if external:
-        yield external.rsplit("/", 1)[0] + "/15"
-        return
-    with EmbeddedRedis() as server:
-        yield server.url
+    with redis_database(15) as url:
+        yield url
 
 
 def test_runs_in_order_and_survives_a_script_flush(redis_url: str) -> None:
