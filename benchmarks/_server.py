@@ -27,6 +27,7 @@ class Running:
 
     address: str
     redis_url: str
+    pid: int = 0  # the server process, for /proc readings
 
 
 def _free_port() -> int:
@@ -94,7 +95,7 @@ def running_server(*, warmup: bool = True, env: dict[str, str] | None = None) ->
                 lines = sum(1 for _ in (ROOT / "examples/catalog/rees46-events.tsv").open()) - 1
                 while processed_total(address) < lines:
                     time.sleep(0.2)
-            yield Running(address, redis_server.url)
+            yield Running(address, redis_server.url, proc.pid)
         finally:
             proc.terminate()
             proc.wait(15)
