@@ -37,11 +37,12 @@ class FeedState:
     feed: str
     version: Version
     items: tuple[dict[str, Any], ...]
+    #: Checksum of the id order (see :func:`sessions.diff.checksum`); computed once, since
+    #: every frame carrying this state repeats it.
+    sum: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def sum(self) -> str:
-        """Checksum of the id order (see :func:`sessions.diff.checksum`)."""
-        return checksum(ids_of(self.items))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sum", checksum(ids_of(self.items)))
 
 
 @dataclass(slots=True)

@@ -50,10 +50,6 @@ class Hub:
             for outbox in self._by_user.get(user, ()):
                 outbox.resync()
 
-    def outboxes(self, user: str) -> frozenset[Outbox]:
-        """The live outboxes of ``user`` (for closing them, e.g. on erase)."""
-        return frozenset(self._by_user.get(user, ()))
-
     @property
     def users(self) -> int:
         """How many users have at least one connection here."""

@@ -22,10 +22,6 @@ class Version(NamedTuple):
         """The JSON/msgpack form: ``[epoch, n]``."""
         return [self.epoch, self.n]
 
-    def follows(self, other: Version) -> bool:
-        """True when ``self`` is the version right after ``other`` in the same epoch."""
-        return self.epoch == other.epoch and self.n == other.n + 1
-
     @classmethod
     def from_wire(cls, value: object) -> Version | None:
         """Parse ``[epoch, n]``; None when the value is not a well-formed version."""

@@ -118,10 +118,3 @@ def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
     if event_id is None or user_id is None:  # unreachable: both were required above
         raise InvalidEvent("missing_user_id", "user_id is required")
     return Event(event_id, user_id, str(etype), item_id, ts, props)
-
-
-def unpack_event(data: bytes) -> Event:
-    """Decode an event packed by :meth:`Event.pack` and validate it again."""
-    from streams.records import MSGPACK, decode_record  # records builds on this module
-
-    return decode_record(data, [("content-type", MSGPACK.encode())], record_ts_ms=0)

@@ -83,10 +83,6 @@ class Processor:
             lanes[zlib.crc32(event.user_id.encode()) % LANES].append(event)
         await asyncio.gather(*(self._lane(lane) for lane in lanes if lane))
 
-    async def handle(self, event: Event) -> str:
-        """Handle one event; returns its outcome: ok, unchanged, duplicate, noop or failed."""
-        return (await self._lane([event]))[0]
-
     async def _lane(self, lane: list[Event]) -> list[str]:
         started = time.perf_counter()
         outcomes = ["failed"] * len(lane)

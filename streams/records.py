@@ -64,3 +64,8 @@ def decode_record(
         max(record_ts_ms, ts) if isinstance(ts, int) and not isinstance(ts, bool) else record_ts_ms
     )
     return parse_event(obj, auth_user=None, now_ms=now_ms)
+
+
+def unpack_event(data: bytes) -> Event:
+    """Decode an event packed by :meth:`Event.pack` (msgpack) and validate it again."""
+    return decode_record(data, [("content-type", MSGPACK.encode())], record_ts_ms=0)

@@ -1,4 +1,4 @@
-"""Unit tests of streams/events.py: parse_event, unpack_event, Event.pack."""
+"""Unit tests of streams/events.py (parse_event, Event.pack) and streams/records.unpack_event."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from streams.events import (
     MIN_TS_MS,
     Event,
     parse_event,
-    unpack_event,
 )
 from streams.exceptions import InvalidEvent
+from streams.records import unpack_event
 
 NOW = 1_750_000_000_000
 
