@@ -9,10 +9,13 @@ from collections.abc import AsyncIterator
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route
 
+from push.api_auth import post_anonymous
 from push.api_catalog import get_categories, get_items, put_items
 from push.api_events import post_events
 from push.api_feeds import get_feed
@@ -20,9 +23,9 @@ from push.demo import demo_routes, warm_up
 from push.exceptions import HTTPProblem
 from push.health import healthz, metrics, readyz
 from push.http import problem_response
+from push.protocol import CloseCode
 from push.runtime import Runtime
-from push.sse import sse_endpoint
-from push.websocket import websocket_endpoint
+from push.sse import sse_endpoint, sse_message
 
 log = structlog.get_logger(__name__)
 
@@ -33,6 +36,7 @@ def build_app(runtime: Runtime) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await runtime.start()
+        runtime.connections.start()
         warming = None
         if runtime.settings.warmup_file is not None:
             warming = asyncio.create_task(warm_up(runtime, runtime.settings.warmup_file))
@@ -41,6 +45,9 @@ def build_app(runtime: Runtime) -> Starlette:
         finally:
             if warming is not None:
                 warming.cancel()
+            await runtime.connections.shutdown(
+                CloseCode.SHUTDOWN, "server shutting down; reconnect"
+            )
             await runtime.stop()
 
     async def on_problem(request: Request, exc: Exception) -> Response:
@@ -75,14 +82,24 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/v1/categories", get_categories, methods=["GET"]),
         Route("/v1/users/{user}/feeds/{feed}", get_feed, methods=["GET"]),
         Route("/v1/sse", sse_endpoint, methods=["GET"]),
-        WebSocketRoute("/v1/ws", websocket_endpoint),
+        Route("/v1/sse/{conn}", sse_message, methods=["POST"]),
+        Route("/v1/anonymous", post_anonymous, methods=["POST"]),
     ]
     if runtime.settings.web:  # a worker-only node serves probes and metrics alone
         routes.extend(web)
     if runtime.settings.demo and runtime.settings.web:
         routes.extend(demo_routes())
+    origins = runtime.settings.origins()
+    cors = Middleware(
+        CORSMiddleware,
+        allow_origins=["*"] if origins is None else sorted(origins),
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        max_age=600,
+    )
     app = Starlette(
         routes=routes,
+        middleware=[cors],
         lifespan=lifespan,
         exception_handlers={HTTPProblem: on_problem, HTTPException: on_http, Exception: on_error},
     )

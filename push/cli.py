@@ -26,6 +26,8 @@ from push.demo import CATALOG_FILE, WARMUP_FILE
 from push.exceptions import ConfigError
 from push.logs import configure_logging
 from push.runtime import Runtime, resolve_credentials
+from push.server import PushServer
+from push.ws_server import protocol_for
 from sessions.tokens import TokenVerifier
 
 
@@ -124,15 +126,13 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         build_app(runtime),
         host=settings.host,
         port=settings.port,
-        ws="websockets-sansio",
-        ws_max_size=max(65_536, settings.max_message_bytes * 2),
-        ws_ping_interval=None,  # the application pings (protocol frames), see docs/PROTOCOL.md
+        ws=protocol_for(runtime),  # our own WebSocket protocol: see push/ws_server.py
         log_config=None,
         access_log=False,
         lifespan="on",
         timeout_graceful_shutdown=10,
     )
-    asyncio.run(uvicorn.Server(config).serve())
+    asyncio.run(PushServer(config, runtime).serve())
     return 0
 
 

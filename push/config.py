@@ -7,15 +7,31 @@ embedded default: in-process bus, private Redis). Nothing else in the code reads
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from push.exceptions import ConfigError
+from sessions.tokens import (
+    PUBLIC_KEY_ALGORITHMS,
+    SUPPORTED_ALGORITHMS,
+    TokenVerifier,
+    load_public_key,
+)
 
 PREFIX = "PUSHREC_"
+#: ``scheme://host[:port]`` as browsers send it in ``Origin`` (host: name, IPv4 or [IPv6]).
+_ORIGIN = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*)://"
+    r"(?P<host>[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])"
+    r"(?::(?P<port>[0-9]{1,5}))?"
+)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +44,7 @@ class Settings:
     redis_url: str | None = None
     #: Where the embedded Redis keeps its data; unset = a temporary directory removed at exit.
     data_dir: Path | None = None
-    #: HS256 secret that signs visitor tokens (≥ 16 chars); embedded mode generates one if unset.
+    #: HS256 secret that signs visitor tokens (≥ 32 chars); embedded mode generates one if unset.
     secret: str | None = None
     #: API key of the shop backend and of every admin operation; embedded mode generates one.
     admin_key: str | None = None
@@ -43,6 +59,17 @@ class Settings:
     profile_ttl_s: int = 30 * 86_400
     history_len: int = 100
     token_leeway_s: float = 30.0
+    #: Accepted visitor-token algorithms, comma separated: HS256 (signed with ``secret``), RS256,
+    #: RS384, ES256, ES384 (verified with ``token_public_key_file``). Anonymous tokens, which the
+    #: server signs itself (HS256), are accepted in any case.
+    token_algorithms: str = "HS256"  # noqa: S105 - algorithm names, not a password
+    #: PEM public key of the shop's token issuer; required when an RS*/ES* algorithm is accepted.
+    token_public_key_file: Path | None = None
+    #: Lifetime of the anonymous visitor tokens of ``POST /v1/anonymous`` (30 days).
+    anon_token_ttl_s: int = 30 * 86_400
+    #: Browser origins allowed to open push connections, comma separated ``scheme://host[:port]``;
+    #: empty or ``*`` = any origin. Requests without an ``Origin`` header always pass.
+    allowed_origins: str = ""
     #: How long a WebSocket may take to send its auth message when no ``?token=`` was given.
     auth_timeout_s: float = 5.0
     #: Server pings every this many seconds; a client silent for two intervals is closed.
@@ -53,6 +80,10 @@ class Settings:
     max_pending_diffs: int = 8
     #: Largest client→server WebSocket message, in bytes.
     max_message_bytes: int = 16_384
+    #: Sustained client→server messages per second per connection (token bucket refill rate).
+    max_messages_per_s: float = 20.0
+    #: Client→server messages a connection may send at once before the rate applies (bucket size).
+    message_burst: int = 40
     #: Kafka bootstrap servers; unset = the in-process event bus (one process does everything).
     kafka_bootstrap: str | None = None
     kafka_topic: str = "events"
@@ -69,6 +100,68 @@ class Settings:
     catalog_file: Path | None = None
     #: A JSONL event log replayed once at start, shifted to end now (demo warm-up traffic).
     warmup_file: Path | None = None
+
+    def algorithms(self) -> tuple[str, ...]:
+        """The accepted token algorithms of ``token_algorithms``, upper-cased, without duplicates.
+
+        Raises :class:`ConfigError` for an unsupported one.
+        """
+        names: list[str] = []
+        for entry in self.token_algorithms.split(","):
+            name = entry.strip().upper()
+            if not name:
+                continue
+            if name not in SUPPORTED_ALGORITHMS:
+                raise ConfigError(
+                    f"PUSHREC_TOKEN_ALGORITHMS: {entry.strip()[:20]!r} is not supported; "
+                    f"choose from {', '.join(sorted(SUPPORTED_ALGORITHMS))}"
+                )
+            if name not in names:
+                names.append(name)
+        if not names:
+            raise ConfigError("PUSHREC_TOKEN_ALGORITHMS must list at least one algorithm")
+        return tuple(names)
+
+    def origins(self) -> frozenset[str] | None:
+        """The allowed browser origins, normalized as browsers send them (lower case, no default
+        port); ``None`` when any origin is allowed. Raises :class:`ConfigError` for a bad entry.
+        Parsed once per distinct value (it is asked on every WebSocket upgrade).
+        """
+        return _parse_origins(self.allowed_origins)
+
+    def public_key_pem(self) -> str | None:
+        """The text of ``token_public_key_file`` (unchecked); ``None`` when unset."""
+        path = self.token_public_key_file
+        if path is None:
+            return None
+        var = "PUSHREC_TOKEN_PUBLIC_KEY_FILE"
+        try:
+            return path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            raise ConfigError(f"{var}: {str(path)!r} does not exist") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{var}: {str(path)!r} is a directory, not a PEM file") from None
+        except PermissionError:
+            raise ConfigError(f"{var}: {str(path)!r} is not readable (permissions)") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{var}: {str(path)!r} is not a PEM text file") from None
+        except OSError as exc:
+            raise ConfigError(f"{var}: cannot read {str(path)!r}: {exc.strerror}") from None
+
+    def build_verifier(self, secret: str) -> TokenVerifier:
+        """The visitor-token verifier these settings describe, signing with ``secret``.
+
+        Reads ``token_public_key_file``; raises :class:`ConfigError` when it cannot work.
+        """
+        try:
+            return TokenVerifier(
+                secret,
+                leeway_s=self.token_leeway_s,
+                algorithms=self.algorithms(),
+                public_key=self.public_key_pem(),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"visitor tokens: {exc}") from None
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied (CLI flags override the environment)."""
@@ -115,6 +208,8 @@ class Settings:
             "max_body_bytes",
             "max_message_bytes",
             "profile_ttl_s",
+            "anon_token_ttl_s",
+            "message_burst",
         )
         for name in counts:
             if getattr(self, name) < 1:
@@ -124,6 +219,66 @@ class Settings:
             value = getattr(self, name)
             if not value >= 0 or (name != "token_leeway_s" and value == 0):  # `not >=` catches NaN
                 raise ConfigError(f"PUSHREC_{name.upper()} must be a positive number of seconds")
+        if not (self.max_messages_per_s > 0 and math.isfinite(self.max_messages_per_s)):
+            raise ConfigError("PUSHREC_MAX_MESSAGES_PER_S must be a positive, finite number")
+        self.origins()
+        self._validate_token_keys()
+
+    def _validate_token_keys(self) -> None:
+        algorithms = self.algorithms()
+        asymmetric = [name for name in algorithms if name in PUBLIC_KEY_ALGORITHMS]
+        var = "PUSHREC_TOKEN_PUBLIC_KEY_FILE"
+        if asymmetric and self.token_public_key_file is None:
+            raise ConfigError(
+                f"{var} must name the issuer's PEM public key: PUSHREC_TOKEN_ALGORITHMS "
+                f"accepts {', '.join(asymmetric)}"
+            )
+        if not asymmetric and self.token_public_key_file is not None:
+            raise ConfigError(
+                f"{var} is set but PUSHREC_TOKEN_ALGORITHMS accepts no RS256/RS384/ES256/ES384 "
+                "algorithm that would use it"
+            )
+        pem = self.public_key_pem()
+        if pem is not None:
+            try:
+                load_public_key(pem, asymmetric)
+            except ValueError as exc:
+                raise ConfigError(f"{var}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_origins(allowed_origins: str) -> frozenset[str] | None:
+    raw = allowed_origins.strip()
+    if raw in {"", "*"}:
+        return None
+    origins: set[str] = set()
+    for entry in raw.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        if entry == "*":
+            raise ConfigError(
+                "PUSHREC_ALLOWED_ORIGINS: '*' allows any origin and cannot be combined with a list"
+            )
+        origins.add(_normalize_origin(entry))
+    if not origins:
+        return None
+    return frozenset(origins)
+
+
+def _normalize_origin(entry: str) -> str:
+    """``entry`` as a browser sends it in ``Origin``; raises :class:`ConfigError` if malformed."""
+    match = _ORIGIN.fullmatch(entry.lower())
+    if match is None or (match["port"] is not None and not 1 <= int(match["port"]) <= 65535):
+        raise ConfigError(
+            f"PUSHREC_ALLOWED_ORIGINS: {entry[:100]!r} is not scheme://host[:port] "
+            "(e.g. https://shop.example or http://localhost:3000; no path, not even '/')"
+        )
+    scheme, host = match["scheme"], match["host"]
+    port = None if match["port"] is None else int(match["port"])
+    if port is None or _DEFAULT_PORTS.get(scheme) == port:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
 
 
 def _cast(name: str, type_name: str, raw: str) -> Any:

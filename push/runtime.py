@@ -18,6 +18,7 @@ import structlog
 from redis.asyncio import Redis
 
 from push.config import Settings
+from push.connections import Connections
 from push.metrics import Metrics
 from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
@@ -26,7 +27,6 @@ from sessions.broker_memory import MemoryBroker
 from sessions.broker_redis import RedisBroker
 from sessions.feeds import FeedStore
 from sessions.hub import Hub
-from sessions.tokens import TokenVerifier
 from streams.catalog import Catalog, load_items
 from streams.processor import Processor
 from streams.producer_kafka import KafkaProducer
@@ -84,7 +84,7 @@ class Runtime:
         self.credentials = credentials
         self.node = f"{socket.gethostname()}-{secrets.token_hex(3)}"
         self.metrics = Metrics()
-        self.verifier = TokenVerifier(credentials.secret, leeway_s=settings.token_leeway_s)
+        self.verifier = settings.build_verifier(credentials.secret)
         self.embedded: EmbeddedRedis | None = None
         self.bus: MemoryBus | None = None
         self.producer: EventProducer | None = None
@@ -111,6 +111,10 @@ class Runtime:
                 )
         self.broker: Broker = MemoryBroker()
         self.hub = Hub(self.broker)
+        self.connections = Connections()
+        self.profile_tuning = ProfileTuning(ttl_s=settings.profile_ttl_s)
+        #: The feeds a connection may subscribe to.
+        self.served_feeds: tuple[str, ...] = ("home",)
         self._redis: Redis | None = None
         self._processor: Processor | None = None
         self._feeds: FeedStore | None = None
@@ -179,7 +183,7 @@ class Runtime:
         self._feeds = FeedStore(self._redis, ttl_s=s.profile_ttl_s, history_len=s.history_len)
         profiles = ProfileStore(
             self._redis,
-            ProfileTuning(ttl_s=s.profile_ttl_s),
+            self.profile_tuning,
             ScoringTuning(candidates=2 * s.feed_size),
         )
         recommender = Recommender(self._catalog, RecommenderTuning(size=s.feed_size))

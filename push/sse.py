@@ -1,77 +1,157 @@
-"""The SSE endpoint ``GET /v1/sse``: the same frames as the WebSocket, as ``text/event-stream``.
+"""The SSE endpoints: ``GET /v1/sse`` (the stream) and ``POST /v1/sse/{conn}`` (client messages).
 
-Each frame is an SSE event named after its type (``hello``, ``snapshot``, ``diff``, ``error``) with
-the frame's JSON as ``data``. Snapshots and diffs carry ``id: <feed>:<epoch>:<n>``. A comment
-line is sent every ``ping_interval_s`` so proxies keep the stream open and dead peers are noticed.
+Each server message is an SSE event named after its type with the JSON message as ``data``;
+snapshots and diffs carry ``id:`` listing every held version, so ``Last-Event-ID`` resumes. A
+``: keepalive`` comment is sent every ping interval. Before the server ends a stream it sends a
+``close`` event with the code and reason of docs/PROTOCOL.md.
+
+Flow control: events wait in a queue whose byte size is watched; above the high-water mark the
+session conflates (as a paused WebSocket does) until the response has written them out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from push import protocol
 from push.exceptions import HTTPProblem
-from push.http import bearer_token
-from push.live import LiveSession
+from push.http import bearer_token, read_json
+from push.protocol import Codec, ProtocolError
 from push.runtime import Runtime
+from push.session import Session
 from sessions.exceptions import InvalidToken
+from sessions.tokens import Claims
+from sessions.versions import Version
+
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
 
 
-def _event(text: str, kind: str, rid: str | None) -> bytes:
-    head = f"id: {rid}\n" if rid else ""
-    return f"{head}event: {kind}\ndata: {text}\n\n".encode()
+class SseSink:
+    """Queue between a :class:`Session` and the streaming response."""
+
+    transport = "sse"
+    codec = Codec.JSON
+
+    def __init__(self) -> None:
+        self.session: Session | None = None
+        self._events: deque[bytes] = deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()
+        self.ended = False
+
+    def write(self, data: bytes, kind: str, resume: str | None) -> None:
+        """Queue one message as an SSE event."""
+        if self.ended:
+            return
+        head = f"id: {resume}\n" if resume else ""
+        event = f"{head}event: {kind}\ndata: ".encode() + data + b"\n\n"
+        self._events.append(event)
+        self._bytes += len(event)
+        self._ready.set()
+        if self._bytes > HIGH_WATER and self.session is not None:
+            self.session.pause()
+
+    def end(self, code: int, reason: str) -> None:
+        """Queue the ``close`` event and end the stream after it."""
+        if self.ended:
+            return
+        self.write(protocol.encode(protocol.close(code, reason), Codec.JSON), "close", None)
+        self.ended = True
+        self._ready.set()
+
+    async def events(self, keepalive_s: float) -> AsyncIterator[bytes]:
+        """Events as they come, a keepalive comment when idle; ends after :meth:`end`."""
+        while True:
+            if not self._events:
+                if self.ended:
+                    return
+                self._ready.clear()
+                try:
+                    async with asyncio.timeout(keepalive_s):
+                        await self._ready.wait()
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                continue
+            event = self._events.popleft()
+            self._bytes -= len(event)
+            yield event
+            if self._bytes < LOW_WATER and self.session is not None and not self.ended:
+                self.session.resume()
 
 
-async def sse_endpoint(request: Request) -> Response:
-    """Open an event stream for the token's user."""
-    runtime: Runtime = request.app.state.runtime
+def _claims(runtime: Runtime, request: Request) -> Claims:
     token = request.query_params.get("token") or bearer_token(request)
     if not token:
         runtime.metrics.auth_failures.labels("sse", "missing").inc()
         raise HTTPProblem(401, "unauthorized", "send ?token= or an Authorization: Bearer header")
     try:
-        user = runtime.verifier.verify(token)
+        return runtime.verifier.verify_claims(token)
     except InvalidToken as exc:
         runtime.metrics.auth_failures.labels("sse", exc.reason).inc()
         raise HTTPProblem(401, "unauthorized", str(exc)) from None
+
+
+async def sse_endpoint(request: Request) -> Response:
+    """Open an event stream for the token's user (resuming ``Last-Event-ID`` or ``?have=``)."""
+    runtime: Runtime = request.app.state.runtime
+    claims = _claims(runtime, request)
+    try:
+        feeds = protocol.parse_feeds(request.query_params.get("feeds"), runtime.served_feeds)
+        raw_have = request.headers.get("last-event-id") or request.query_params.get("have", "")
+        have = protocol.parse_have(raw_have)
+    except ProtocolError as exc:
+        raise HTTPProblem(400, exc.code, exc.message) from None
+    sink = SseSink()
+    session = Session(runtime, sink, claims, item_table=False, resume_ids=True)
+    sink.session = session
     return StreamingResponse(
-        _stream(runtime, user),
+        _stream(runtime, sink, session, feeds, have),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _stream(runtime: Runtime, user: str) -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
-
-    async def send(text: str, kind: str, rid: str | None) -> None:
-        # maxsize=1: the session waits here until the response has written the previous frame,
-        # so a stuck client stalls its own session (and is timed out), never memory.
-        await queue.put(_event(text, kind, rid))
-
-    session = LiveSession(runtime, user, "sse", send)
-    writer = asyncio.create_task(session.run())
-    interval = runtime.settings.ping_interval_s
+async def _stream(
+    runtime: Runtime,
+    sink: SseSink,
+    session: Session,
+    feeds: tuple[str, ...],
+    have: dict[str, Version],
+) -> AsyncIterator[bytes]:
     try:
         yield b"retry: 2000\n\n"
-        while True:
-            get = asyncio.ensure_future(queue.get())
-            done, _ = await asyncio.wait(
-                {get, writer}, timeout=interval, return_when=asyncio.FIRST_COMPLETED
-            )
-            if get in done:
-                yield get.result()
-                continue
-            get.cancel()
-            if writer in done:
-                return  # the session ended (slow client, shutdown): end the stream
-            yield b": keepalive\n\n"
+        await session.open(feeds, have)
+        async for event in sink.events(runtime.settings.ping_interval_s):
+            session.last_seen = asyncio.get_running_loop().time()  # a written event is alive
+            yield event
     finally:
-        session.outbox.close()
-        writer.cancel()
-        with contextlib.suppress(BaseException):
-            await writer
+        session.lost()
+
+
+async def sse_message(request: Request) -> Response:
+    """Take one client message for the stream ``conn`` of the caller's user on this node."""
+    runtime: Runtime = request.app.state.runtime
+    claims = _claims(runtime, request)
+    session = runtime.connections.get(request.path_params["conn"])
+    if not isinstance(session, Session) or session.user != claims.sub or session.closed:
+        raise HTTPProblem(404, "no_stream", "no open stream with that id for this user")
+    body = await read_json(request, runtime.settings.max_message_bytes)
+    try:
+        msg = protocol.parse_client(body)
+    except ProtocolError as exc:
+        runtime.metrics.bad_frames.labels(exc.code).inc()
+        raise HTTPProblem(400, exc.code, exc.message) from None
+    if msg.type in ("track", "identify"):
+        raise HTTPProblem(400, "bad_message", f"{msg.type} is not taken over SSE; see PROTOCOL.md")
+    if not session.received():
+        raise HTTPProblem(429, "rate_limited", "too many messages")
+    with contextlib.suppress(Exception):
+        session.handle(msg)
+    return JSONResponse({"ok": True}, status_code=202)

@@ -1,6 +1,6 @@
 """From a diff to the right sockets.
 
 Feed versions and per-user history, the broker that carries a user's updates to whichever node holds
-that user's sockets, the local hub of live connections, per-connection conflating outboxes and token
+that user's sockets, the local hub of live connections, and token
 verification. This package imports nothing from ``streams`` or ``push``.
 """

@@ -6,7 +6,14 @@ Guarantees:
   on one user's feed never interleave; the loser gets :class:`VersionConflict` and recomputes.
 - Every version after the first of an epoch has its diff in the history stream (capped, with the
   feed's TTL), written atomically with the version itself.
-- A feed whose key vanished (TTL, flush) starts a new epoch on its next write.
+- A feed whose key vanished (TTL, flush) starts a new epoch on its next write, and that write
+  deletes the history of the older epoch: every history entry belongs to the stored epoch.
+- Each history entry carries its version's ``n``, its diff and the checksum of the list it
+  produces (``sum``), so a replay needs neither the intermediate lists nor a recomputation.
+- Resume is all or nothing (:meth:`FeedStore.read_since`): the stored state and the history are
+  read together in one script (a concurrent write cannot fall between them), and the missed diffs
+  come back only when the history holds every one of them, consecutive, ending at the stored
+  version; otherwise none do, and the caller sends a snapshot.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, TypeGuard
 
 import msgpack
 from redis.asyncio import Redis
@@ -27,6 +34,7 @@ from sessions.scripts import Call, PipelinedScript
 from sessions.versions import Version, new_epoch
 
 _WRITE_LUA = resources.files("sessions").joinpath("lua/feed_write.lua").read_text()
+_SINCE_LUA = resources.files("sessions").joinpath("lua/feed_since.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +65,7 @@ class FeedUpdate:
     state: FeedState
     base: Version | None
     diff: DiffBody | None
-    frames: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    frames: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def user(self) -> str:
@@ -68,6 +76,42 @@ class FeedUpdate:
     def feed(self) -> str:
         """The feed that changed."""
         return self.state.feed
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayedDiff:
+    """One missed change of a feed, replayed from the history on resume.
+
+    Unlike :class:`FeedUpdate` it carries no full list: the history stores diffs only, so the
+    lists between the held version and the stored one are never rebuilt on the server. ``sum`` is
+    the checksum of the list after applying ``diff`` to the list at ``base`` (as stored at write
+    time); a client applies the diffs in order and checks each ``sum``. ``version`` is always
+    ``base`` with ``n + 1``.
+    """
+
+    feed: str
+    base: Version
+    version: Version
+    diff: DiffBody
+    sum: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What a client holding some version of a feed needs to reach the stored one.
+
+    ``state`` is the stored state (None: the feed does not exist). ``updates``:
+
+    - None: the chain from the held version cannot be proven (no held version, another epoch,
+      held ahead, history trimmed or lost): send a snapshot of ``state``;
+    - ``()``: the client already holds ``state.version``: send nothing;
+    - ``(u1, …, uk)``: every change from the held version to ``state.version``, in order:
+      ``u1.base`` is the held version, each ``ui.base`` is ``u(i-1).version``, and
+      ``uk.version == state.version`` with ``uk.sum == state.sum``.
+    """
+
+    state: FeedState | None
+    updates: tuple[ReplayedDiff, ...] | None
 
 
 def decode_body(raw: bytes | None) -> tuple[dict[str, Any], ...]:
@@ -121,11 +165,39 @@ class FeedStore:
         self._ttl_s = ttl_s
         self._history_len = history_len
         self._write = PipelinedScript(redis, _WRITE_LUA)
+        self._since = PipelinedScript(redis, _SINCE_LUA)
 
     async def read(self, user: str, feed: str) -> FeedState | None:
         """The current version of a feed, or None when it has none."""
         fields = await self._redis.hmget(feed_key(user, feed), ["e", "n", "b"])
         return parse_state(user, feed, list(fields))
+
+    async def read_since(self, user: str, feed: str, held: Version | None) -> Resume:
+        """The stored state of a feed and every diff from ``held`` to it (see :class:`Resume`).
+
+        One round trip (one script reads the state and the needed tail of the history
+        atomically; a second one only when Redis lost the script). The history is read only
+        when ``held`` is of the stored epoch and at most ``history_len`` changes behind, and then
+        only its last ``stored n - held n`` entries.
+        """
+        epoch, n = (held.epoch, held.n) if held is not None else ("", 0)
+        [reply] = await self._since.run_many(
+            [([feed_key(user, feed), history_key(user, feed)], [epoch, n, self._history_len])]
+        )
+        if isinstance(reply, Exception):
+            raise reply
+        if reply is None:
+            return Resume(None, None)
+        state = parse_state(user, feed, reply[:3])
+        if state is None:  # not reached: the script answers nil for a missing feed
+            return Resume(None, None)
+        if held is None or held.epoch != state.version.epoch or held.n > state.version.n:
+            return Resume(state, None)
+        if held.n == state.version.n:
+            return Resume(state, ())
+        if len(reply) < 4:  # too far behind for the history (or an invalid held n)
+            return Resume(state, None)
+        return Resume(state, _chain(state, held, reply[3]))
 
     async def write(
         self, user: str, feed: str, base: FeedState | None, items: list[dict[str, Any]]
@@ -157,6 +229,7 @@ class FeedStore:
                 diff = make_diff(base.items, items)
                 if diff is None:
                     continue
+            draft = FeedState(user, feed, Version("", 0), tuple(items))
             calls.append(
                 (
                     [feed_key(user, feed), history_key(user, feed)],
@@ -168,10 +241,11 @@ class FeedStore:
                         self._history_len,
                         self._ttl_s,
                         new_epoch(),
+                        draft.sum,
                     ],
                 )
             )
-            pending.append((i, FeedState(user, feed, Version("", 0), tuple(items)), base, diff))
+            pending.append((i, draft, base, diff))
         if not pending:
             return out
         replies = await self._write.run_many(calls)
@@ -187,3 +261,42 @@ class FeedStore:
             state = FeedState(draft.user, draft.feed, Version(e, n), draft.items)
             out[i] = FeedUpdate(state, base.version if base else None, diff)
         return out
+
+
+def _chain(state: FeedState, held: Version, entries: list[Any]) -> tuple[ReplayedDiff, ...] | None:
+    """The diffs from ``held`` to ``state`` out of history ``entries`` (XREVRANGE: newest first).
+
+    None unless the entries are exactly the versions ``held.n + 1 … state.version.n``, in order,
+    each with a well-formed diff and checksum, the last checksum being the state's.
+    """
+    if len(entries) != state.version.n - held.n:
+        return None
+    out: list[ReplayedDiff] = []
+    base = held
+    for entry in reversed(entries):
+        try:
+            raw = entry[1]
+            fields = dict(zip(raw[::2], raw[1::2], strict=True))
+            n = int(fields[b"n"])
+            diff = msgpack.unpackb(fields[b"d"])
+            sum_ = fields[b"s"].decode()
+        except (KeyError, IndexError, TypeError, ValueError):
+            return None  # an entry written before sums were stored, or not ours: cannot prove
+        if n != base.n + 1 or not _is_diff(diff):
+            return None
+        version = Version(base.epoch, n)
+        out.append(ReplayedDiff(state.feed, base, version, diff, sum_))
+        base = version
+    if out[-1].sum != state.sum:
+        return None
+    return tuple(out)
+
+
+def _is_diff(value: object) -> TypeGuard[DiffBody]:
+    """Whether a decoded history entry has the shape of a :class:`DiffBody`."""
+    return (
+        isinstance(value, dict)
+        and isinstance(value.get("order"), list)
+        and isinstance(value.get("items"), dict)
+        and isinstance(value.get("patch"), dict)
+    )

@@ -1,54 +1,65 @@
 """The local hub: which of this node's connections belong to which user.
 
 The hub watches a user on the broker while it holds at least one of that user's connections, and
-hands every delivered update to each of them. It only ever delivers an update to the outboxes
+hands every delivered update to each of them. It only ever delivers an update to the receivers
 registered under ``update.user``: a connection is registered under its verified subject, so it
 never sees another user's feed.
 """
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from sessions.broker import Broker
 from sessions.feeds import FeedUpdate
-from sessions.outbox import Outbox
+
+
+class Receiver(Protocol):
+    """A connection as the hub sees it."""
+
+    def offer(self, update: FeedUpdate) -> None:
+        """Take one update of the connection's user; must not block."""
+
+    def resync(self) -> None:
+        """Updates may have been missed: recover (resume or snapshot) every feed."""
 
 
 class Hub:
-    """Registry of live outboxes by user; the broker's delivery target."""
+    """Registry of live receivers by user; the broker's delivery target."""
 
     def __init__(self, broker: Broker) -> None:
         self._broker = broker
-        self._by_user: dict[str, set[Outbox]] = {}
+        self._by_user: dict[str, set[Receiver]] = {}
 
-    async def attach(self, user: str, outbox: Outbox) -> None:
-        """Register ``outbox`` under ``user``; watch the user when it is the first one."""
-        boxes = self._by_user.get(user)
-        if boxes is None:
-            self._by_user[user] = {outbox}
+    async def attach(self, user: str, receiver: Receiver) -> None:
+        """Register ``receiver`` under ``user``; watch the user when it is the first one."""
+        conns = self._by_user.get(user)
+        if conns is None:
+            self._by_user[user] = {receiver}
             await self._broker.watch(user)
         else:
-            boxes.add(outbox)
+            conns.add(receiver)
 
-    async def detach(self, user: str, outbox: Outbox) -> None:
-        """Forget ``outbox``; unwatch the user after the last one leaves."""
-        boxes = self._by_user.get(user)
-        if boxes is None:
+    async def detach(self, user: str, receiver: Receiver) -> None:
+        """Forget ``receiver``; unwatch the user after the last one leaves."""
+        conns = self._by_user.get(user)
+        if conns is None:
             return
-        boxes.discard(outbox)
-        if not boxes:
+        conns.discard(receiver)
+        if not conns:
             del self._by_user[user]
             await self._broker.unwatch(user)
 
     def deliver(self, update: FeedUpdate) -> None:
-        """Offer ``update`` to every outbox of its user (never blocks)."""
-        for outbox in self._by_user.get(update.user, ()):
-            outbox.offer(update)
+        """Offer ``update`` to every receiver of its user (never blocks)."""
+        for receiver in self._by_user.get(update.user, ()):
+            receiver.offer(update)
 
     def resync(self, users: frozenset[str]) -> None:
         """The broker may have lost updates of ``users``: their connections take snapshots."""
         for user in users:
-            for outbox in self._by_user.get(user, ()):
-                outbox.resync()
+            for receiver in self._by_user.get(user, ()):
+                receiver.resync()
 
     @property
     def users(self) -> int:
@@ -57,5 +68,5 @@ class Hub:
 
     @property
     def connections(self) -> int:
-        """How many outboxes are registered here."""
+        """How many receivers are registered here."""
         return sum(len(b) for b in self._by_user.values())

@@ -172,6 +172,10 @@ class Processor:
         state = await self._feeds.read(user, HOME)
         if state is not None:
             return state
+        return await self.refresh_feed(user)
+
+    async def refresh_feed(self, user: str) -> FeedState:
+        """Recompute, store and publish the user's home feed now (first visit, profile merge)."""
         refresh = Event(event_id="", user_id=user, type="refresh", item_id=None, ts=_now_ms())
         _, view = await self._profiles.apply(refresh, [])
         if view is None:  # pragma: no cover - refresh always returns a view
@@ -179,11 +183,12 @@ class Processor:
         items = self._recommender.home(view, current=None)
         update = await self._store(user, view.feed, items)
         if update is not None:
+            self._known.put(update.state)
             await self._broker.publish(update)
             return update.state
         state = await self._feeds.read(user, HOME)
         if state is None:  # pragma: no cover - unchanged means a stored version exists
-            raise RuntimeError("feed vanished while being created")
+            raise RuntimeError("feed vanished while being computed")
         return state
 
     async def _store(

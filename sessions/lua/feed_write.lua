@@ -3,6 +3,7 @@
 -- ARGV[1] base epoch ('' = the feed must not exist yet)   ARGV[2] base n
 -- ARGV[3] new body (msgpack)   ARGV[4] diff (msgpack, '' when the write starts a new epoch)
 -- ARGV[5] history max length   ARGV[6] ttl seconds   ARGV[7] epoch to use when starting one
+-- ARGV[8] checksum of the new body (stored with its diff, so a replay need not recompute it)
 -- Returns {1, epoch, n} on success, {0, epoch|'' , n} with the stored version on conflict.
 local cur = redis.call('HMGET', KEYS[1], 'e', 'n')
 local cur_e = cur[1] or ''
@@ -17,7 +18,7 @@ if ARGV[1] == '' then
   redis.call('DEL', KEYS[2])
 else
   epoch, n = cur_e, cur_n + 1
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'n', n, 'd', ARGV[4])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'n', n, 'd', ARGV[4], 's', ARGV[8])
   redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
 redis.call('HSET', KEYS[1], 'e', epoch, 'n', n, 'b', ARGV[3])

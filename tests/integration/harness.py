@@ -116,6 +116,8 @@ class FeedClient:
     others: list[dict[str, Any]] = field(default_factory=list)  # every other frame
     states: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # every version held
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    #: The item table of docs/PROTOCOL.md: latest payload of every item received.
+    table: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def apply(self, frame: dict[str, Any]) -> None:
         if frame["type"] not in {"snapshot", "diff"}:
@@ -126,11 +128,16 @@ class FeedClient:
         if frame["type"] == "snapshot":
             self.items = frame["items"]
             self.version = frame["version"]
+            self.table.update((str(p["id"]), p) for p in self.items)
         elif frame["type"] == "diff":
             assert frame["base"] == self.version, f"diff base {frame['base']} != {self.version}"
-            body = DiffBody(order=frame["order"], items=frame["items"], patch=frame["patch"])
+            self.table.update(frame["items"])
+            # Payloads the server omitted come from the item table (docs/PROTOCOL.md).
+            payloads = {op: self.table[op] for op in frame["order"] if isinstance(op, str)}
+            body = DiffBody(order=frame["order"], items=payloads, patch=frame["patch"])
             self.items = apply_diff(self.items, body)
             self.version = frame["version"]
+            self.table.update((str(p["id"]), p) for p in self.items if p["id"] in frame["patch"])
         assert checksum([str(p["id"]) for p in self.items]) == frame["sum"]
         self.states[version_key(self.version)] = self.items
         self.changed.set()
@@ -200,7 +207,7 @@ async def _pump_sse(resp: httpx.Response, state: FeedClient) -> None:
         elif line == "" and data:
             frame = json.loads("\n".join(data))
             if frame["type"] in {"snapshot", "diff"}:
-                v = frame["version"]
+                v = frame["version"]  # the resume id lists every held version: here, one feed
                 assert event_id == f"{frame['feed']}:{v[0]}:{v[1]}"
             state.apply(frame)
             data, event_id = [], None

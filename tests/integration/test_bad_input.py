@@ -192,7 +192,7 @@ def test_bad_frames_get_errors_and_change_nothing(server: Server) -> None:
                     frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
                     if frame["type"] == "error":
                         errors.append(frame["code"])
-                assert errors == ["bad_json", "unknown_type", "bad_message", "binary_unsupported"]
+                assert errors == ["bad_json", "unknown_type", "bad_message", "wrong_encoding"]
                 await ws.send(json.dumps({"type": "ping"}))
                 while json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] != "pong":
                     pass

@@ -78,7 +78,7 @@ def test_round_trip(update: FeedUpdate) -> None:
 
 def test_round_trip_keeps_every_part() -> None:
     update = _update()
-    update.frames["json"] = "cached"
+    update.frames["json"] = b"cached"
     back = decode_update(encode_update(update))
     assert back.state == update.state
     assert back.base == update.base and back.diff == update.diff
@@ -88,7 +88,7 @@ def test_round_trip_keeps_every_part() -> None:
 def test_frames_are_not_encoded() -> None:
     update = _update()
     plain = encode_update(update)
-    update.frames["json"] = "x" * 1000
+    update.frames["json"] = b"x" * 1000
     assert encode_update(update) == plain
 
 

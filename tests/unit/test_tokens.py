@@ -1,17 +1,24 @@
-"""Unit tests of sessions/tokens.py: TokenVerifier.mint / verify."""
+"""Unit tests of sessions/tokens.py: TokenVerifier.mint / verify / verify_claims, anonymous
+tokens, and RS256/ES256 verification with a public key (including algorithm confusion)."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
+import hashlib
+import hmac
 import json
+import re
 import time
 from typing import Any
 
 import jwt
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sessions.exceptions import InvalidToken
-from sessions.tokens import MAX_SUBJECT_LEN, TokenVerifier
+from sessions.tokens import MAX_SUBJECT_LEN, Claims, TokenVerifier
 
 # At least 32 bytes: PyJWT warns (InsecureKeyLengthWarning) about shorter HS256 keys.
 SECRET = "unit-test-secret-0123456789abcdef"
@@ -98,21 +105,23 @@ def test_garbage_is_malformed(token: str) -> None:
 
 def test_alg_none_token_is_refused() -> None:
     claims = {"sub": "visitor-42", "exp": _exp()}
-    token = jwt.encode(claims, None, algorithm="none")
+    token = jwt.encode(claims, "", algorithm="none")
     assert token.endswith(".")
-    assert _refusal(token).reason != "ok"
+    assert _refusal(token).reason == "algorithm"
 
 
-def test_hand_made_alg_none_token_with_any_signature_is_refused() -> None:
-    header = _b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
-    payload = _b64(json.dumps({"sub": "visitor-42", "exp": _exp()}).encode())
+@pytest.mark.parametrize("alg", ["none", "None", "NONE"])
+def test_hand_made_alg_none_token_with_any_signature_is_refused(alg: str) -> None:
+    payload = {"sub": "visitor-42", "exp": _exp()}
     for signature in ("", "AAAA"):
-        _refusal(f"{header}.{payload}.{signature}")
+        token = _hand_made({"alg": alg, "typ": "JWT"}, payload, signature)
+        assert _refusal(token).reason == "algorithm"
+        assert _refusal(token, _rsa_verifier()).reason == "algorithm"
 
 
 def test_other_hmac_algorithm_is_refused() -> None:
     token = jwt.encode({"sub": "visitor-42", "exp": _exp()}, SECRET * 2, algorithm="HS512")
-    _refusal(token, TokenVerifier(SECRET * 2))
+    assert _refusal(token, TokenVerifier(SECRET * 2)).reason == "algorithm"
 
 
 def test_missing_sub_is_a_claims_error() -> None:
@@ -168,3 +177,415 @@ def test_error_messages_never_contain_the_token() -> None:
         for part in token.split("."):
             if len(part) > 8:
                 assert part not in str(error)
+
+
+# --- helpers for public-key tokens ---------------------------------------------------------------
+
+
+def _hand_made(header: dict[str, Any], payload: dict[str, Any], signature: str = "") -> str:
+    return f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(payload).encode())}.{signature}"
+
+
+def _hs256_with_key(payload: dict[str, Any], key: bytes) -> str:
+    """An HS256 token keyed with arbitrary bytes (PyJWT refuses to HMAC with a PEM key)."""
+    signing_input = (
+        f"{_b64(json.dumps({'alg': 'HS256', 'typ': 'JWT'}).encode())}."
+        f"{_b64(json.dumps(payload).encode())}"
+    )
+    signature = hmac.new(key, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{_b64(signature)}"
+
+
+def _public_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def _private_pem(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+OTHER_RSA_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+EC_KEY = ec.generate_private_key(ec.SECP256R1())
+OTHER_EC_KEY = ec.generate_private_key(ec.SECP256R1())
+EC384_KEY = ec.generate_private_key(ec.SECP384R1())
+RSA_PUBLIC_PEM = _public_pem(RSA_KEY)
+EC_PUBLIC_PEM = _public_pem(EC_KEY)
+EC384_PUBLIC_PEM = _public_pem(EC384_KEY)
+
+
+def _rsa_verifier(
+    algorithms: tuple[str, ...] = ("RS256",), leeway_s: float = 30.0
+) -> TokenVerifier:
+    return TokenVerifier(
+        SECRET, leeway_s=leeway_s, algorithms=algorithms, public_key=RSA_PUBLIC_PEM
+    )
+
+
+def _ec_verifier(algorithms: tuple[str, ...] = ("ES256",)) -> TokenVerifier:
+    return TokenVerifier(SECRET, algorithms=algorithms, public_key=EC_PUBLIC_PEM)
+
+
+def _shop_token(
+    claims: dict[str, Any],
+    alg: str = "RS256",
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey = RSA_KEY,
+) -> str:
+    return jwt.encode(claims, key, algorithm=alg)
+
+
+def _claims_refusal(token: str, verifier: TokenVerifier) -> InvalidToken:
+    with pytest.raises(InvalidToken) as info:
+        verifier.verify_claims(token)
+    assert token not in str(info.value)
+    return info.value
+
+
+# --- verify_claims -------------------------------------------------------------------------------
+
+
+def test_verify_claims_of_a_minted_token() -> None:
+    verifier = _verifier()
+    before = int(time.time())
+    claims = verifier.verify_claims(verifier.mint("visitor-42", ttl_s=600))
+    assert claims.sub == "visitor-42"
+    assert claims.anonymous is False
+    assert before + 600 <= claims.exp <= int(time.time()) + 600
+    assert isinstance(claims.exp, int)
+
+
+def test_claims_are_frozen() -> None:
+    claims = Claims(sub="u", exp=1, anonymous=False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        claims.sub = "v"  # type: ignore[misc]
+
+
+# --- RS256 / ES256 -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS384"])
+def test_rsa_token_verifies_with_the_public_key(alg: str) -> None:
+    verifier = _rsa_verifier(algorithms=(alg,))
+    token = _shop_token({"sub": "shopper-1", "exp": _exp()}, alg)
+    assert verifier.verify(token) == "shopper-1"
+    assert verifier.verify_claims(token) == Claims("shopper-1", _exp_of(token), False)
+
+
+def test_es256_token_verifies_with_the_public_key() -> None:
+    token = _shop_token({"sub": "shopper-1", "exp": _exp()}, "ES256", EC_KEY)
+    assert _ec_verifier().verify(token) == "shopper-1"
+
+
+def test_es384_token_verifies_with_a_p384_key() -> None:
+    verifier = TokenVerifier(SECRET, algorithms=("ES384",), public_key=EC384_PUBLIC_PEM)
+    token = _shop_token({"sub": "shopper-1", "exp": _exp()}, "ES384", EC384_KEY)
+    assert verifier.verify(token) == "shopper-1"
+
+
+def test_hs256_and_rs256_together() -> None:
+    verifier = _rsa_verifier(algorithms=("HS256", "RS256"))
+    assert verifier.verify(verifier.mint("visitor-42")) == "visitor-42"
+    assert verifier.verify(_shop_token({"sub": "shopper-1", "exp": _exp()})) == "shopper-1"
+
+
+def _exp_of(token: str) -> int:
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert isinstance(exp, int)
+    return exp
+
+
+def test_rs256_token_of_another_key_is_a_signature_error() -> None:
+    token = _shop_token({"sub": "shopper-1", "exp": _exp()}, key=OTHER_RSA_KEY)
+    assert _refusal(token, _rsa_verifier()).reason == "signature"
+
+
+def test_es256_token_of_another_key_is_a_signature_error() -> None:
+    token = _shop_token({"sub": "shopper-1", "exp": _exp()}, "ES256", OTHER_EC_KEY)
+    assert _refusal(token, _ec_verifier()).reason == "signature"
+
+
+def test_tampered_rs256_payload_is_a_signature_error() -> None:
+    header, _, signature = _shop_token({"sub": "shopper-1", "exp": _exp()}).split(".")
+    payload = _b64(json.dumps({"sub": "admin", "exp": _exp()}).encode())
+    assert _refusal(f"{header}.{payload}.{signature}", _rsa_verifier()).reason == "signature"
+
+
+def test_expired_rs256_token_is_refused() -> None:
+    token = _shop_token({"sub": "shopper-1", "exp": _exp(-120)})
+    assert _refusal(token, _rsa_verifier()).reason == "expired"
+
+
+def test_rs256_expiry_within_leeway_is_accepted() -> None:
+    token = _shop_token({"sub": "shopper-1", "exp": _exp(-5)})
+    assert _rsa_verifier(leeway_s=30).verify(token) == "shopper-1"
+
+
+def test_rs256_token_without_exp_is_a_claims_error() -> None:
+    assert _refusal(_shop_token({"sub": "shopper-1"}), _rsa_verifier()).reason == "claims"
+
+
+def test_error_messages_of_rs256_tokens_never_contain_the_token() -> None:
+    verifier = _rsa_verifier()
+    tokens = [
+        _shop_token({"sub": "shopper-1", "exp": _exp(-3600)}),
+        _shop_token({"sub": "shopper-1", "exp": _exp()}, key=OTHER_RSA_KEY),
+        _shop_token({"sub": "anon:shopper", "exp": _exp()}),
+        _shop_token({"sub": "shopper-1", "exp": _exp()}, "ES256", EC_KEY),
+    ]
+    for token in tokens:
+        error = _refusal(token, verifier)
+        for part in token.split("."):
+            if len(part) > 8:
+                assert part not in str(error)
+
+
+# --- algorithm selection -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("listed", [("RS256",), ("HS256", "RS256")])
+def test_hs256_token_keyed_with_the_rsa_public_key_is_refused(listed: tuple[str, ...]) -> None:
+    """The classic algorithm confusion: the public key (known to anyone) used as an HMAC secret."""
+    verifier = _rsa_verifier(algorithms=listed)
+    for key in (RSA_PUBLIC_PEM.encode(), RSA_PUBLIC_PEM.strip().encode()):
+        for sub in ("shopper-1", "anon:shopper"):
+            payload: dict[str, Any] = {"sub": sub, "exp": _exp(), "anon": sub.startswith("anon:")}
+            token = _hs256_with_key(payload, key)
+            assert _refusal(token, verifier).reason == "signature"
+
+
+def test_hs256_token_keyed_with_the_ec_public_key_is_refused() -> None:
+    token = _hs256_with_key({"sub": "shopper-1", "exp": _exp()}, EC_PUBLIC_PEM.encode())
+    assert _refusal(token, _ec_verifier(("HS256", "ES256"))).reason == "signature"
+
+
+def test_rs256_token_is_refused_when_only_hs256_is_listed() -> None:
+    token = _shop_token({"sub": "shopper-1", "exp": _exp()})
+    assert _refusal(token).reason == "algorithm"
+
+
+def test_unlisted_public_key_algorithm_is_refused() -> None:
+    verifier = _rsa_verifier(algorithms=("RS256",))
+    token = _shop_token({"sub": "shopper-1", "exp": _exp()}, "RS384")
+    assert _refusal(token, verifier).reason == "algorithm"
+    ec_token = _shop_token({"sub": "shopper-1", "exp": _exp()}, "ES256", EC_KEY)
+    assert _refusal(ec_token, verifier).reason == "algorithm"
+
+
+@pytest.mark.parametrize("alg", ["PS256", "HS384", "HS512", "EdDSA", "XYZ", "", "rs256"])
+def test_unsupported_algorithms_are_refused(alg: str) -> None:
+    token = _hand_made({"alg": alg}, {"sub": "shopper-1", "exp": _exp()}, "AAAA")
+    assert _refusal(token, _rsa_verifier(("HS256", "RS256"))).reason == "algorithm"
+
+
+def test_hs256_server_token_is_refused_when_only_rs256_is_listed() -> None:
+    # Only anonymous tokens may use the server secret then.
+    verifier = _rsa_verifier(algorithms=("RS256",))
+    token = verifier.mint("visitor-42")
+    assert _refusal(token, verifier).reason == "algorithm"
+
+
+@pytest.mark.parametrize("header", [{"typ": "JWT"}, {"alg": 256}, {"alg": None}, {"alg": ["x"]}])
+def test_header_without_a_string_alg_is_malformed(header: dict[str, Any]) -> None:
+    token = _hand_made(header, {"sub": "shopper-1", "exp": _exp()}, "AAAA")
+    assert _refusal(token).reason == "malformed"
+
+
+# --- construction --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithms", [("RS256",), ("ES256",), ("HS256", "RS384")])
+def test_public_key_algorithm_without_a_key_is_refused(algorithms: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="public key"):
+        TokenVerifier(SECRET, algorithms=algorithms)
+
+
+@pytest.mark.parametrize("algorithms", [(), ("none",), ("HS512",), ("PS256",), ("hs256",)])
+def test_unsupported_algorithm_lists_are_refused(algorithms: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="algorithm"):
+        TokenVerifier(SECRET, algorithms=algorithms)
+
+
+def test_public_key_without_a_public_key_algorithm_is_refused() -> None:
+    with pytest.raises(ValueError, match="no RS"):
+        TokenVerifier(SECRET, public_key=RSA_PUBLIC_PEM)
+
+
+@pytest.mark.parametrize(
+    "pem",
+    ["", "not a key", _private_pem(RSA_KEY), RSA_PUBLIC_PEM.replace("A", "B", 5)],
+    ids=["empty", "text", "private-key", "corrupt"],
+)
+def test_malformed_public_key_is_refused(pem: str) -> None:
+    with pytest.raises(ValueError, match="PEM public key") as info:
+        TokenVerifier(SECRET, algorithms=("RS256",), public_key=pem)
+    if pem:
+        assert pem not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("algorithms", "pem", "match"),
+    [
+        (("RS256",), EC_PUBLIC_PEM, "RSA"),
+        (("ES256",), RSA_PUBLIC_PEM, "EC"),
+        (("ES256",), EC384_PUBLIC_PEM, "secp256r1"),
+        (("ES384",), EC_PUBLIC_PEM, "secp384r1"),
+        (("RS256", "ES256"), RSA_PUBLIC_PEM, "EC"),
+    ],
+)
+def test_public_key_of_the_wrong_type_is_refused(
+    algorithms: tuple[str, ...], pem: str, match: str
+) -> None:
+    with pytest.raises(ValueError, match=match):
+        TokenVerifier(SECRET, algorithms=algorithms, public_key=pem)
+
+
+def test_secret_is_checked_even_with_public_key_algorithms() -> None:
+    with pytest.raises(ValueError, match="32"):
+        TokenVerifier("short", algorithms=("RS256",), public_key=RSA_PUBLIC_PEM)
+
+
+def test_algorithms_property() -> None:
+    assert _rsa_verifier(("HS256", "RS256")).algorithms == frozenset({"HS256", "RS256"})
+
+
+# --- anonymous tokens ----------------------------------------------------------------------------
+
+ANON_ID = re.compile(r"anon:[A-Za-z0-9_-]{22}")
+
+
+def test_mint_anonymous() -> None:
+    verifier = _verifier()
+    before = int(time.time())
+    user_id, token, expires_at = verifier.mint_anonymous(600)
+    assert ANON_ID.fullmatch(user_id)
+    assert before + 600 <= expires_at <= int(time.time()) + 600
+    claims = jwt.decode(token, SECRET, algorithms=["HS256"])
+    assert claims == {
+        "sub": user_id,
+        "anon": True,
+        "iat": expires_at - 600,
+        "exp": expires_at,
+    }
+    assert jwt.get_unverified_header(token)["alg"] == "HS256"
+    assert verifier.verify_claims(token) == Claims(user_id, expires_at, anonymous=True)
+    assert verifier.verify(token) == user_id
+
+
+def test_mint_anonymous_named_fields_and_default_ttl() -> None:
+    minted = _verifier().mint_anonymous()
+    assert minted.user_id == minted[0]
+    assert minted.token == minted[1]
+    assert minted.expires_at - int(time.time()) in range(30 * 86_400 - 5, 30 * 86_400 + 1)
+
+
+def test_anonymous_ids_are_unique() -> None:
+    verifier = _verifier()
+    assert len({verifier.mint_anonymous(60).user_id for _ in range(200)}) == 200
+
+
+@pytest.mark.parametrize("listed", [("RS256",), ("ES256",)])
+def test_anonymous_token_verifies_when_only_public_key_algorithms_are_listed(
+    listed: tuple[str, ...],
+) -> None:
+    pem = RSA_PUBLIC_PEM if listed == ("RS256",) else EC_PUBLIC_PEM
+    verifier = TokenVerifier(SECRET, algorithms=listed, public_key=pem)
+    user_id, token, _ = verifier.mint_anonymous(600)
+    assert verifier.verify_claims(token).anonymous is True
+    assert verifier.verify(token) == user_id
+
+
+def test_anonymous_token_of_another_secret_is_refused() -> None:
+    _, token, _ = TokenVerifier(OTHER_SECRET).mint_anonymous(600)
+    assert _refusal(token).reason == "signature"
+    assert _refusal(token, _rsa_verifier()).reason == "signature"
+
+
+def test_expired_anonymous_token_is_refused() -> None:
+    verifier = _verifier()
+    _, token, _ = verifier.mint_anonymous(-120)
+    assert _refusal(token, verifier).reason == "expired"
+
+
+def test_refresh_anonymous_keeps_the_id() -> None:
+    verifier = _rsa_verifier(("RS256",))
+    user_id, token, expires_at = verifier.mint_anonymous(60)
+    new_id, new_token, new_expires_at = verifier.refresh_anonymous(token, 3600)
+    assert new_id == user_id
+    assert new_expires_at >= expires_at + 3600 - 60
+    assert verifier.verify_claims(new_token) == Claims(user_id, new_expires_at, anonymous=True)
+
+
+def test_refresh_anonymous_within_leeway() -> None:
+    verifier = _verifier(leeway_s=30)
+    user_id, token, _ = verifier.mint_anonymous(-5)
+    assert verifier.refresh_anonymous(token, 600).user_id == user_id
+
+
+@pytest.mark.parametrize(
+    ("make", "reason"),
+    [
+        (lambda v: v.mint("visitor-42"), "claims"),
+        (lambda v: _shop_token({"sub": "shopper-1", "exp": _exp()}), "claims"),
+        (lambda v: _shop_token({"sub": "shopper-1", "anon": True, "exp": _exp()}), "claims"),
+        (lambda v: v.mint_anonymous(-120).token, "expired"),
+        (lambda v: TokenVerifier(OTHER_SECRET).mint_anonymous(600).token, "signature"),
+        (lambda v: "garbage", "malformed"),
+    ],
+    ids=["user", "shop", "shop-anon-claim", "expired", "other-secret", "garbage"],
+)
+def test_refresh_anonymous_refuses_other_tokens(make: Any, reason: str) -> None:
+    verifier = _rsa_verifier(("HS256", "RS256"))
+    token = make(verifier)
+    with pytest.raises(InvalidToken) as info:
+        verifier.refresh_anonymous(token, 600)
+    assert info.value.reason == reason
+    assert token not in str(info.value)
+
+
+def test_shop_token_with_an_anon_subject_is_refused() -> None:
+    for listed, token in [
+        (("RS256",), _shop_token({"sub": "anon:shopper", "exp": _exp()})),
+        (("RS256",), _shop_token({"sub": "anon:shopper", "anon": True, "exp": _exp()})),
+    ]:
+        error = _claims_refusal(token, _rsa_verifier(listed))
+        assert error.reason == "claims"
+        assert "anon:" in str(error)
+    es_token = _shop_token({"sub": "anon:x", "anon": True, "exp": _exp()}, "ES256", EC_KEY)
+    assert _claims_refusal(es_token, _ec_verifier()).reason == "claims"
+
+
+def test_shop_token_with_an_anon_claim_is_not_anonymous() -> None:
+    token = _shop_token({"sub": "shopper-1", "anon": True, "exp": _exp()})
+    assert _rsa_verifier().verify_claims(token).anonymous is False
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"sub": "anon:abc"},
+        {"sub": "anon:abc", "anon": False},
+        {"sub": "anon:abc", "anon": "true"},
+        {"sub": "anon:abc", "anon": 1},
+        {"sub": "visitor-42", "anon": True},
+    ],
+    ids=["no-claim", "false", "string", "int", "claim-without-prefix"],
+)
+def test_hs256_token_whose_anon_claim_and_subject_disagree_is_refused(
+    payload: dict[str, Any],
+) -> None:
+    token = _signed({**payload, "exp": _exp()})
+    assert _claims_refusal(token, _verifier()).reason == "claims"
+    assert _claims_refusal(token, _rsa_verifier(("RS256",))).reason == "claims"
+
+
+def test_mint_refuses_anon_subjects() -> None:
+    with pytest.raises(ValueError, match="mint_anonymous"):
+        _verifier().mint("anon:abc")

@@ -1,0 +1,285 @@
+"""The WebSocket endpoint ``/v1/ws`` as a bare asyncio protocol: no task, no timer when idle.
+
+uvicorn parses the HTTP request and, on an upgrade, hands the connection to this protocol (its
+``ws=`` class). From then on everything is callbacks: bytes in → :class:`~push.ws_codec.FrameReader`
+→ :mod:`push.protocol` → :class:`~push.session.Session`; frames out are written to the transport
+without waiting, and the transport's pause/resume drive the session's conflation. Idle cost is
+this object, a frame reader, the session and the kernel socket (see benchmarks/idle_memory.py).
+
+Guarantees: a connection is authenticated (``?token=`` or a first ``auth`` message within
+``auth_timeout_s``) before it is registered anywhere; every refused handshake gets an HTTP status
+with a JSON reason, every refused frame an ``error`` message or a close code of docs/PROTOCOL.md;
+nothing a client sends can raise out of this protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+
+from push import protocol, ws_codec
+from push.protocol import CloseCode, Codec, ProtocolError
+from push.runtime import Runtime
+from push.session import Session
+from push.ws_codec import Message, Opcode, WsProtocolError
+from sessions.exceptions import InvalidToken
+from sessions.versions import Version
+
+log = structlog.get_logger(__name__)
+PATH = "/v1/ws"
+_HEAD, _AUTH, _OPEN, _CLOSED = range(4)
+
+
+def protocol_for(runtime: Runtime) -> type[asyncio.Protocol]:
+    """The ``ws=`` class for uvicorn, bound to ``runtime``."""
+    return type("BoundWsConnection", (WsConnection,), {"__slots__": (), "runtime": runtime})
+
+
+class WsConnection(asyncio.Protocol):
+    """One WebSocket connection (the uvicorn ``ws`` protocol interface)."""
+
+    runtime: Runtime
+    __slots__ = (
+        "_feeds",
+        "_have",
+        "_head",
+        "_phase",
+        "_reader",
+        "_server_state",
+        "_timer",
+        "_transport",
+        "codec",
+        "session",
+    )
+    transport_name = "websocket"
+
+    def __init__(self, config: Any = None, server_state: Any = None, app_state: Any = None) -> None:
+        self._transport: asyncio.Transport | None = None
+        self._server_state = server_state
+        self._phase = _HEAD
+        self._head = b""
+        self._reader: ws_codec.FrameReader | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._feeds: tuple[str, ...] = ()
+        self._have: dict[str, Version] | None = None
+        self.session: Session | None = None
+        self.codec = Codec.JSON
+
+    # -- the Sink interface of the session --------------------------------------------------
+
+    @property
+    def transport(self) -> str:
+        """Metrics label of this transport."""
+        return "websocket"
+
+    def write(self, data: bytes, kind: str, resume: str | None) -> None:
+        """Write one message frame (text for JSON, binary for msgpack)."""
+        if self._transport is None or self._phase == _CLOSED:
+            return
+        opcode = Opcode.BINARY if self.codec is Codec.MSGPACK else Opcode.TEXT
+        self._transport.write(ws_codec.encode_frame(opcode, data))
+
+    def end(self, code: int, reason: str) -> None:
+        """Send a close frame and close (abort when the peer is not reading: it never would)."""
+        transport = self._transport
+        if transport is None or self._phase == _CLOSED:
+            return
+        self._phase = _CLOSED
+        self._cancel_timer()
+        if code == CloseCode.SLOW:
+            transport.abort()
+            return
+        transport.write(ws_codec.encode_close(code, reason))
+        transport.close()
+
+    # -- asyncio.Protocol -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        if self._server_state is not None:
+            self._server_state.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._phase = _CLOSED
+        self._cancel_timer()
+        if self._server_state is not None:
+            self._server_state.connections.discard(self)
+        if self.session is not None:
+            self.session.lost()
+        self._transport = None
+
+    def pause_writing(self) -> None:
+        if self.session is not None:
+            self.session.pause()
+
+    def resume_writing(self) -> None:
+        if self.session is not None:
+            self.session.resume()
+
+    def shutdown(self) -> None:
+        """uvicorn is stopping: tell the client to reconnect elsewhere."""
+        self._close(CloseCode.SHUTDOWN, "server shutting down; reconnect")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self._phase == _HEAD:
+                data = self._handshake(data)
+                if not data:
+                    return
+            if self._phase in (_AUTH, _OPEN) and self._reader is not None:
+                for message in self._reader.feed(data):
+                    self._on_message(message)
+                    if self._phase == _CLOSED:
+                        return
+        except WsProtocolError as exc:
+            for message in exc.messages:  # complete messages that came before the bad bytes
+                if self._phase == _CLOSED:
+                    return
+                self._on_message(message)
+            self.runtime.metrics.bad_frames.labels(f"ws_{exc.close_code}").inc()
+            self._close(exc.close_code, exc.reason)
+        except Exception as exc:  # never let a client's bytes take the node down
+            log.error("ws_failed", error=type(exc).__name__)
+            self._close(CloseCode.BAD_REQUEST, "internal error handling the message")
+
+    # -- handshake --------------------------------------------------------------------------
+
+    def _handshake(self, data: bytes) -> bytes:
+        """Buffer the request head, answer it; returns bytes that followed the head."""
+        assert self._transport is not None
+        head = self._head + data
+        if not ws_codec.head_complete(head):
+            if len(head) > ws_codec.MAX_HEAD:
+                self._reject(431, "headers_too_large", "request head too large")
+            else:
+                self._head = head
+            return b""
+        self._head = b""
+        end = head.index(b"\r\n\r\n") + 4
+        rest = head[end:]
+        rt = self.runtime
+        try:
+            upgrade = ws_codec.parse_upgrade(head[:end])
+            if upgrade.path != PATH:
+                raise ws_codec.HandshakeError(
+                    404, "not_found", f"no WebSocket at {upgrade.path[:64]}"
+                )
+            origins = rt.settings.origins()
+            if upgrade.origin is not None and origins is not None and upgrade.origin not in origins:
+                rt.metrics.auth_failures.labels("websocket", "origin").inc()
+                raise ws_codec.HandshakeError(403, "forbidden_origin", "origin not allowed")
+            try:
+                self._feeds = protocol.parse_feeds(upgrade.query.get("feeds"), rt.served_feeds)
+                self._have = protocol.parse_have(upgrade.query.get("have", ""))
+            except ProtocolError as exc:
+                raise ws_codec.HandshakeError(400, exc.code, exc.message) from None
+        except ws_codec.HandshakeError as exc:
+            self._reject(exc.status, exc.code, exc.message, exc.headers)
+            return b""
+        self.codec, chosen = Codec.for_subprotocols(upgrade.subprotocols)
+        self._transport.write(ws_codec.accept_response(upgrade.key, chosen))
+        self._reader = ws_codec.FrameReader(rt.settings.max_message_bytes)
+        token = upgrade.query.get("token")
+        if token is None:
+            self._phase = _AUTH
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(rt.settings.auth_timeout_s, self._auth_timeout)
+        else:
+            self._authenticate(token)
+        return rest
+
+    def _reject(self, status: int, code: str, message: str, headers: Any = ()) -> None:
+        assert self._transport is not None
+        self.runtime.metrics.http_errors.labels(str(status), code).inc()
+        self._phase = _CLOSED
+        self._transport.write(ws_codec.reject_response(status, code, message, headers))
+        self._transport.close()
+
+    def _auth_timeout(self) -> None:
+        self._timer = None
+        if self._phase == _AUTH:
+            self._close(CloseCode.AUTH_TIMEOUT, "no auth message in time")
+
+    def _authenticate(self, token: str) -> None:
+        rt = self.runtime
+        try:
+            claims = rt.verifier.verify_claims(token)
+        except InvalidToken as exc:
+            rt.metrics.auth_failures.labels("websocket", exc.reason).inc()
+            self._close(CloseCode.UNAUTHORIZED, str(exc))
+            return
+        self._cancel_timer()
+        self._phase = _OPEN
+        session = Session(rt, self, claims, item_table=True, resume_ids=False)  # type: ignore[arg-type]
+        self.session = session
+        feeds, have = self._feeds, self._have or {}
+        self._feeds, self._have = (), None
+        rt.connections.spawn(session.open(feeds, have))
+
+    # -- frames -----------------------------------------------------------------------------
+
+    def _on_message(self, message: Message) -> None:
+        assert self._transport is not None
+        op = message.opcode
+        if op == Opcode.PING:
+            self._transport.write(ws_codec.encode_frame(Opcode.PONG, message.data))
+            self._seen()
+            return
+        if op == Opcode.PONG:
+            self._seen()
+            return
+        if op == Opcode.CLOSE:
+            code = message.close_code or 1000
+            self._close(1000 if code < 3000 else code, "")
+            return
+        text = op == Opcode.TEXT
+        if self._phase == _AUTH:
+            self._first_message(message.data, text)
+            return
+        session = self.session
+        if session is None or not session.received():
+            return
+        try:
+            msg = protocol.decode_client(message.data, self.codec, text=text)
+        except ProtocolError as exc:
+            session.refuse(exc)
+            return
+        session.handle(msg)
+
+    def _first_message(self, data: bytes, text: bool) -> None:
+        try:
+            msg = protocol.decode_client(data, self.codec, text=text)
+        except ProtocolError as exc:
+            self._close(CloseCode.BAD_REQUEST, f"expected an auth message: {exc.message}")
+            return
+        if msg.type != "auth" or msg.token is None:
+            self._close(CloseCode.UNAUTHORIZED, "first message must be auth")
+            return
+        self._authenticate(msg.token)
+
+    def _seen(self) -> None:
+        if self.session is not None:
+            self.session.last_seen = time.monotonic()
+
+    def _close(self, code: int, reason: str) -> None:
+        if self.session is not None:
+            self.session.close(code, reason)  # counts it, then calls end()
+        else:
+            self.runtime.metrics.closes.labels(_name(code)).inc()
+            self.end(code, reason)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _name(code: int) -> str:
+    try:
+        return CloseCode(code).name.lower()
+    except ValueError:
+        return str(code)
