@@ -184,7 +184,7 @@ class Session:
             if self.closed or self._paused_since:
                 self._keep_latest(update)
             else:
-                self._deliver(update)
+                self._deliver(update, conflated=True)
 
     # -- updates from the hub ---------------------------------------------------------------
 
@@ -220,12 +220,18 @@ class Session:
             self.runtime.metrics.conflations.inc()
         self._conflated[update.feed] = update
 
-    def _deliver(self, update: FeedUpdate) -> None:
+    def _deliver(self, update: FeedUpdate, *, conflated: bool = False) -> None:
         action = self.client.on_update(update)
-        if action is Action.SNAPSHOT:
-            self._snapshot(update.state, protocol.cached_snapshot(update, self.sink.codec))
-        elif action is Action.SEND:
+        if action is Action.SEND:
             self._send_diff(update)
+        elif action is Action.SNAPSHOT:
+            held = self.client.held(update.feed)
+            if not conflated and held is not None and held.epoch == update.state.version.epoch:
+                # A gap in the chain (a version stored but never published, e.g. by a worker
+                # killed in between): replay it from history rather than jump by snapshot.
+                self._load(update.feed, held)
+            else:
+                self._snapshot(update.state, protocol.cached_snapshot(update, self.sink.codec))
 
     def _send_diff(self, update: FeedUpdate) -> None:
         assert update.diff is not None and update.base is not None
