@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo serve test unit integration lint js-test browser-test chromium bench clean \
+.PHONY: demo serve test unit integration lint js-test sdk sdk-test browser-test chromium bench clean \
         services-install services-up services-down
 
 $(BIN)/.runtime: pyproject.toml
@@ -19,7 +19,7 @@ $(BIN)/.dev: $(BIN)/.runtime
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-demo: $(BIN)/.runtime
+demo: $(BIN)/.runtime sdk
 	$(BIN)/pushrec demo
 
 serve: $(BIN)/.runtime
@@ -52,6 +52,17 @@ integration: $(BIN)/.dev
 js-test:
 	node --test examples/shop/
 
+# The TypeScript SDK: devDependencies (typescript, esbuild) from npm, built into client-sdk-js/dist
+# (the demo page loads its browser bundle from there).
+client-sdk-js/node_modules/.package-lock.json: client-sdk-js/package-lock.json
+	cd client-sdk-js && npm ci --silent --no-audit --no-fund
+
+sdk: client-sdk-js/node_modules/.package-lock.json
+	cd client-sdk-js && npm run --silent build
+
+sdk-test: client-sdk-js/node_modules/.package-lock.json
+	cd client-sdk-js && npm run --silent typecheck && npm test --silent && npm run --silent size
+
 # Debian's Chromium (no browser download): installed when missing and we may (root, apt).
 chromium:
 	@test -x $(CHROMIUM) || { \
@@ -62,10 +73,10 @@ chromium:
 tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json
 	cd tests/browser && npm ci --silent --no-audit --no-fund
 
-browser-test: $(BIN)/.runtime chromium tests/browser/node_modules/.package-lock.json
+browser-test: $(BIN)/.runtime sdk chromium tests/browser/node_modules/.package-lock.json
 	cd tests/browser && PUSHREC_PYTHON=$(abspath $(BIN)/python) CHROMIUM_PATH=$(CHROMIUM) node --test
 
-test: lint unit integration js-test browser-test
+test: lint unit integration js-test sdk-test browser-test
 
 bench: $(BIN)/.dev
 	$(BIN)/pip install -q -e '.[bench]'

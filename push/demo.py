@@ -24,6 +24,8 @@ log = structlog.get_logger(__name__)
 SHOP_DIR = Path(__file__).resolve().parent.parent / "examples" / "shop"
 CATALOG_FILE = Path(__file__).resolve().parent.parent / "examples" / "catalog" / "rees46.jsonl"
 WARMUP_FILE = Path(__file__).resolve().parent.parent / "examples" / "catalog" / "rees46-events.tsv"
+#: The SDK's browser bundles (``make sdk`` builds them; they are not committed).
+SDK_DIST = Path(__file__).resolve().parent.parent / "client-sdk-js" / "dist"
 
 
 async def demo_session(request: Request) -> Response:
@@ -40,10 +42,13 @@ async def index(request: Request) -> Response:
 
 def demo_routes() -> list[Route | Mount]:
     """Routes of the demo shop."""
+    if not (SDK_DIST / "pushrec.min.js").is_file():
+        log.warning("sdk_not_built", hint="run `make sdk`: the shop page loads the SDK bundle")
     return [
         Route("/", index),
         Route("/v1/demo/session", demo_session, methods=["POST"]),
         Mount("/shop", StaticFiles(directory=SHOP_DIR), name="shop"),
+        Mount("/sdk", StaticFiles(directory=SDK_DIST, check_dir=False), name="sdk"),
     ]
 
 

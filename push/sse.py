@@ -148,8 +148,8 @@ async def sse_message(request: Request) -> Response:
     except ProtocolError as exc:
         runtime.metrics.bad_frames.labels(exc.code).inc()
         raise HTTPProblem(400, exc.code, exc.message) from None
-    if msg.type in ("track", "identify"):
-        raise HTTPProblem(400, "bad_message", f"{msg.type} is not taken over SSE; see PROTOCOL.md")
+    if msg.type == "track":
+        raise HTTPProblem(400, "bad_message", "send events to POST /v1/events")
     if not session.received():
         raise HTTPProblem(429, "rate_limited", "too many messages")
     with contextlib.suppress(Exception):
