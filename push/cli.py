@@ -142,7 +142,11 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
             "pushrec: set PUSHREC_SECRET (the server prints it in embedded mode)", file=sys.stderr
         )
         return 2
-    print(TokenVerifier(settings.secret).mint(args.user, ttl_s=args.ttl))
+    try:
+        print(TokenVerifier(settings.secret).mint(args.user, ttl_s=args.ttl))
+    except ValueError as exc:  # e.g. an "anon:" id: only POST /v1/anonymous mints those
+        print(f"pushrec: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
