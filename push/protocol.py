@@ -113,7 +113,11 @@ def encode(message: Mapping[str, Any], codec: Codec) -> bytes:
     if codec is Codec.MSGPACK:
         packed: bytes = msgpack.packb(message, use_bin_type=True)
         return packed
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError:  # a lone surrogate a client sent as "\ud800" (e.g. its id): escape
+        return json.dumps(message, separators=(",", ":")).encode()
 
 
 def hello(user: str, conn: str, heartbeat_s: float, exp: int) -> dict[str, Any]:
@@ -217,8 +221,9 @@ def decode_client(data: bytes, codec: Codec, *, text: bool) -> ClientMessage:
         raise ProtocolError("wrong_encoding", f"this connection takes {expected} frames")
     if codec is Codec.JSON:
         try:
-            obj = json.loads(data)
-        except (ValueError, RecursionError):
+            # Decoded here: json.loads(bytes) would also take UTF-16/32 (RFC 8259: UTF-8 only).
+            obj = json.loads(data.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             raise ProtocolError("bad_json", "message is not valid JSON") from None
     else:
         try:
@@ -229,6 +234,8 @@ def decode_client(data: bytes, codec: Codec, *, text: bool) -> ClientMessage:
             raise ProtocolError("bad_msgpack", "message is not valid msgpack") from None
         if _depth(obj) > MAX_DEPTH:
             raise ProtocolError("bad_msgpack", f"message nests deeper than {MAX_DEPTH}")
+        if _binary(obj):
+            raise ProtocolError("bad_msgpack", "binary strings and extension types are refused")
     return parse_client(obj)
 
 
@@ -307,6 +314,10 @@ def _token(obj: dict[str, Any]) -> str:
     token = obj.get("token")
     if not isinstance(token, str) or not token or len(token) > 4096:
         raise ProtocolError("bad_message", "'token' must be a non-empty string")
+    try:
+        token.encode()
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): the JWT library raises
+        raise ProtocolError("bad_message", "'token' must be valid Unicode") from None
     return token
 
 
@@ -342,6 +353,18 @@ def _events(obj: Mapping[str, Any]) -> tuple[Any, ...]:
     if not isinstance(events, list) or not 0 < len(events) <= MAX_TRACK_EVENTS:
         raise ProtocolError("bad_message", f"'events' must list 1-{MAX_TRACK_EVENTS} events")
     return tuple(events)
+
+
+def _binary(obj: object) -> bool:
+    """True when ``obj`` holds a binary string or an extension value, as key or value (msgpack
+    lets empty ones past ``max_bin_len=0`` and ``max_ext_len=0``). Call after :func:`_depth`."""
+    if isinstance(obj, bytes | msgpack.ExtType):
+        return True
+    if isinstance(obj, dict):
+        return any(_binary(k) or _binary(v) for k, v in obj.items())
+    if isinstance(obj, list):
+        return any(_binary(v) for v in obj)
+    return False
 
 
 def _depth(obj: object, level: int = 0) -> int:

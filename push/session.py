@@ -277,14 +277,16 @@ class Session:
 
     # -- subscriptions and stored state -----------------------------------------------------
 
-    def _subscribe(self, feed: str, have: Version | None, ref: int | str | None = None) -> None:
+    def _subscribe(self, feed: str, have: Version | None, ref: int | str | None = None) -> bool:
+        """Start serving ``feed``; False when it was refused (an error went out)."""
         if feed not in self.runtime.served_feeds:
             self.refuse(ProtocolError("unknown_feed", f"no feed named {feed[:32]!r}", ref))
-            return
+            return False
         if have is not None:  # the client says what it holds: trust that over our record
             self.client.unsubscribe(feed)
         self.client.subscribe(feed)
         self._load(feed, have if have is not None else self.client.held(feed))
+        return True
 
     def _load(self, feed: str, have: Version | None) -> None:
         if self._loading is None:
@@ -386,9 +388,12 @@ class Session:
         elif kind == "auth":
             self._reauth(msg)
         elif kind == "subscribe":
-            for feed in msg.feeds:
-                self._subscribe(feed, msg.have.get(feed), msg.id)
-            self._ack(msg)
+            # A message is answered with an ack *or* an error (docs/PROTOCOL.md): when a feed
+            # was refused (unknown_feed, already answered with its error), no ack follows; the
+            # known feeds of the message are subscribed all the same.
+            subscribed = [self._subscribe(feed, msg.have.get(feed), msg.id) for feed in msg.feeds]
+            if all(subscribed):
+                self._ack(msg)
         elif kind == "unsubscribe":
             for feed in msg.feeds:
                 self.client.unsubscribe(feed)
@@ -443,7 +448,13 @@ class Session:
             self.refuse(ProtocolError("unauthorized", str(exc), msg.id))
             return
         if claims.anonymous:
-            self.refuse(ProtocolError("forbidden", "identify names a logged-in user", msg.id))
+            self.refuse(
+                ProtocolError(
+                    "forbidden",
+                    "identify needs the token of a logged-in user, not an anonymous one",
+                    msg.id,
+                )
+            )
             return
         self.anonymous = False  # one identify at a time; a failure below closes the connection
         rt.connections.spawn(self._become(claims, msg))

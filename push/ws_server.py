@@ -76,24 +76,36 @@ class WsConnection(asyncio.Protocol):
         return "websocket"
 
     def write(self, data: bytes, kind: str, resume: str | None) -> None:
-        """Write one message frame (text for JSON, binary for msgpack)."""
+        """Write one message frame (text for JSON, binary for msgpack); compressed when
+        permessage-deflate was negotiated and the frame is not shorter than the threshold."""
         if self._transport is None or self._phase == _CLOSED:
             return
         opcode = Opcode.BINARY if self.codec is Codec.MSGPACK else Opcode.TEXT
-        self._transport.write(ws_codec.encode_frame(opcode, data))
+        reader = self._reader  # knows whether deflate was negotiated: no slot of our own
+        compress = (
+            reader is not None
+            and reader.deflate
+            and len(data) >= self.runtime.settings.ws_deflate_min_bytes
+        )
+        self._transport.write(ws_codec.encode_frame(opcode, data, compress))
 
     def end(self, code: int, reason: str) -> None:
-        """Send a close frame and close (abort when the peer is not reading: it never would)."""
+        """Send a close frame and close (after what is still queued for the peer)."""
         transport = self._transport
         if transport is None or self._phase == _CLOSED:
             return
         self._phase = _CLOSED
         self._cancel_timer()
-        if code == CloseCode.SLOW:
-            transport.abort()
-            return
         transport.write(ws_codec.encode_close(code, reason))
         transport.close()
+        if code == CloseCode.SLOW:
+            # The 4001 close frame waits behind the backlog: a client that was only slow (e.g. a
+            # throttled background tab) reads it, then 4001, and resumes, as docs/PROTOCOL.md
+            # promises (aborting here cut the stream, maybe mid-frame, with no close code). One
+            # that never reads is cut off after one more send timeout; nothing is queued after
+            # the close frame, so memory stays bounded. connection_lost cancels the timer.
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.runtime.settings.send_timeout_s, transport.abort)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -181,8 +193,10 @@ class WsConnection(asyncio.Protocol):
             self._reject(exc.status, exc.code, exc.message, exc.headers)
             return b""
         self.codec, chosen = Codec.for_subprotocols(upgrade.subprotocols)
-        self._transport.write(ws_codec.accept_response(upgrade.key, chosen))
-        self._reader = ws_codec.FrameReader(rt.settings.max_message_bytes)
+        # permessage-deflate only when enabled and offered; never with context takeover.
+        deflate = ws_codec.negotiate_deflate(upgrade.extensions) if rt.settings.ws_deflate else None
+        self._transport.write(ws_codec.accept_response(upgrade.key, chosen, deflate))
+        self._reader = ws_codec.FrameReader(rt.settings.max_message_bytes, deflate is not None)
         token = upgrade.query.get("token")
         if token is None:
             self._phase = _AUTH
