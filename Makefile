@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo serve test unit integration lint js-test sdk sdk-test browser-test chromium bench clean \
+.PHONY: demo serve test unit integration lint sdk sdk-test browser-test chromium bench clean \
         services-install services-up services-down
 
 $(BIN)/.runtime: pyproject.toml
@@ -49,9 +49,6 @@ services-down:
 integration: $(BIN)/.dev
 	scripts/services.sh run $(BIN)/pytest tests/integration -q
 
-js-test:
-	node --test examples/shop/
-
 # The TypeScript SDK: devDependencies (typescript, esbuild) from npm, built into client-sdk-js/dist
 # (the demo page loads its browser bundle from there).
 client-sdk-js/node_modules/.package-lock.json: client-sdk-js/package-lock.json
@@ -76,7 +73,7 @@ tests/browser/node_modules/.package-lock.json: tests/browser/package-lock.json
 browser-test: $(BIN)/.runtime sdk chromium tests/browser/node_modules/.package-lock.json
 	cd tests/browser && PUSHREC_PYTHON=$(abspath $(BIN)/python) CHROMIUM_PATH=$(CHROMIUM) node --test
 
-test: lint unit integration js-test sdk-test browser-test
+test: lint unit integration sdk-test browser-test
 
 bench: $(BIN)/.dev
 	$(BIN)/pip install -q -e '.[bench]'

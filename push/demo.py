@@ -6,6 +6,8 @@ Only mounted by ``pushrec demo``. In production the shop's backend signs visitor
 
 from __future__ import annotations
 
+import json
+import math
 import secrets
 import time
 from pathlib import Path
@@ -16,7 +18,9 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from push.exceptions import HTTPProblem
 from push.runtime import Runtime
+from sessions.tokens import ANON_PREFIX, MAX_SUBJECT_LEN
 from streams.events import Event
 
 log = structlog.get_logger(__name__)
@@ -28,11 +32,59 @@ WARMUP_FILE = Path(__file__).resolve().parent.parent / "examples" / "catalog" / 
 SDK_DIST = Path(__file__).resolve().parent.parent / "client-sdk-js" / "dist"
 
 
+#: Lifetimes a demo session token may ask for (``ttl_s``): 5 s (to watch a refresh) to 1 day.
+DEMO_TTL_MIN_S = 5
+DEMO_TTL_MAX_S = 86_400
+DEMO_BODY_LIMIT = 4096
+
+
 async def demo_session(request: Request) -> Response:
-    """A fresh anonymous visitor id and its token (valid one day)."""
+    """A visitor token, standing in for the shop backend that signs them in production.
+
+    The JSON body is optional: ``{"user_id": "...", "ttl_s": n}``. Without ``user_id`` the visitor
+    is a fresh ``v-…`` id; ``ttl_s`` (default one day) is clamped to 5 s … 1 day. Demo only: any
+    id is signed, so the page can keep its visitor across reloads and tabs.
+    """
     runtime: Runtime = request.app.state.runtime
-    user = "v-" + secrets.token_hex(6)
-    return JSONResponse({"user_id": user, "token": runtime.verifier.mint(user)})
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > DEMO_BODY_LIMIT:
+            raise HTTPProblem(413, "too_large", f"body exceeds {DEMO_BODY_LIMIT} bytes")
+    try:
+        params = json.loads(body) if body.strip() else {}
+    except (ValueError, RecursionError):
+        raise HTTPProblem(400, "bad_json", "body is not valid JSON") from None
+    if not isinstance(params, dict):
+        raise HTTPProblem(400, "bad_request", "body must be a JSON object")
+    unknown = set(params) - {"user_id", "ttl_s"}
+    if unknown:
+        raise HTTPProblem(400, "bad_request", f"unknown field {sorted(unknown)[0][:40]!r}")
+    user = params.get("user_id")
+    if user is None:
+        user = "v-" + secrets.token_hex(6)
+    elif (
+        not isinstance(user, str)
+        or not 1 <= len(user) <= MAX_SUBJECT_LEN
+        or not user.isprintable()
+        or user.startswith(ANON_PREFIX)
+    ):
+        raise HTTPProblem(
+            400,
+            "bad_user_id",
+            f"user_id must be 1-{MAX_SUBJECT_LEN} printable characters, not starting with "
+            f"{ANON_PREFIX!r}",
+        )
+    ttl = params.get("ttl_s", DEMO_TTL_MAX_S)
+    # (math.isfinite only for floats: it cannot convert a 400-digit int.)
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or (isinstance(ttl, float) and not math.isfinite(ttl))
+    ):
+        raise HTTPProblem(400, "bad_ttl", "ttl_s must be a number of seconds")
+    ttl_s = int(min(max(ttl, DEMO_TTL_MIN_S), DEMO_TTL_MAX_S))
+    return JSONResponse({"user_id": user, "token": runtime.verifier.mint(user, ttl_s=ttl_s)})
 
 
 async def index(request: Request) -> Response:

@@ -1,21 +1,23 @@
 /*
  * pushrec demo shop: a product grid that sends events, and a "Recommended for you" strip kept
- * live over WebSocket (falling back to SSE). Plain script, no dependencies, no build step; needs
- * feed.js loaded first. Everything from the server is rendered with DOM APIs and textContent.
+ * live by the pushrec SDK (client-sdk-js, browser bundle served at /sdk/ in demo mode; `make sdk`
+ * builds it). Plain script, no build step: needs /sdk/pushrec.min.js (global `Pushrec`) and
+ * /sdk/pushrec-dom.min.js (global `PushrecDom`) loaded first. Everything from the server is
+ * rendered with DOM APIs and textContent.
+ *
+ * Query parameters (for trying things out, and for tests/browser):
+ *   ?ttl=5            demo tokens live 5 s (5 … 86400), to watch the SDK renew them
+ *   ?transports=sse   transports to try, in order (default websocket,sse)
+ *
+ * For tests and curious visitors, `window.pushrecDemo` exposes the client and what happened to
+ * the connection (states, transports opened, close codes seen, tokens minted).
  */
 (function () {
   'use strict';
 
-  const Feed = window.PushrecFeed;
-  const SESSION_KEY = 'pushrec.demo.session';
+  const USER_KEY = 'pushrec.demo.user'; // the visitor id, shared by the tabs of this browser
   const PAGE_SIZE = 48;
   const STRIP_FEED = 'home';
-  const STRIP_MAX = 12;
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 10000;
-  // Close codes (docs/PROTOCOL.md): 4000-4499 reconnect with backoff, 4500-4999 terminal.
-  const TERMINAL_CLOSE = 4500;
-  const CLOSE_UNAUTHORIZED = 4501; // terminal for these credentials: get a new token first
   const FLASH_MS = 1200;
 
   const $ = (id) => document.getElementById(id);
@@ -32,19 +34,7 @@
     notice: $('notice'),
   };
 
-  let session = null; // {user_id, token}
-
   // ---------------------------------------------------------------- helpers
-
-  function uuid() {
-    if (window.crypto && typeof crypto.randomUUID === 'function') return crypto.randomUUID();
-    // crypto.randomUUID needs a secure context (https or localhost); getRandomValues does not.
-    const b = crypto.getRandomValues(new Uint8Array(16));
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    const h = Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
-  }
 
   function node(tag, className, text) {
     const n = document.createElement(tag);
@@ -74,93 +64,120 @@
     el.notice.dataset.kind = kind || 'info';
   }
 
-  function parseFrame(data) {
+  function setStatus(state, text) {
+    el.status.dataset.state = state;
+    el.status.textContent = text;
+  }
+
+  // ---------------------------------------------------------------- page options
+
+  const query = new URLSearchParams(location.search);
+  const ttl = Number(query.get('ttl'));
+  const TOKEN_TTL_S = Number.isFinite(ttl) && ttl > 0 ? ttl : undefined; // server default: 1 day
+  const TRANSPORTS = (query.get('transports') || '')
+    .split(',')
+    .map((t) => t.trim())
+    .filter((t) => t === 'websocket' || t === 'sse');
+
+  // ---------------------------------------------------------------- what tests can read
+
+  const debug = {
+    client: null,
+    user: null,
+    transport: null, // the transport of the open connection
+    states: [], // every SDK state change, in order
+    opened: [], // transport of every connection that reached "open"
+    reconnects: 0, // times the state became "reconnecting"
+    closes: [], // {transport, code} of every connection close the page saw
+    tokens: 0, // demo tokens minted by getToken
+    errors: [], // SDK `error` events
+  };
+  window.pushrecDemo = debug;
+
+  // ---------------------------------------------------------------- the visitor's token
+
+  function storedUser() {
     try {
-      const frame = JSON.parse(data);
-      return frame && typeof frame === 'object' ? frame : null;
+      return localStorage.getItem(USER_KEY) || undefined;
     } catch (_) {
-      return null;
+      return undefined; // storage disabled: every page load is a new visitor
     }
   }
 
-  // ---------------------------------------------------------------- session
-
-  function storedSession() {
+  function setVisitor(user) {
+    debug.user = user;
+    el.visitor.textContent = `visitor ${user}`;
     try {
-      const s = JSON.parse(sessionStorage.getItem(SESSION_KEY) || 'null');
-      if (s && typeof s.user_id === 'string' && typeof s.token === 'string') return s;
+      localStorage.setItem(USER_KEY, user);
     } catch (_) {
-      /* storage disabled or garbage: ask again */
+      /* the page still works */
     }
-    return null;
   }
 
-  async function newSession() {
-    const r = await fetch('/v1/demo/session', { method: 'POST' });
-    if (!r.ok) throw new Error(`demo session: HTTP ${r.status}`);
-    const body = await r.json();
-    if (typeof body.user_id !== 'string' || typeof body.token !== 'string') {
-      throw new Error('demo session: unexpected answer');
-    }
-    const s = { user_id: body.user_id, token: body.token };
-    try {
-      sessionStorage.setItem(SESSION_KEY, JSON.stringify(s));
-    } catch (_) {
-      /* a reload will make a new visitor; the page still works */
-    }
-    return s;
-  }
-
-  function setSession(s) {
-    session = s;
-    el.visitor.textContent = `visitor ${s.user_id}`;
-  }
-
-  // ---------------------------------------------------------------- events
-
-  async function postEvent(body) {
-    return fetch('/v1/events', {
+  /**
+   * The SDK's getToken. POST /v1/demo/session stands in for the shop backend that, in production,
+   * signs a token for its logged-in (or cookie-identified) visitor. The visitor id lives in
+   * localStorage, so every tab of this browser is the same visitor.
+   */
+  async function getToken({ userId }) {
+    const body = {};
+    const user = userId || storedUser();
+    if (user) body.user_id = user;
+    if (TOKEN_TTL_S) body.ttl_s = TOKEN_TTL_S;
+    const r = await fetch('/v1/demo/session', {
       method: 'POST',
-      headers: { 'Content-Type': 'application/json', Authorization: `Bearer ${session.token}` },
+      headers: { 'Content-Type': 'application/json' },
       body: JSON.stringify(body),
     });
+    if (!r.ok) throw new Error(`demo session: HTTP ${r.status}`);
+    const answer = await r.json();
+    if (typeof answer.user_id !== 'string' || typeof answer.token !== 'string') {
+      throw new Error('demo session: unexpected answer');
+    }
+    debug.tokens += 1;
+    setVisitor(answer.user_id);
+    return answer.token;
   }
 
-  async function track(type, itemId, card) {
-    if (card) flash(card, 'clicked');
-    if (!session) return;
-    const body = { event_id: uuid(), type, item_id: itemId };
-    try {
-      let r = await postEvent(body);
-      if (r.status === 401) {
-        // The demo token expired or the server restarted with a new key: become a new visitor.
-        setSession(await newSession());
-        stream.restart('new session');
-        r = await postEvent(body);
-      }
-      let answer = null;
-      try {
-        answer = await r.json();
-      } catch (_) {
-        /* not JSON */
-      }
-      if (r.status === 202 && answer && answer.accepted === 1) {
-        notice(`${type} ${itemId}: sent`, 'ok');
-      } else {
-        const first = answer && Array.isArray(answer.rejected) ? answer.rejected[0] : null;
-        const why = first
-          ? `${first.reason}: ${first.message}`
-          : answer && answer.error
-            ? `${answer.error}: ${answer.message}`
-            : `HTTP ${r.status}`;
-        notice(`${type} ${itemId}: rejected (${why})`, 'error');
-      }
-    } catch (err) {
-      notice(`${type} ${itemId}: not sent (${err.message})`, 'error');
+  // ---------------------------------------------------------------- transports, observed
+
+  // The SDK picks the transport; the page learns which one by handing it constructors that note
+  // what they open (and how each connection closed). The first to reach "open" stays in use.
+  let lastOpened = null;
+
+  class ObservedWebSocket extends WebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      lastOpened = 'websocket';
+      this.addEventListener('close', (e) => debug.closes.push({ transport: 'websocket', code: e.code }));
+    }
+  }
+
+  class ObservedEventSource extends EventSource {
+    constructor(url, init) {
+      super(url, init);
+      lastOpened = 'sse';
+      this.addEventListener('close', (e) => {
+        let code = null;
+        try {
+          code = JSON.parse(e.data).code;
+        } catch (_) {
+          /* not ours */
+        }
+        debug.closes.push({ transport: 'sse', code });
+      });
     }
   }
 
   // ---------------------------------------------------------------- product grid
+
+  function track(type, id, card) {
+    if (card) flash(card, 'clicked');
+    if (!client) return;
+    client.track(type, { item_id: id });
+    client.flush(); // a click is worth sending now rather than batched
+    notice(`${type} ${id}: tracked`, 'ok');
+  }
 
   const grid = { offset: 0, total: 0, category: '', loading: false, generation: 0 };
   const knownCategories = new Set();
@@ -244,10 +261,7 @@
     el.category.value = selected;
   }
 
-  /**
-   * Fill the filter from GET /v1/categories ({"categories": [{"category", "count"}]}) when the
-   * server has it; otherwise the filter offers the categories of the products loaded so far.
-   */
+  /** The category filter, from GET /v1/categories, or else from the products loaded so far. */
   let categoriesListed = false;
   async function loadCategories() {
     try {
@@ -274,11 +288,7 @@
     const generation = grid.generation;
     grid.loading = true;
     el.more.disabled = true;
-    const q = new URLSearchParams({
-      limit: String(PAGE_SIZE),
-      offset: String(grid.offset),
-      sort: 'trending',
-    });
+    const q = new URLSearchParams({ limit: String(PAGE_SIZE), offset: String(grid.offset), sort: 'trending' });
     if (grid.category) q.set('category', grid.category);
     try {
       const r = await fetch(`/v1/items?${q}`);
@@ -304,8 +314,9 @@
 
   // ---------------------------------------------------------------- recommendation strip
 
-  const feeds = new Map(); // feed name -> {version: [epoch, n], items: [payload]}
+  const SHOWN_FIELDS = ['title', 'price', 'category', 'image', 'in_stock'];
   const shownPayload = new WeakMap(); // strip card -> payload it shows
+  let stripFilled = false; // no "new item" animation for the first list
 
   function fillRec(card, item) {
     const img = card.querySelector('img');
@@ -319,9 +330,8 @@
     shownPayload.set(card, item);
   }
 
-  function recCard(item) {
+  function newRecCard() {
     const card = node('div', 'rec');
-    card.dataset.id = String(item.id);
     card.tabIndex = 0;
     card.setAttribute('role', 'button');
     const img = node('img', 'thumb');
@@ -334,37 +344,26 @@
         track('view', card.dataset.id, card);
       }
     });
-    fillRec(card, item);
     return card;
   }
 
-  const SHOWN_FIELDS = ['title', 'price', 'category', 'image', 'in_stock'];
-  const differs = (a, b) => !a || SHOWN_FIELDS.some((f) => a[f] !== b[f]);
-
-  /** Update #recs in place: keep cards whose id stays, add/flash new ones, drop the rest. */
-  function renderStrip(items) {
-    const animate = el.recs.children.length > 0;
-    const existing = new Map();
-    for (const card of el.recs.children) existing.set(card.dataset.id, card);
-    const shown = items.slice(0, STRIP_MAX);
-    shown.forEach((item, index) => {
-      const id = String(item.id);
-      let card = existing.get(id);
-      if (!card) {
-        card = recCard(item);
-        if (animate) flash(card, 'rec-new');
-      } else {
-        existing.delete(id);
-        if (differs(shownPayload.get(card), item)) {
-          fillRec(card, item);
-          flash(card, 'rec-changed');
-        }
-      }
-      const at = el.recs.children[index];
-      if (at !== card) el.recs.insertBefore(card, at || null);
-    });
-    for (const card of existing.values()) card.remove();
-    el.recsEmpty.hidden = shown.length > 0;
+  /**
+   * renderItem of PushrecDom.renderStrip: it reuses the card of an id (so the strip changes in
+   * place) and calls this only for new items and for items whose payload changed. A payload that
+   * is equal where it shows (e.g. after the snapshot of a reconnect) does not flash.
+   */
+  function renderRec(item, card) {
+    if (!card) {
+      card = newRecCard();
+      card.dataset.id = String(item.id);
+      fillRec(card, item);
+      if (stripFilled) flash(card, 'rec-new');
+      return card;
+    }
+    const before = shownPayload.get(card);
+    fillRec(card, item);
+    if (!before || SHOWN_FIELDS.some((f) => before[f] !== item[f])) flash(card, 'rec-changed');
+    return card;
   }
 
   function showVersion(feed, version) {
@@ -373,253 +372,75 @@
     el.version.dataset.n = String(version[1]);
   }
 
-  function onSnapshot(frame) {
-    if (typeof frame.feed !== 'string' || !Array.isArray(frame.items)) return;
-    const items = frame.items.filter((x) => x && typeof x === 'object' && x.id !== undefined);
-    feeds.set(frame.feed, { version: frame.version, items });
-    stream.healthy();
-    if (frame.feed === STRIP_FEED) {
-      renderStrip(items);
-      showVersion(frame.feed, frame.version);
+  // ---------------------------------------------------------------- the client
+
+  let client = null;
+
+  function onFeed({ feed, items, version, diff }) {
+    if (diff && diff.patch && typeof diff.patch === 'object') {
+      for (const id of Object.keys(diff.patch)) updateProduct(id, diff.patch[id] || {});
+    }
+    if (feed !== STRIP_FEED) return;
+    // renderStrip (subscribed before this listener) has already drawn `items`.
+    stripFilled = stripFilled || items.length > 0;
+    el.recsEmpty.hidden = items.length > 0;
+    showVersion(feed, version);
+  }
+
+  function onState(state) {
+    debug.states.push(state);
+    if (state === 'open') {
+      debug.transport = lastOpened;
+      debug.opened.push(lastOpened);
+      el.status.dataset.transport = lastOpened;
+      setStatus('live', `live via ${lastOpened}`);
+      if (client.user) setVisitor(client.user);
+      if (!el.grid.children.length && !grid.loading) {
+        loadItems(true); // the server was not up when the page loaded
+        if (!categoriesListed) loadCategories();
+      }
+    } else if (state === 'reconnecting') {
+      debug.reconnects += 1;
+      setStatus('reconnecting', 'reconnecting…');
+    } else if (state === 'paused') {
+      setStatus('paused', navigator.onLine === false ? 'offline' : 'paused (hidden)');
+    } else if (state === 'closed') {
+      setStatus('stopped', 'stopped');
+    } else {
+      setStatus(state, `${state}…`);
     }
   }
 
-  function onDiff(frame) {
-    const held = feeds.get(frame.feed);
-    if (!held || !Feed.sameVersion(held.version, frame.base)) {
-      stream.desync(`diff for ${frame.feed} does not apply to the version held`);
-      return;
-    }
-    let items;
-    try {
-      items = Feed.applyDiff(held.items, frame);
-    } catch (err) {
-      stream.desync(err.message);
-      return;
-    }
-    if (typeof frame.sum === 'string' && Feed.checksum(items) !== frame.sum) {
-      stream.desync(`checksum mismatch after diff to ${frame.version}`);
-      return;
-    }
-    feeds.set(frame.feed, { version: frame.version, items });
-    stream.applied();
-    if (frame.patch && typeof frame.patch === 'object') {
-      for (const id of Object.keys(frame.patch)) updateProduct(id, frame.patch[id] || {});
-    }
-    if (frame.feed === STRIP_FEED) {
-      renderStrip(items);
-      showVersion(frame.feed, frame.version);
-    }
+  function onError(err) {
+    debug.errors.push(err);
+    if (err.terminal) notice(`connection closed for good: ${err.code} ${err.message}`, 'error');
+    else if (err.code === 'token') notice(`no token yet (${err.message}), retrying`, 'error');
+    else if (err.code !== 'resync') notice(`${err.code}: ${err.message}`, 'error');
   }
 
-  function onFrame(frame, transport) {
-    if (!frame) return;
-    switch (frame.type) {
-      case 'hello':
-        if (session && frame.user !== session.user_id) {
-          notice(`server says user ${frame.user}, expected ${session.user_id}`, 'error');
-        }
-        break;
-      case 'snapshot':
-        onSnapshot(frame);
-        break;
-      case 'diff':
-        onDiff(frame);
-        break;
-      case 'error': // a refused client message; the connection stays open
-        notice(`server: ${frame.code || 'error'}: ${frame.message || ''}`, 'error');
-        break;
-      case 'ping':
-        if (transport === 'websocket') stream.send({ type: 'pong' });
-        break;
-      default:
-        break; // newer protocol frames are ignored
+  function start() {
+    if (!window.Pushrec || !window.PushrecDom) {
+      setStatus('stopped', 'SDK missing');
+      notice('the SDK bundle is missing: run `make sdk`, then reload', 'error');
+      return;
     }
+    const user = storedUser();
+    if (user) el.visitor.textContent = `visitor ${user}`;
+    client = new Pushrec.Client({
+      url: location.origin,
+      getToken,
+      feeds: [STRIP_FEED],
+      transports: TRANSPORTS.length ? TRANSPORTS : undefined,
+      maxDelay: 10000, // a demo server restarts quickly: do not wait 30 s for it
+      WebSocket: ObservedWebSocket,
+      EventSource: ObservedEventSource,
+    });
+    debug.client = client;
+    client.on('state', onState);
+    client.on('error', onError);
+    PushrecDom.renderStrip(el.recs, client, STRIP_FEED, renderRec);
+    client.on('feed', onFeed);
   }
-
-  // ---------------------------------------------------------------- connection
-
-  const stream = (() => {
-    let ws = null;
-    let es = null;
-    let timer = null;
-    let attempt = 0; // reconnects since the last snapshot
-    let desyncs = 0; // desyncs since the last diff that applied
-    let renewals = 0; // sessions renewed since the last snapshot
-    let generation = 0; // bumped by teardown, so a late async step knows it was superseded
-    let stopped = false;
-
-    function setStatus(state, text) {
-      el.status.dataset.state = state;
-      el.status.textContent = text;
-    }
-
-    function teardown() {
-      generation += 1;
-      clearTimeout(timer);
-      timer = null;
-      const oldWs = ws;
-      const oldEs = es;
-      ws = es = null; // handlers check identity, so the old ones go quiet
-      if (oldWs) oldWs.close(1000);
-      if (oldEs) oldEs.close();
-    }
-
-    function schedule(reason) {
-      teardown();
-      if (stopped) return;
-      const cap = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** Math.min(attempt + desyncs, 10));
-      const delay = Math.random() * cap; // full jitter
-      attempt += 1;
-      setStatus('reconnecting', `reconnecting in ${(delay / 1000).toFixed(1)}s (${reason})`);
-      timer = setTimeout(connect, delay);
-    }
-
-    function openSse() {
-      const source = new EventSource(`/v1/sse?token=${encodeURIComponent(session.token)}`);
-      es = source;
-      const handle = (e) => {
-        if (es === source) onFrame(parseFrame(e.data), 'sse');
-      };
-      let opened = false;
-      source.onopen = () => {
-        if (es !== source) return;
-        opened = true;
-        setStatus('live', 'live via sse');
-      };
-      for (const name of ['hello', 'snapshot', 'diff', 'ping']) source.addEventListener(name, handle);
-      source.onmessage = handle; // unnamed events carry a frame with its own "type"
-      source.addEventListener('error', (e) => {
-        if (es !== source) return;
-        // "error" is both a frame the server names and EventSource's own connection error;
-        // only the server's carries data.
-        if (typeof e.data === 'string') {
-          handle(e);
-          return;
-        }
-        if (opened) {
-          schedule('sse connection lost'); // take over from EventSource's own retry for backoff
-          return;
-        }
-        // Neither transport opened. EventSource hides the HTTP status, so ask once more with
-        // fetch: a rejected token (expired, or the server changed its key) needs a new session,
-        // anything else (server down) is retried with backoff.
-        source.close();
-        checkToken();
-      });
-    }
-
-    /** The token was refused: become a new visitor (the demo has no backend to refresh it). */
-    async function renewSession() {
-      const mine = generation;
-      try {
-        const s = await newSession();
-        if (generation !== mine) return;
-        setSession(s);
-        notice('session expired: you are a new visitor', 'info');
-        feeds.clear();
-        attempt = renewals; // quick the first time; backs off if new tokens fail too
-        renewals += 1;
-        schedule('new session');
-      } catch (err) {
-        if (generation === mine) schedule(`no new session (${err.message})`);
-      }
-    }
-
-    async function checkToken() {
-      const mine = generation;
-      let status = 0;
-      const abort = new AbortController();
-      try {
-        const r = await fetch(`/v1/sse?token=${encodeURIComponent(session.token)}`, {
-          signal: abort.signal,
-          headers: { Accept: 'text/event-stream' },
-        });
-        status = r.status;
-      } catch (_) {
-        /* server unreachable */
-      } finally {
-        abort.abort();
-      }
-      if (generation !== mine) return; // something else took over meanwhile
-      if (status === 401) renewSession();
-      else schedule(status ? `stream refused: HTTP ${status}` : 'server unreachable');
-    }
-
-    function connect() {
-      teardown();
-      if (stopped || !session) return;
-      setStatus(attempt ? 'reconnecting' : 'connecting', attempt ? 'reconnecting…' : 'connecting…');
-      const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-      let socket;
-      try {
-        socket = new WebSocket(`${scheme}://${location.host}/v1/ws?token=${encodeURIComponent(session.token)}`);
-      } catch (_) {
-        openSse();
-        return;
-      }
-      ws = socket;
-      let opened = false;
-      socket.onopen = () => {
-        if (ws !== socket) return;
-        opened = true;
-        setStatus('live', 'live via websocket');
-      };
-      socket.onmessage = (e) => {
-        if (ws === socket && typeof e.data === 'string') onFrame(parseFrame(e.data), 'websocket');
-      };
-      socket.onclose = (e) => {
-        if (ws !== socket) return;
-        ws = null;
-        if (!opened) {
-          openSse(); // WebSocket blocked or refused before opening: try SSE
-        } else if (e.code === CLOSE_UNAUTHORIZED) {
-          renewSession();
-        } else if (e.code >= TERMINAL_CLOSE) {
-          stop(`closed by server: ${e.code}${e.reason ? ` ${e.reason}` : ''}`);
-        } else {
-          schedule(`closed ${e.code}`);
-        }
-      };
-    }
-
-    function stop(text) {
-      stopped = true;
-      teardown();
-      setStatus('stopped', text);
-    }
-
-    return {
-      start: connect,
-      stop,
-      send(frame) {
-        if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
-      },
-      healthy() {
-        attempt = 0;
-        renewals = 0;
-      },
-      applied() {
-        desyncs = 0;
-      },
-      desync(reason) {
-        // Drop what we hold and reconnect: the server answers a new connection with snapshots.
-        feeds.clear();
-        desyncs += 1;
-        schedule(`resync: ${reason}`);
-      },
-      restart(reason) {
-        stopped = false;
-        attempt = 0;
-        feeds.clear();
-        setStatus('reconnecting', `reconnecting (${reason})`);
-        connect();
-      },
-      wake() {
-        if (timer && !stopped) connect();
-      },
-    };
-  })();
 
   // ---------------------------------------------------------------- start
 
@@ -628,28 +449,8 @@
     grid.category = el.category.value;
     loadItems(true);
   });
-  window.addEventListener('online', () => stream.wake());
 
-  async function main() {
-    loadItems(true);
-    loadCategories();
-    let s = storedSession();
-    for (let tries = 0; !s; tries += 1) {
-      try {
-        s = await newSession();
-      } catch (err) {
-        // Server not up yet: retry with the same full-jitter backoff as the stream.
-        const delay = Math.random() * Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** tries);
-        el.status.dataset.state = 'reconnecting';
-        el.status.textContent = `no session yet (${err.message}), retrying in ${(delay / 1000).toFixed(1)}s`;
-        await new Promise((resolve) => setTimeout(resolve, delay));
-        if (!el.grid.children.length) loadItems(true);
-      }
-    }
-    if (!categoriesListed) loadCategories();
-    setSession(s);
-    stream.start();
-  }
-
-  main();
+  loadCategories();
+  loadItems(true);
+  start();
 })();
