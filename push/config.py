@@ -80,6 +80,12 @@ class Settings:
     max_pending_diffs: int = 8
     #: Largest client→server WebSocket message, in bytes.
     max_message_bytes: int = 16_384
+    #: Accept WebSocket permessage-deflate (RFC 7692) when a client offers it, always without
+    #: context takeover (no zlib state kept per connection). Off: frames are small and each
+    #: compressed one costs CPU (docs/PROTOCOL.md, Handshake).
+    ws_deflate: bool = False
+    #: With ``ws_deflate``, server frames shorter than this are sent uncompressed.
+    ws_deflate_min_bytes: int = 256
     #: Sustained client→server messages per second per connection (token bucket refill rate).
     max_messages_per_s: float = 20.0
     #: Client→server messages a connection may send at once before the rate applies (bucket size).
@@ -219,6 +225,8 @@ class Settings:
             value = getattr(self, name)
             if not value >= 0 or (name != "token_leeway_s" and value == 0):  # `not >=` catches NaN
                 raise ConfigError(f"PUSHREC_{name.upper()} must be a positive number of seconds")
+        if self.ws_deflate_min_bytes < 0:
+            raise ConfigError("PUSHREC_WS_DEFLATE_MIN_BYTES must be at least 0")
         if not (self.max_messages_per_s > 0 and math.isfinite(self.max_messages_per_s)):
             raise ConfigError("PUSHREC_MAX_MESSAGES_PER_S must be a positive, finite number")
         self.origins()

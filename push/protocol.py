@@ -314,11 +314,19 @@ def _token(obj: dict[str, Any]) -> str:
     token = obj.get("token")
     if not isinstance(token, str) or not token or len(token) > 4096:
         raise ProtocolError("bad_message", "'token' must be a non-empty string")
-    try:
-        token.encode()
-    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in JSON): the JWT library raises
-        raise ProtocolError("bad_message", "'token' must be valid Unicode") from None
+    if not _unicode(token):  # the JWT library would raise UnicodeEncodeError
+        raise ProtocolError("bad_message", "'token' must be valid Unicode")
     return token
+
+
+def _unicode(text: str) -> bool:
+    """False for a string with a lone surrogate (JSON can carry "\\ud800"): it cannot be
+    encoded, so it must not reach Redis or the JWT library."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _feed_name(value: object) -> str:
@@ -342,7 +350,7 @@ def _have(value: object) -> dict[str, Version]:
     out: dict[str, Version] = {}
     for name, raw in value.items():
         version = Version.from_wire(raw)
-        if version is None:
+        if version is None or not _unicode(version.epoch):  # the epoch goes to Redis
             raise ProtocolError("bad_version", "a held version is [epoch, n]")
         out[_feed_name(name)] = version
     return out

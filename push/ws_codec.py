@@ -16,23 +16,47 @@ Handshake (:func:`parse_upgrade`) validates, and answers :class:`HandshakeError`
 
 It never raises anything but :class:`HandshakeError`. It does not check ``Host`` or ``Origin``
 (the caller decides what origins it accepts) and leaves the path percent-encoded as sent.
+``Sec-WebSocket-Extensions`` is parsed into :attr:`Upgrade.extensions` (RFC 6455 9.1 grammar,
+quoted values unescaped); a header that does not follow the grammar is ignored as a whole (no
+extension offered: declining is always allowed, and such a header was ignored before
+extensions existed here, so it must not start refusing connections).
+
+Compression (RFC 7692 permessage-deflate) is optional and stateless: :func:`negotiate_deflate`
+only ever accepts it *without context takeover in both directions*, so every message is
+compressed and decompressed with a fresh zlib object and no zlib state lives on an idle
+connection. An offer is declined (RFC 7692 7.1) when it has an unknown parameter, a repeated
+one, a value where none is allowed, a window-bits value outside 8-15 (or with leading zeros),
+or ``server_max_window_bits`` below 15 (our compressor does not honour a smaller limit).
+``client_max_window_bits`` with or without a value is accepted and needs no answer: the
+decompressor always uses a 32 KiB window, enough for any client window.
 
 Frames (:class:`FrameReader`) from the client are validated as RFC 6455 section 5 requires of a
-server that negotiates no extension, and any violation raises :class:`WsProtocolError` carrying the
-close code to send: 1002 (framing: unmasked frame, RSV bits, unknown opcode, control frame longer
-than 125 bytes or fragmented, continuation without a message, data frame inside a fragmented
-message, 1-byte close payload, close code outside 1000-1003, 1007-1011, 3000-4999, 64-bit length
-with the top bit set), 1007 (text message or close reason that is not UTF-8) or 4509 (a frame, or
-the fragments of a message so far, longer than ``max_message``: raised from the header alone,
-before any of the payload is buffered). Length encodings need not be minimal.
+server that negotiates no extension (or only permessage-deflate), and any violation raises
+:class:`WsProtocolError` carrying the close code to send: 1002 (framing: unmasked frame, RSV bits,
+unknown opcode, control frame longer than 125 bytes or fragmented, continuation without a
+message, data frame inside a fragmented message, 1-byte close payload, close code outside
+1000-1003, 1007-1011, 3000-4999, 64-bit length with the top bit set), 1007 (text message or
+close reason that is not UTF-8; compressed data that does not inflate) or 4509 (a frame, or the
+fragments of a message so far, longer than ``max_message``: raised from the header alone, before
+any of the payload is buffered; with deflate, also a message that inflates to more than
+``max_message`` bytes: raised as soon as inflating passes the limit, so a zip bomb never makes
+more than ``max_message + 1`` bytes of output). Length encodings need not be minimal.
 
-Memory: an idle reader (no partial frame, no fragmented message) is one object of five slots
-that point at shared objects (``None``, small ints, the caller's ``max_message`` int): about
-72 bytes. While a frame is incomplete it holds one ``bytearray`` of the unparsed bytes; while a
-fragmented message is in progress one ``bytearray`` of its unmasked fragments. Both are dropped
-as soon as they are consumed. The bytes held (:attr:`FrameReader.buffered`) never exceed
-``max_message + 14`` (fragments so far, plus the header and payload of the frame being read),
-except while a control frame interrupts a fragmented message: then ``max_message + 6 + 125``.
+With ``deflate=True`` (permessage-deflate negotiated) RSV1 on the first frame of a data message
+marks it compressed; RSV1 on a continuation or control frame, and RSV2/RSV3 always, are 1002.
+Without it any RSV bit is 1002. RFC 7692 says only "fail the connection" for data that does not
+inflate; we close with 1007 (invalid payload data).
+
+Memory: an idle reader (no partial frame, no fragmented message) is one object of six slots
+that point at shared objects (``None``, ``True``/``False``, small ints, the caller's
+``max_message`` int): about 80 bytes, compression or not. While a frame is incomplete it holds
+one ``bytearray`` of the unparsed bytes; while a fragmented message is in progress one
+``bytearray`` of its unmasked fragments. Both are dropped as soon as they are consumed. The
+bytes held (:attr:`FrameReader.buffered`) never exceed ``max_message + 14`` (fragments so far,
+plus the header and payload of the frame being read), except while a control frame interrupts a
+fragmented message: then ``max_message + 6 + 125``. Inflating a compressed message allocates,
+only for the duration of the :meth:`FrameReader.feed` call, a zlib inflater (~7 KiB plus a
+32 KiB window) and at most ``max_message + 1`` bytes of output.
 """
 
 from __future__ import annotations
@@ -44,13 +68,17 @@ import hashlib
 import http
 import json
 import re
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
 __all__ = [
+    "DEFLATE",
+    "DEFLATE_RESPONSE",
     "GUID",
     "MAX_HEAD",
+    "Extension",
     "FrameReader",
     "HandshakeError",
     "Message",
@@ -59,10 +87,13 @@ __all__ = [
     "WsProtocolError",
     "accept_key",
     "accept_response",
+    "deflate_message",
     "encode_close",
     "encode_frame",
     "encode_masked_frame",
     "head_complete",
+    "negotiate_deflate",
+    "parse_extensions",
     "parse_upgrade",
     "reject_response",
     "valid_close_code",
@@ -90,6 +121,10 @@ _OPCODES: tuple[Opcode | None, ...] = tuple(
 
 # ---------------------------------------------------------------------------------------------
 # Handshake
+
+#: One offered extension: its name and its parameters in order (name, value or None), as sent.
+#: Parameters stay a sequence of pairs because RFC 7692 7.1 declines an offer that repeats one.
+Extension = tuple[str, tuple[tuple[str, str | None], ...]]
 
 
 class HandshakeError(Exception):
@@ -125,6 +160,8 @@ class Upgrade:
     key: str  # Sec-WebSocket-Key
     subprotocols: tuple[str, ...]  # offered, in order
     origin: str | None
+    #: Sec-WebSocket-Extensions offers, in order; () when none (or a malformed header).
+    extensions: tuple[Extension, ...] = ()
 
 
 # RFC 9110 token; header names and subprotocol names must be tokens.
@@ -229,7 +266,95 @@ def _parse_upgrade(raw: bytes) -> Upgrade:
         key=key,
         subprotocols=tuple(p for p in (s.strip(" \t") for s in offered.split(",")) if p),
         origin=headers.get("origin"),
+        extensions=parse_extensions(headers.get("sec-websocket-extensions", "")),
     )
+
+
+_TOK = _TOKEN.pattern
+_EXT_NAME = re.compile(rf"[ \t]*({_TOK})")
+# ; name [= token | quoted-string]; a quoted-string's qdtext is anything but " and \ (control
+# characters other than HT were refused with the header), quoted-pair is \ and any character.
+_EXT_PARAM = re.compile(rf'[ \t]*;[ \t]*({_TOK})(?:[ \t]*=[ \t]*(?:({_TOK})|"((?:[^"\\]|\\.)*)"))?')
+_EXT_SEP = re.compile(r"[ \t]*(?:,|\Z)")
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def parse_extensions(value: str) -> tuple[Extension, ...]:
+    """The offers of a ``Sec-WebSocket-Extensions`` value (RFC 6455 9.1), in order.
+
+    A quoted parameter value is unescaped and must then be a token. Returns ``()`` when the
+    value does not follow the grammar: all offers are then declined (never an error).
+    """
+    offers: list[Extension] = []
+    pos = _skip_empty(value, 0)
+    while pos < len(value):
+        name = _EXT_NAME.match(value, pos)
+        if name is None:
+            return ()
+        pos = name.end()
+        params: list[tuple[str, str | None]] = []
+        while (param := _EXT_PARAM.match(value, pos)) is not None:
+            pos = param.end()
+            raw = param[2]
+            if param[3] is not None:
+                raw = _QUOTED_PAIR.sub(r"\1", param[3])
+                if not _TOKEN.fullmatch(raw):
+                    return ()
+            params.append((param[1], raw))
+        sep = _EXT_SEP.match(value, pos)
+        if sep is None:
+            return ()
+        offers.append((name[1], tuple(params)))
+        pos = _skip_empty(value, sep.end())
+    return tuple(offers)
+
+
+def _skip_empty(value: str, pos: int) -> int:
+    """Skip empty list elements, allowed by RFC 9110 5.6.1 (``a, , b``), and whitespace."""
+    while pos < len(value) and value[pos] in " \t,":
+        pos += 1
+    return pos
+
+
+DEFLATE = "permessage-deflate"
+#: The only answer :func:`negotiate_deflate` gives (plus ``server_max_window_bits=15`` when the
+#: offer named it): no context takeover either way, so no zlib state outlives a message.
+DEFLATE_RESPONSE = f"{DEFLATE}; server_no_context_takeover; client_no_context_takeover"
+_WINDOW_BITS = frozenset(str(n) for n in range(8, 16))  # decimal, no leading zeros (7692 7.1.2)
+
+
+def negotiate_deflate(offers: Sequence[Extension]) -> str | None:
+    """The ``Sec-WebSocket-Extensions`` response accepting the first permessage-deflate offer we
+    can honour, or None when there is none (then answer without the header: no extension).
+
+    See the module docstring for the offers declined. The answer always carries
+    ``server_no_context_takeover; client_no_context_takeover``: RFC 7692 lets a server add both
+    to any offer, and the client must then compress each message on its own.
+    """
+    for name, params in offers:
+        if name != DEFLATE:
+            continue
+        seen: set[str] = set()
+        accept = True
+        for param, value in params:
+            if param in seen:
+                accept = False
+            elif param in ("server_no_context_takeover", "client_no_context_takeover"):
+                accept = value is None
+            elif param == "server_max_window_bits":
+                accept = value == "15"  # the default; any lower limit we would not honour
+            elif param == "client_max_window_bits":
+                accept = value is None or value in _WINDOW_BITS
+            else:
+                accept = False
+            if not accept:
+                break
+            seen.add(param)
+        if accept:
+            if "server_max_window_bits" in seen:  # accepted by echoing it (RFC 7692 7.1.2.1)
+                return f"{DEFLATE_RESPONSE}; server_max_window_bits=15"
+            return DEFLATE_RESPONSE
+    return None
 
 
 def accept_key(key: str) -> str:
@@ -238,16 +363,22 @@ def accept_key(key: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def accept_response(key: str, subprotocol: str | None) -> bytes:
-    """The ``101 Switching Protocols`` response accepting the upgrade.
+def accept_response(key: str, subprotocol: str | None, extension: str | None = None) -> bytes:
+    """The ``101 Switching Protocols`` response accepting the upgrade; ``extension`` is the
+    ``Sec-WebSocket-Extensions`` value (from :func:`negotiate_deflate`), None for no header.
 
-    Raises ValueError if ``subprotocol`` is not a token (it would corrupt the response).
+    Raises ValueError if ``subprotocol`` is not a token, or ``extension`` is empty or holds a
+    control character (either would corrupt the response).
     """
     extra = ""
     if subprotocol is not None:
         if not _TOKEN.fullmatch(subprotocol):
             raise ValueError(f"subprotocol is not a token: {subprotocol!r}")
         extra = f"Sec-WebSocket-Protocol: {subprotocol}\r\n"
+    if extension is not None:
+        if not extension.strip(" \t") or _BAD_VALUE.search(extension):
+            raise ValueError(f"invalid extension header value: {extension!r}")
+        extra += f"Sec-WebSocket-Extensions: {extension}\r\n"
     return (
         "HTTP/1.1 101 Switching Protocols\r\n"
         "Upgrade: websocket\r\n"
@@ -326,24 +457,33 @@ def _unmask(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
 class FrameReader:
     """Incremental parser of client frames into messages (see the module docstring).
 
+    ``deflate``: permessage-deflate was negotiated (without client context takeover), so a data
+    message whose first frame has RSV1 set is inflated, on its own, once complete.
+
     Once :meth:`feed` has raised :class:`WsProtocolError`, the reader is dead: it has freed its
     buffers and every later :meth:`feed` raises a new WsProtocolError with the same close code
     and reason (and no messages). It keeps parsing frames after a CLOSE message: stopping there
     is the caller's business (RFC 6455 says to send no more data after a close frame).
     """
 
-    __slots__ = ("_buf", "_dead", "_max", "_msg", "_msg_op")
+    __slots__ = ("_buf", "_dead", "_deflate", "_max", "_msg", "_msg_op")
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, deflate: bool = False) -> None:
         self._max = max_message
+        self._deflate = deflate
         # Unparsed bytes of an incomplete frame; None when none are pending. A bytearray so
         # that a frame arriving one byte at a time costs amortised O(1) per byte, not O(n).
         self._buf: bytearray | None = None
         # Unmasked fragments of a fragmented message (None when none is in progress) and its
-        # opcode (0 when none).
+        # opcode (0 when none), with _RSV1 added when the message is compressed.
         self._msg: bytearray | None = None
         self._msg_op = 0
         self._dead: WsProtocolError | None = None
+
+    @property
+    def deflate(self) -> bool:
+        """permessage-deflate was negotiated for this connection."""
+        return self._deflate
 
     @property
     def buffered(self) -> int:
@@ -393,8 +533,14 @@ class FrameReader:
             op = b0 & 0x0F
             fin = b0 & 0x80
             # Everything decidable from the first two bytes is checked before waiting for more.
-            if b0 & 0x70:
-                raise WsProtocolError(1002, "reserved bits set (no extension negotiated)")
+            rsv = b0 & 0x70
+            if rsv:
+                if not self._deflate:
+                    raise WsProtocolError(1002, "reserved bits set (no extension negotiated)")
+                if rsv != _RSV1:
+                    raise WsProtocolError(1002, "RSV2 or RSV3 set (only RSV1 is negotiated)")
+                if op == 0 or op >= 8:
+                    raise WsProtocolError(1002, "RSV1 set on a continuation or control frame")
             if _OPCODES[op] is None:
                 raise WsProtocolError(1002, f"unknown opcode {op}")
             if not b1 & 0x80:
@@ -440,16 +586,42 @@ class FrameReader:
                 assert self._msg is not None  # a continuation implies a message in progress
                 self._msg += payload
                 if fin:
-                    message = _data(self._msg_op, bytes(self._msg))
+                    op = self._msg_op
+                    payload = bytes(self._msg)
                     self._msg = None
                     self._msg_op = 0
-                    out.append(message)
+                    if op & _RSV1:
+                        payload = _inflate(payload, self._max)
+                    out.append(_data(op & 0x0F, payload))
             elif fin:
-                out.append(_data(op, payload))
+                out.append(_data(op, _inflate(payload, self._max) if rsv else payload))
             else:
                 self._msg = bytearray(payload)
-                self._msg_op = op
+                self._msg_op = op | rsv
         return pos
+
+
+_RSV1 = 0x40
+# RFC 7692 7.2.2: the sender removed the 4 octets 00 00 ff ff ending the message's final empty
+# stored block; the receiver appends them back before inflating.
+_DEFLATE_TAIL = b"\x00\x00\xff\xff"
+
+
+def _inflate(data: bytes, limit: int) -> bytes:
+    """Inflate one compressed message with a fresh raw-deflate object, never making more than
+    ``limit + 1`` bytes of output (4509 past ``limit``; 1007 when the data does not inflate)."""
+    inflater = zlib.decompressobj(-15)  # a 32 KiB window fits any client_max_window_bits
+    try:
+        # max_length=0 would mean "no limit": with limit 0, output nothing here and let the
+        # check below find out whether the message has any content at all.
+        out = inflater.decompress(data + _DEFLATE_TAIL, limit) if limit else b""
+        rest = inflater.unconsumed_tail if limit else data + _DEFLATE_TAIL
+        # Input left over means the output reached the limit; one more byte is too many.
+        if rest and inflater.decompress(rest, 1):
+            raise WsProtocolError(4509, f"message inflates to more than {limit} bytes")
+    except zlib.error:
+        raise WsProtocolError(1007, "compressed message does not inflate") from None
+    return out
 
 
 def _data(op: int, payload: bytes) -> Message:
@@ -487,14 +659,46 @@ def _length(n: int) -> bytes:
     return bytes((127,)) + n.to_bytes(8, "big")
 
 
-def encode_frame(opcode: Opcode, payload: bytes) -> bytes:
-    """One unmasked, unfragmented (FIN=1) server frame.
+#: zlib settings of :func:`deflate_message`. Level 6 (zlib's default) compresses our frames as
+#: well as 9. memLevel 5 and a window sized to the message allocate ~58 KiB per message instead
+#: of ~294 KiB with zlib's defaults (memLevel 8, 32 KiB window), for the same bytes; the CPU is
+#: the same while the allocator has that memory at hand, but zlib's defaults cost up to ~15x
+#: more when it must be faulted in from the system for each message (a bare interpreter:
+#: ~80 us against ~5 us per snapshot). See benchmarks/deflate_cost.py.
+DEFLATE_LEVEL = 6
+DEFLATE_MEM_LEVEL = 5
+_MIN_LOOKAHEAD = 262  # zlib matches at most window - 262 bytes back
+
+
+def deflate_message(payload: bytes) -> bytes:
+    """``payload`` compressed as one permessage-deflate message (RFC 7692 7.2.1), with a fresh
+    compressor (no context takeover): raw DEFLATE, sync-flushed, ``00 00 ff ff`` removed.
+
+    The LZ77 window is the smallest (512 B - 32 KiB) that reaches back over the whole payload,
+    so it compresses as well as a 32 KiB one; a smaller window than negotiated is always
+    allowed, and any client inflates it with its default window.
+    """
+    wbits = min(15, max(9, (len(payload) + _MIN_LOOKAHEAD).bit_length()))
+    compressor = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -wbits, DEFLATE_MEM_LEVEL)
+    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert data.endswith(_DEFLATE_TAIL)  # a sync flush always ends with an empty stored block
+    return data[:-4]
+
+
+def encode_frame(opcode: Opcode, payload: bytes, compress: bool = False) -> bytes:
+    """One unmasked, unfragmented (FIN=1) server frame; with ``compress`` (only after
+    permessage-deflate was negotiated) a TEXT or BINARY payload is deflated and RSV1 set.
 
     Raises ValueError for a control frame longer than 125 bytes (the client would fail the
-    connection).
+    connection), and for ``compress`` on a control or continuation frame (RFC 7692 6.1).
     """
     if opcode >= 8 and len(payload) > 125:
         raise ValueError("control frame payload longer than 125 bytes")
+    if compress:
+        if opcode == 0 or opcode >= 8:
+            raise ValueError("only a TEXT or BINARY message can be compressed")
+        payload = deflate_message(payload)
+        return bytes((0x80 | _RSV1 | opcode,)) + _length(len(payload)) + payload
     return bytes((0x80 | opcode,)) + _length(len(payload)) + payload
 
 

@@ -61,6 +61,8 @@ def test_defaults() -> None:
     assert settings.allowed_origins == ""
     assert settings.max_messages_per_s == 20.0
     assert settings.message_burst == 40
+    assert settings.ws_deflate is False
+    assert settings.ws_deflate_min_bytes == 256
     assert settings.algorithms() == ("HS256",)
     assert settings.origins() is None
 
@@ -255,6 +257,18 @@ def test_rate_settings_must_be_positive(var: str, raw: str) -> None:
 
 def test_small_rate_is_accepted() -> None:
     assert Settings.from_env({"PUSHREC_MAX_MESSAGES_PER_S": "0.1"}).max_messages_per_s == 0.1
+
+
+def test_ws_deflate_settings() -> None:
+    env = {"PUSHREC_WS_DEFLATE": "1", "PUSHREC_WS_DEFLATE_MIN_BYTES": "0"}
+    settings = Settings.from_env(env)
+    assert settings.ws_deflate is True
+    assert settings.ws_deflate_min_bytes == 0  # 0: compress every data frame
+    assert Settings.from_env({"PUSHREC_WS_DEFLATE": "off"}).ws_deflate is False
+    with pytest.raises(ConfigError, match="PUSHREC_WS_DEFLATE_MIN_BYTES"):
+        Settings.from_env({"PUSHREC_WS_DEFLATE_MIN_BYTES": "-1"})
+    with pytest.raises(ConfigError, match="PUSHREC_WS_DEFLATE"):
+        Settings.from_env({"PUSHREC_WS_DEFLATE": "gzip"})
 
 
 # --- token algorithms and public key -------------------------------------------------------------

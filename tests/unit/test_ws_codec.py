@@ -8,14 +8,26 @@ import json
 import os
 import time
 import tracemalloc
+import zlib
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from websockets.exceptions import PayloadTooBig
+from websockets.extensions.permessage_deflate import (
+    ClientPerMessageDeflateFactory,
+    PerMessageDeflate,
+)
+from websockets.frames import Frame
+from websockets.frames import Opcode as WsOpcode
+from websockets.headers import build_extension, parse_extension
+from websockets.streams import StreamReader
 from websockets.utils import accept_key as websockets_accept_key
 
 from push.ws_codec import (
+    DEFLATE_RESPONSE,
     MAX_HEAD,
+    Extension,
     FrameReader,
     HandshakeError,
     Message,
@@ -23,10 +35,13 @@ from push.ws_codec import (
     WsProtocolError,
     accept_key,
     accept_response,
+    deflate_message,
     encode_close,
     encode_frame,
     encode_masked_frame,
     head_complete,
+    negotiate_deflate,
+    parse_extensions,
     parse_upgrade,
     reject_response,
     valid_close_code,
@@ -72,6 +87,14 @@ def split_response(raw: bytes) -> tuple[str, dict[str, str], bytes]:
 
 def frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0) -> bytes:
     return encode_masked_frame(opcode, payload, MASK, fin=fin, rsv=rsv)
+
+
+def client_deflate(data: bytes, level: int = 6) -> bytes:
+    """``data`` compressed as a client without context takeover sends it (RFC 7692 7.2.1)."""
+    compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+    out = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
 
 
 def feed_bytewise(reader: FrameReader, data: bytes) -> list[Message]:
@@ -454,12 +477,16 @@ PROTOCOL_ERRORS: dict[str, tuple[bytes, int]] = {
 
 @pytest.mark.parametrize(("data", "code"), PROTOCOL_ERRORS.values(), ids=PROTOCOL_ERRORS.keys())
 def test_protocol_errors(data: bytes, code: int) -> None:
+    check_protocol_error(data, code, deflate=False)
+
+
+def check_protocol_error(data: bytes, code: int, *, deflate: bool) -> None:
     with pytest.raises(WsProtocolError) as info:
-        FrameReader(100).feed(data)
+        FrameReader(100, deflate).feed(data)
     assert info.value.close_code == code
     assert info.value.reason
     # The same in any chunking: byte by byte.
-    reader = FrameReader(100)
+    reader = FrameReader(100, deflate)
     with pytest.raises(WsProtocolError) as info:
         feed_bytewise(reader, data)
     assert info.value.close_code == code
@@ -566,6 +593,383 @@ def test_unmask_is_fast_for_16k() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# permessage-deflate (RFC 7692): negotiation
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("permessage-deflate", [("permessage-deflate", ())]),
+        (
+            "permessage-deflate; client_max_window_bits",
+            [("permessage-deflate", (("client_max_window_bits", None),))],
+        ),
+        (
+            'x-webkit-deflate-frame, permessage-deflate ;client_max_window_bits = "10" ,, foo;a=b',
+            [
+                ("x-webkit-deflate-frame", ()),
+                ("permessage-deflate", (("client_max_window_bits", "10"),)),
+                ("foo", (("a", "b"),)),
+            ],
+        ),
+        ('a; b="\\c"', [("a", (("b", "c"),))]),  # quoted-pair
+        (", a,", [("a", ())]),  # empty list elements
+        ("", []),
+        # Malformed: the whole header is ignored.
+        ('a; b="c d"', []),  # a quoted value must be a token once unquoted
+        ('a; b="c', []),
+        ("a;", []),
+        ("a b", []),
+        ("a; b=", []),
+        ("a; b=c=d", []),
+        ("a=b", []),
+        ("pérmessage-deflate", []),
+    ],
+)
+def test_parse_extensions(header: str, expected: list[Extension]) -> None:
+    assert parse_extensions(header) == tuple(expected)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet='ab-=;," \t\\', max_size=30))
+def test_parse_extensions_agrees_with_websockets(header: str) -> None:
+    header = header.strip(" \t")  # as parse_upgrade leaves a header value
+    try:
+        theirs = [(name, tuple(params)) for name, params in parse_extension(header)]
+    except Exception:  # InvalidHeaderFormat: malformed, so all offers are declined
+        theirs = []
+    assert parse_extensions(header) == tuple(theirs)
+
+
+def test_parse_upgrade_reads_repeated_extension_headers() -> None:
+    up = parse_upgrade(
+        request(
+            headers=[
+                ("Sec-WebSocket-Extensions", "permessage-deflate; server_max_window_bits=10"),
+                ("Sec-WebSocket-Extensions", "permessage-deflate"),
+            ]
+        )
+    )
+    assert up.extensions == (
+        ("permessage-deflate", (("server_max_window_bits", "10"),)),
+        ("permessage-deflate", ()),
+    )
+    assert negotiate_deflate(up.extensions) == DEFLATE_RESPONSE  # the second offer
+    assert parse_upgrade(request()).extensions == ()
+    # A malformed header does not refuse the upgrade: it offers nothing.
+    bad = parse_upgrade(request(headers=[("Sec-WebSocket-Extensions", "permessage-deflate;")]))
+    assert bad.extensions == ()
+
+
+ECHO_15 = f"{DEFLATE_RESPONSE}; server_max_window_bits=15"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("permessage-deflate", DEFLATE_RESPONSE),  # Firefox, Safari
+        ("permessage-deflate; client_max_window_bits", DEFLATE_RESPONSE),  # Chrome, websockets
+        ("permessage-deflate; client_max_window_bits=10", DEFLATE_RESPONSE),
+        ('permessage-deflate; client_max_window_bits="8"', DEFLATE_RESPONSE),
+        ("permessage-deflate; client_max_window_bits=15", DEFLATE_RESPONSE),
+        (
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            DEFLATE_RESPONSE,
+        ),
+        ("permessage-deflate; server_max_window_bits=15", ECHO_15),
+        ("permessage-deflate; client_max_window_bits; server_max_window_bits=15", ECHO_15),
+        # Declined offers (RFC 7692 7.1).
+        ("permessage-deflate; client_max_window_bits=16", None),
+        ("permessage-deflate; client_max_window_bits=7", None),
+        ("permessage-deflate; client_max_window_bits=08", None),
+        ("permessage-deflate; client_max_window_bits=abc", None),
+        ("permessage-deflate; server_max_window_bits=10", None),  # a limit we do not honour
+        ("permessage-deflate; server_max_window_bits", None),  # a value is required
+        ("permessage-deflate; server_no_context_takeover=1", None),  # no value allowed
+        ("permessage-deflate; client_no_context_takeover=true", None),
+        ("permessage-deflate; client_no_context_takeover; client_no_context_takeover", None),
+        ("permessage-deflate; client_max_window_bits; client_max_window_bits=10", None),
+        ("permessage-deflate; mystery", None),
+        ("Permessage-Deflate", None),
+        ("x-webkit-deflate-frame", None),
+        ("", None),
+        # The first offer we can honour wins.
+        ("permessage-deflate; server_max_window_bits=9, permessage-deflate", DEFLATE_RESPONSE),
+        ("foo, permessage-deflate; x, permessage-deflate; server_max_window_bits=15", ECHO_15),
+    ],
+)
+def test_negotiate_deflate(header: str, expected: str | None) -> None:
+    assert negotiate_deflate(parse_extensions(header)) == expected
+
+
+def negotiated(factory: ClientPerMessageDeflateFactory) -> PerMessageDeflate | None:
+    """What the websockets client makes of our answer to its offer (None: declined)."""
+    offer = build_extension([(factory.name, factory.get_request_params())])
+    response = negotiate_deflate(
+        parse_upgrade(request(headers=[("Sec-WebSocket-Extensions", offer)])).extensions
+    )
+    if response is None:
+        return None
+    ((name, params),) = parse_extension(response)
+    assert name == "permessage-deflate"
+    ext = factory.process_response_params(params, [])  # raises NegotiationError if wrong
+    assert isinstance(ext, PerMessageDeflate)
+    return ext
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"compress_settings": {"memLevel": 5}},  # websockets' compression="deflate"
+        {"client_max_window_bits": None},
+        {"client_max_window_bits": 10},
+        {"server_no_context_takeover": True, "client_no_context_takeover": True},
+        {"server_max_window_bits": 15},
+    ],
+)
+def test_a_real_client_accepts_our_answer(kwargs: dict[str, object]) -> None:
+    ext = negotiated(ClientPerMessageDeflateFactory(**kwargs))  # type: ignore[arg-type]
+    assert ext is not None
+    # No context takeover either way, whatever the client offered.
+    assert ext.remote_no_context_takeover and ext.local_no_context_takeover
+    assert ext.remote_max_window_bits == 15
+
+
+def test_an_offer_limiting_our_window_is_declined() -> None:
+    assert negotiated(ClientPerMessageDeflateFactory(server_max_window_bits=12)) is None
+
+
+def test_accept_response_with_extension() -> None:
+    _, headers, _ = split_response(accept_response(RFC_KEY, None, DEFLATE_RESPONSE))
+    assert headers["Sec-WebSocket-Extensions"] == DEFLATE_RESPONSE
+    _, headers, _ = split_response(accept_response(RFC_KEY, "pushrec.v1", None))
+    assert "Sec-WebSocket-Extensions" not in headers
+    for bad in ("", " ", "permessage-deflate\r\nSet-Cookie: a=b"):
+        with pytest.raises(ValueError):
+            accept_response(RFC_KEY, None, bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# permessage-deflate: frames
+
+
+def client_extension() -> PerMessageDeflate:
+    """The websockets client side of a negotiated connection (default client offer)."""
+    ext = negotiated(ClientPerMessageDeflateFactory(compress_settings={"memLevel": 5}))
+    assert ext is not None
+    return ext
+
+
+def client_reads(data: bytes, ext: PerMessageDeflate, max_size: int | None = None) -> Frame:
+    """Parse one server frame as the websockets client does, its extension applied."""
+    stream = StreamReader()
+    stream.feed_data(data)
+    stream.feed_eof()
+    parser = Frame.parse(stream.read_exact, mask=False, max_size=max_size, extensions=[ext])
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame: Frame = done.value
+        return frame
+    raise AssertionError("incomplete frame")
+
+
+def client_sends(ext: PerMessageDeflate, opcode: WsOpcode, data: bytes) -> bytes:
+    """A compressed, masked client frame, as the websockets client sends it."""
+    return Frame(opcode, data).serialize(mask=True, extensions=[ext])
+
+
+payloads = st.one_of(
+    st.binary(max_size=2000),
+    st.builds(lambda s: json.dumps(s).encode(), st.lists(st.text(max_size=40), max_size=80)),
+    st.builds(lambda b, n: b * n, st.binary(min_size=1, max_size=50), st.integers(1, 3000)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(payloads, st.sampled_from([Opcode.TEXT, Opcode.BINARY]))
+def test_server_frames_inflate_in_a_real_client(payload: bytes, opcode: Opcode) -> None:
+    data = encode_frame(opcode, payload, compress=True)
+    assert data[0] == 0xC0 | opcode  # FIN + RSV1
+    ext = client_extension()
+    got = client_reads(data, ext)
+    assert (got.opcode.value, got.data, got.rsv1) == (opcode, payload, False)
+    # No context takeover: a second message inflates on its own too.
+    assert client_reads(encode_frame(opcode, payload, compress=True), ext).data == payload
+
+
+@pytest.mark.parametrize("n", [0, 1, 250, 262, 511, 4096, 32_506, 32_507, 40_000, 200_000])
+def test_server_frames_of_any_size_inflate_in_a_real_client(n: int) -> None:
+    payload = (os.urandom(97) * (n // 97 + 1))[:n]  # repeats far back: needs the whole window
+    got = client_reads(encode_frame(Opcode.BINARY, payload, compress=True), client_extension())
+    assert got.data == payload
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(payloads, st.binary(min_size=30_000, max_size=40_000)))
+def test_window_sized_to_the_message_compresses_as_a_full_window(payload: bytes) -> None:
+    full = zlib.compressobj(6, zlib.DEFLATED, -15, 5)
+    assert deflate_message(payload) == (full.compress(payload) + full.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def test_deflate_message_matches_rfc_examples() -> None:
+    assert deflate_message(b"") == b"\x00"  # RFC 7692 7.2.3.6
+    # RFC 7692 7.2.3.1 "Hello" (compressed with a fixed Huffman block by the RFC's encoder):
+    assert FrameReader(100, deflate=True).feed(
+        encode_masked_frame(1, bytes.fromhex("f248cdc9c90700"), MASK, rsv=4)
+    ) == [Message(Opcode.TEXT, b"Hello")]
+    assert zlib.decompressobj(-15).decompress(deflate_message(b"Hello") + b"\x00\x00\xff\xff") == (
+        b"Hello"
+    )
+
+
+def test_control_and_continuation_frames_are_never_compressed() -> None:
+    for opcode in (Opcode.PING, Opcode.PONG, Opcode.CLOSE, Opcode.CONT):
+        with pytest.raises(ValueError):
+            encode_frame(opcode, b"x", compress=True)
+    assert encode_frame(Opcode.TEXT, b"x") == b"\x81\x01x"  # default: uncompressed
+
+
+@settings(max_examples=200, deadline=None)
+@given(payloads, st.sampled_from([WsOpcode.TEXT, WsOpcode.BINARY]))
+def test_client_frames_from_a_real_client_are_inflated(payload: bytes, opcode: WsOpcode) -> None:
+    if opcode is WsOpcode.TEXT:
+        payload = payload.decode("utf-8", "replace").encode()
+    ext = client_extension()
+    data = client_sends(ext, opcode, payload) + client_sends(ext, opcode, payload)
+    assert data[0] & 0x70 == 0x40  # RSV1
+    reader = FrameReader(len(payload) + 100, deflate=True)
+    expected = [Message(Opcode(opcode.value), payload)] * 2
+    assert reader.feed(data) == expected
+    assert feed_bytewise(FrameReader(len(payload) + 100, deflate=True), data) == expected
+    assert reader.buffered == 0
+
+
+def test_compressed_fragmented_message_with_interleaved_ping() -> None:
+    text = ("héllo wörld " * 50).encode()
+    z = client_deflate(text)
+    data = (
+        frame(Opcode.TEXT, z[:3], fin=False, rsv=4)  # RSV1 only on the first frame
+        + frame(Opcode.PING, b"p")
+        + frame(Opcode.CONT, z[3:10], fin=False)
+        + frame(Opcode.CONT, z[10:])
+        + frame(Opcode.TEXT, b"plain")  # uncompressed messages still work
+        + frame(Opcode.BINARY, b"x", fin=False)
+        + frame(Opcode.CONT, b"y")
+    )
+    expected = [
+        Message(Opcode.PING, b"p"),
+        Message(Opcode.TEXT, text),
+        Message(Opcode.TEXT, b"plain"),
+        Message(Opcode.BINARY, b"xy"),
+    ]
+    assert FrameReader(1000, deflate=True).feed(data) == expected
+    reader = FrameReader(1000, deflate=True)
+    assert feed_bytewise(reader, data) == expected
+    assert reader.buffered == 0
+
+
+def test_inflated_size_exactly_at_max_and_one_over() -> None:
+    for max_message in (10, 100, 16_384):
+        exact = client_deflate(b"a" * max_message)
+        assert FrameReader(max_message, deflate=True).feed(frame(Opcode.TEXT, exact, rsv=4)) == [
+            Message(Opcode.TEXT, b"a" * max_message)
+        ]
+        over = client_deflate(b"a" * (max_message + 1))
+        with pytest.raises(WsProtocolError) as info:
+            FrameReader(max_message, deflate=True).feed(frame(Opcode.TEXT, over, rsv=4))
+        assert info.value.close_code == 4509
+        assert "inflates to more than" in info.value.reason
+    # With a limit of 0, the empty message still passes (max_length=0 means no limit to zlib).
+    empty = frame(Opcode.BINARY, b"", rsv=4)
+    assert FrameReader(0, deflate=True).feed(empty) == [Message(Opcode.BINARY, b"")]
+    assert FrameReader(1, deflate=True).feed(frame(Opcode.BINARY, b"\x00", rsv=4)) == [
+        Message(Opcode.BINARY, b"")
+    ]
+
+
+def test_zip_bomb_is_refused_without_inflating_it() -> None:
+    limit = 16 * 1024
+    bomb = client_deflate(b"\0" * 15_000_000, level=9)  # ~14.6 kB on the wire, 15 MB inflated
+    assert len(bomb) <= limit
+    data = frame(Opcode.BINARY, bomb[:5000], fin=False, rsv=4) + frame(Opcode.CONT, bomb[5000:])
+    reader = FrameReader(limit, deflate=True)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        with pytest.raises(WsProtocolError) as info:
+            reader.feed(data)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.close_code == 4509
+    assert "inflates to more than" in info.value.reason  # not the wire-size check
+    # The frames (~30 kB: input and its copy), the zlib inflater (~7 kB + 32 kB window, traced
+    # as it is allocated through PyMem_RawMalloc) and at most limit + 1 bytes of output.
+    print(f"\nzip bomb: peak {peak / 1024:.0f} KiB traced while refusing it")
+    assert peak < 3 * len(data) + limit + 64 * 1024
+    assert reader.buffered == 0
+
+
+# Each case: the bytes fed to a reader with deflate negotiated (max 100), the close code.
+DEFLATE_ERRORS: dict[str, tuple[bytes, int]] = {
+    **{name: case for name, case in PROTOCOL_ERRORS.items() if name != "rsv1"},
+    "rsv2": (frame(Opcode.TEXT, client_deflate(b"hi"), rsv=2), 1002),
+    "rsv3": (frame(Opcode.TEXT, client_deflate(b"hi"), rsv=1), 1002),
+    "rsv1+rsv2": (frame(Opcode.TEXT, client_deflate(b"hi"), rsv=6), 1002),
+    **{
+        f"rsv1 on {op.name}": (frame(op, b"", rsv=4), 1002)
+        for op in (Opcode.PING, Opcode.PONG, Opcode.CLOSE)
+    },
+    "rsv1 on a continuation": (
+        frame(Opcode.TEXT, client_deflate(b"hi")[:1], fin=False, rsv=4)
+        + frame(Opcode.CONT, client_deflate(b"hi")[1:], rsv=4),
+        1002,
+    ),
+    "rsv1 on a continuation of a plain message": (
+        frame(Opcode.TEXT, b"h", fin=False) + frame(Opcode.CONT, b"i", rsv=4),
+        1002,
+    ),
+    "rsv1 on a lone continuation": (b"\xc0\x80", 1002),  # refused from two bytes
+    "rsv1 on a reserved opcode": (frame(3, b"", rsv=4), 1002),
+    "corrupt": (frame(Opcode.BINARY, b"\xff\xff\xff\xff", rsv=4), 1007),
+    "corrupt fragmented": (
+        frame(Opcode.BINARY, b"\xff", fin=False, rsv=4) + frame(Opcode.CONT, b"\xff\xff"),
+        1007,
+    ),
+    "not utf-8 once inflated": (frame(Opcode.TEXT, client_deflate(b"\xff"), rsv=4), 1007),
+    "inflates over max": (frame(Opcode.TEXT, client_deflate(b"a" * 101), rsv=4), 4509),
+    "fragments inflate over max": (
+        frame(Opcode.TEXT, client_deflate(b"a" * 500)[:2], fin=False, rsv=4)
+        + frame(Opcode.CONT, client_deflate(b"a" * 500)[2:]),
+        4509,
+    ),
+}
+
+
+@pytest.mark.parametrize(("data", "code"), DEFLATE_ERRORS.values(), ids=DEFLATE_ERRORS.keys())
+def test_protocol_errors_with_deflate(data: bytes, code: int) -> None:
+    check_protocol_error(data, code, deflate=True)
+
+
+def test_rsv1_without_deflate_is_a_protocol_error() -> None:
+    # The same compressed frame a deflate reader accepts is 1002 when nothing was negotiated.
+    data = frame(Opcode.TEXT, client_deflate(b"hi"), rsv=4)
+    assert FrameReader(100, deflate=True).feed(data) == [Message(Opcode.TEXT, b"hi")]
+    with pytest.raises(WsProtocolError) as info:
+        FrameReader(100).feed(data)
+    assert info.value.close_code == 1002
+    assert not FrameReader(100).deflate and FrameReader(100, deflate=True).deflate
+
+
+def test_a_real_client_rejects_what_we_refuse_to_send() -> None:
+    # Sanity check of the test client: websockets bounds inflating as we do.
+    ext = client_extension()
+    with pytest.raises(PayloadTooBig):
+        client_reads(encode_frame(Opcode.BINARY, b"a" * 1000, compress=True), ext, max_size=999)
+
+
+# ---------------------------------------------------------------------------------------------
 # Frames: properties
 
 
@@ -588,9 +992,11 @@ MAX = 1200  # a text of 300 characters is at most 1200 bytes of UTF-8
 
 
 @st.composite
-def client_streams(draw: st.DrawFn) -> tuple[bytes, list[Message]]:
+def client_streams(draw: st.DrawFn, deflate: bool = False) -> tuple[bytes, list[Message]]:
     """Masked frames for a list of messages (data messages fragmented at random, with control
-    frames in between), and the messages a reader must return for them."""
+    frames in between), and the messages a reader must return for them. With ``deflate``, some
+    data messages are compressed (RSV1 on their first frame), as a client without context
+    takeover sends them."""
     masks = st.binary(min_size=4, max_size=4)
     stream = bytearray()
     expected: list[Message] = []
@@ -599,13 +1005,18 @@ def client_streams(draw: st.DrawFn) -> tuple[bytes, list[Message]]:
             stream += encode_masked_frame(message.opcode, message.data, draw(masks))
             expected.append(message)
             continue
-        n = len(message.data)
+        data, rsv = message.data, 0
+        if deflate and draw(st.booleans()):
+            data, rsv = client_deflate(data, draw(st.sampled_from([1, 6, 9]))), 4
+        n = len(data)
         cuts = sorted(draw(st.lists(st.integers(0, n), max_size=4)))
-        pieces = [message.data[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, n], strict=True)]
         for i, piece in enumerate(pieces):
             opcode = message.opcode if i == 0 else Opcode.CONT
             last = i == len(pieces) - 1
-            stream += encode_masked_frame(opcode, piece, draw(masks), fin=last)
+            stream += encode_masked_frame(
+                opcode, piece, draw(masks), fin=last, rsv=rsv if i == 0 else 0
+            )
             if not last and draw(st.booleans()):
                 control = draw(control_messages)
                 stream += encode_masked_frame(control.opcode, control.data, draw(masks))
@@ -639,12 +1050,27 @@ def test_any_valid_stream_in_any_chunking_round_trips(
     assert reader.buffered == 0
 
 
+@settings(max_examples=300, deadline=None)
+@given(client_streams(deflate=True), st.lists(st.integers(0, 64), max_size=40))
+def test_any_valid_compressed_stream_in_any_chunking_round_trips(
+    case: tuple[bytes, list[Message]], sizes: list[int]
+) -> None:
+    stream, expected = case
+    reader = FrameReader(MAX + 20, deflate=True)  # room for incompressible data to grow
+    out: list[Message] = []
+    for chunk in chunked(stream, sizes):
+        out += reader.feed(chunk)
+        assert reader.buffered <= MAX + 20 + 6 + 125
+    assert out == expected
+    assert reader.buffered == 0
+
+
 def buffer_bound(max_message: int) -> int:
     return max_message + max(14, 6 + min(125, max_message))
 
 
-def feed_fuzz(max_message: int, chunks: list[bytes]) -> None:
-    reader = FrameReader(max_message)
+def feed_fuzz(max_message: int, chunks: list[bytes], deflate: bool = False) -> None:
+    reader = FrameReader(max_message, deflate)
     try:
         for chunk in chunks:
             reader.feed(chunk)
@@ -658,9 +1084,9 @@ max_messages = st.sampled_from([0, 1, 10, 125, 300, 70_000])
 
 
 @settings(max_examples=500, deadline=None)
-@given(max_messages, st.lists(st.binary(max_size=64), max_size=20))
-def test_fuzz_arbitrary_bytes(max_message: int, chunks: list[bytes]) -> None:
-    feed_fuzz(max_message, chunks)
+@given(max_messages, st.lists(st.binary(max_size=64), max_size=20), st.booleans())
+def test_fuzz_arbitrary_bytes(max_message: int, chunks: list[bytes], deflate: bool) -> None:
+    feed_fuzz(max_message, chunks, deflate)
 
 
 @st.composite
@@ -678,43 +1104,56 @@ def frameish(draw: st.DrawFn) -> bytes:
     if kind == 1:
         length = draw(st.integers(0, 2**64 - 1))
         return bytes((0x80 | opcode, 0xFF)) + length.to_bytes(8, "big") + MASK + payload
+    rsv = draw(st.sampled_from([0, 0, 0, 0, 1, 2, 4, 4]))
+    if rsv == 4 and draw(st.booleans()):  # a real compressed payload, maybe a bomb
+        payload = client_deflate(draw(st.sampled_from([payload, b"\0" * 100_000])))
     return encode_masked_frame(
-        opcode,
-        payload,
-        draw(st.binary(min_size=4, max_size=4)),
-        fin=draw(st.booleans()),
-        rsv=draw(st.sampled_from([0, 0, 0, 0, 1, 2, 4])),
+        opcode, payload, draw(st.binary(min_size=4, max_size=4)), fin=draw(st.booleans()), rsv=rsv
     )
 
 
 @settings(max_examples=300, deadline=None)
-@given(max_messages, st.lists(frameish(), max_size=8), st.lists(st.integers(0, 50), max_size=20))
-def test_fuzz_frame_like_streams(max_message: int, frames: list[bytes], sizes: list[int]) -> None:
-    feed_fuzz(max_message, chunked(b"".join(frames), sizes))
+@given(
+    max_messages,
+    st.lists(frameish(), max_size=8),
+    st.lists(st.integers(0, 50), max_size=20),
+    st.booleans(),
+)
+def test_fuzz_frame_like_streams(
+    max_message: int, frames: list[bytes], sizes: list[int], deflate: bool
+) -> None:
+    feed_fuzz(max_message, chunked(b"".join(frames), sizes), deflate)
 
 
 # ---------------------------------------------------------------------------------------------
 # Memory
 
 
-def test_idle_reader_memory() -> None:
-    data = frame(Opcode.TEXT, b'{"type":"ping","id":"r1"}')
+@pytest.mark.parametrize("deflate", [False, True])
+def test_idle_reader_memory(deflate: bool) -> None:
+    message = b'{"type":"ping","id":"r1"}'
+    # With deflate, the message read is compressed: inflating must leave nothing behind.
+    data = (
+        frame(Opcode.TEXT, client_deflate(message), rsv=4)
+        if deflate
+        else frame(Opcode.TEXT, message)
+    )
     readers: list[FrameReader] = []
     gc.collect()
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
         for _ in range(5000):
-            reader = FrameReader(16 * 1024)
+            reader = FrameReader(16 * 1024, deflate)
             # Split so that the partial-frame buffer is created and released again.
             assert reader.feed(data[:5]) == []
-            assert reader.feed(data[5:]) != []
+            assert reader.feed(data[5:]) == [Message(Opcode.TEXT, message)]
             readers.append(reader)
         gc.collect()
         after = tracemalloc.get_traced_memory()[0]
     finally:
         tracemalloc.stop()
     per_reader = (after - before) / len(readers)
-    print(f"\nidle FrameReader: {per_reader:.1f} bytes each (list slot included)")
+    print(f"\nidle FrameReader (deflate={deflate}): {per_reader:.1f} bytes each (list slot incl.)")
     assert all(r.buffered == 0 for r in readers)
     assert per_reader < 300
