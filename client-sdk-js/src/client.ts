@@ -38,6 +38,9 @@ const MAX_WS_MESSAGE = 15000;
 const MAX_TIMER = 2 ** 31 - 1;
 /** What a pending request is rejected with when its connection ends. */
 const CLOSED = { type: "closed", code: "closed", message: "connection closed" };
+/** ... when an SSE `POST /v1/sse/{conn}` was not taken (non-2xx, e.g. 404 `no_stream` when it
+ * reached another node, or a network error): the caller reconnects instead. */
+const UNSENT = { type: "unsent" };
 
 type Resolved = ClientOptions &
   Required<
@@ -101,6 +104,11 @@ export class Client extends Emitter<ClientEvents> {
   /** The user of the connection (from `hello`, then from an `identify` ack). */
   user?: string;
 
+  /** The transport in use: null until the first `hello`, then fixed for the client's life. */
+  get transport(): Transport | null {
+    return this.sticky || null;
+  }
+
   private o: Resolved;
   private base: string;
   private kinds: Transport[];
@@ -109,6 +117,9 @@ export class Client extends Emitter<ClientEvents> {
   private feeds = new Map<string, FeedState>();
   private table = new ItemTable();
   private conn?: Conn;
+  /** The token the server bound the current connection to (it changes with `auth`/`identify`
+   * acks); SSE POSTs send it as Bearer. */
+  private ct = "";
   /** Transport of the current connection; `sticky` once one delivered `hello`. */
   private kind?: Transport;
   private sticky?: Transport;
@@ -242,10 +253,11 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   /**
-   * Switch the visitor to `userId`, with `token` or one from `getToken({userId})`. Over a
-   * WebSocket an anonymous connection sends `identify` (the server merges the anonymous profile);
-   * over SSE, or from a non-anonymous connection, it reconnects with the new token. Resolves once
-   * the connection is bound to the user (or the reconnect has started).
+   * Switch the visitor to `userId`, with `token` or one from `getToken({userId})`. An anonymous
+   * connection sends `identify` (over SSE as a POST) and the server merges the anonymous profile;
+   * from a non-anonymous connection, or when the SSE POST is not taken, the client reconnects
+   * with the new token. Resolves once the connection is bound to the user (or the reconnect has
+   * started). Later reconnects and renewals use the user's token.
    */
   async identify(userId: string, token?: string): Promise<void> {
     this.tracker.flush(); // events so far belong to the previous visitor
@@ -289,6 +301,7 @@ export class Client extends Emitter<ClientEvents> {
     if (g != this.g) return;
     this.table = new ItemTable(); // the item table lives as long as one connection
     const kind = (this.kind = this.sticky || this.kinds[this.ti]);
+    this.ct = token;
     const sink: Sink = {
       msg: (m) => g == this.g && this.onMessage(m),
       end: (code, reason) => g == this.g && this.ended(code, reason),
@@ -301,7 +314,7 @@ export class Client extends Emitter<ClientEvents> {
       this.conn =
         kind == "websocket"
           ? openWs(this.o.WebSocket!, `${this.base.replace(/^http/, "ws")}/v1/ws?${q}`, token, sink)
-          : openSse(this.o.EventSource!, this.o.fetch, this.base, q, token, sink);
+          : openSse(this.o.EventSource!, this.o.fetch, this.base, q, () => this.ct, sink);
     } catch (e) {
       return void sink.end(1006, String(e));
     }
@@ -430,6 +443,7 @@ export class Client extends Emitter<ClientEvents> {
     this.watch();
     this.tracker.resend(); // unacked batches of the previous socket, and anything queued
     void this.identifyNow();
+    this.emit("open", { transport: this.kind!, user: m.user });
     this.setState("open");
   }
 
@@ -474,62 +488,80 @@ export class Client extends Emitter<ClientEvents> {
 
   // ------------------------------------------------------------------ token and identity
 
-  /** Renew at 80 % of the remaining lifetime or 60 s before expiry, whichever comes first, but
-   * not before half of it (so a token that lives under two minutes does not renew in a loop). */
-  private schedRefresh(exp?: number): void {
+  /**
+   * Renew at 80 % of the remaining lifetime, or 60 s before expiry when that is earlier and
+   * still leaves half of it (tokens of two minutes or more). So a 5 s token renews after 4 s,
+   * never at once on connect, unless it is expired or expires within 1 s. `min` (after a renewal)
+   * keeps a clock far ahead of the server's from renewing in a tight loop.
+   */
+  private schedRefresh(exp?: number, min = 0): void {
     this.o.timers.clearTimeout(this.refreshT);
     const t = this.tokens.token;
     const e = typeof exp == "number" ? exp : t && jwtExp(t);
     if (!e || !this.tokens.refreshable()) return;
     const left = e * 1000 - this.o.now();
-    this.refreshT = this.after(() => this.refresh(), Math.max(Math.min(left * 0.8, left - 60000), left / 2));
+    const d = left <= 1000 ? 0 : left < 120000 ? left * 0.8 : Math.min(left * 0.8, left - 60000);
+    this.refreshT = this.after(() => this.refresh(), Math.max(d, min));
   }
 
+  /**
+   * Renew the token over the open connection: an `auth` message (over SSE, a POST whose `ack`
+   * arrives on the stream). When the POST is not taken, reconnect (resuming) with the new token.
+   */
   private async refresh(): Promise<void> {
     const g = this.g;
     try {
       const token = await this.tokens.refresh();
       if (g != this.g) return;
-      // An SSE stream carries its token in its URL: reconnect (resuming) with the new one.
-      if (this.kind == "sse") return void this.connect();
-      this.schedRefresh((await this.request({ type: "auth", token })).exp);
+      const exp = (await this.request({ type: "auth", token })).exp;
+      this.ct = token;
+      this.schedRefresh(exp, 1000);
     } catch (e: any) {
+      if (g != this.g) return;
+      if (e == UNSENT) return void this.connect();
       // Server answers (`error` messages, a closed connection) were reported already.
-      if (g == this.g && !e?.type) this.emit("error", { code: "token", message: String(e?.message || e), terminal: false });
+      if (!e?.type) this.emit("error", { code: "token", message: String(e?.message || e), terminal: false });
     }
   }
 
+  /**
+   * Send `identify` (WebSocket message, or SSE POST) and wait for its `ack`: the server merges
+   * the anonymous profile, rebinds the connection and sends the user's snapshots. Reconnect as
+   * the user instead when the connection is not anonymous (`forbidden`) or the POST was not taken.
+   */
   private async identifyNow(): Promise<void> {
     const p = this.idp;
     if (!p) return;
     this.idp = undefined;
-    if (this.kind == "websocket") {
-      try {
-        this.user = (await this.request({ type: "identify", token: p.token })).user;
-        this.tokens.set(p.token, p.userId);
-        this.schedRefresh();
-        return p.res();
-      } catch (e: any) {
-        // The socket dropped: identify again after the reconnect.
-        if (e?.type == "closed" && this.state != "closed") return void (this.idp ||= p);
-        // `forbidden`: the connection is not anonymous (a user switch): reconnect below.
-        if (e?.code != "forbidden") return p.rej(e);
-      }
+    try {
+      this.user = (await this.request({ type: "identify", token: p.token })).user;
+      this.tokens.set(p.token, p.userId);
+      this.ct = p.token;
+      this.schedRefresh();
+      return p.res();
+    } catch (e: any) {
+      // The connection dropped: identify again after the reconnect.
+      if (e == CLOSED && this.state != "closed") return void (this.idp ||= p);
+      if (e?.code != "forbidden" && e != UNSENT) return p.rej(e);
     }
-    // SSE cannot send `identify` (POST /v1/sse/{conn} does not take it): reconnect as the user,
-    // without resuming the previous user's versions.
+    // Not resuming the previous user's versions.
     this.tokens.set(p.token, p.userId);
     this.feeds.forEach((s) => (s.version = undefined));
     p.res();
     void this.connect();
   }
 
-  /** A request over the socket, settled by its `ack` (resolve) or `error` (reject). */
+  /**
+   * A request, settled by its `ack` (resolve) or `error` (reject); rejected with CLOSED when the
+   * socket cannot take it or the connection ends, UNSENT when an SSE POST is not taken.
+   */
   private request(m: Message): Promise<Message> {
     return new Promise((res, rej) => {
       const id = ++this.seq;
-      if (this.conn?.send({ ...m, id })) this.reqs.set(id, [res, rej]);
-      else rej(CLOSED);
+      this.reqs.set(id, [res, rej]); // first: over SSE the ack may come before the POST's answer
+      void Promise.resolve(this.conn?.send({ ...m, id })).then((ok) => {
+        if (!ok && this.reqs.delete(id)) rej(this.kind == "sse" ? UNSENT : CLOSED);
+      });
     });
   }
 

@@ -70,10 +70,11 @@ export class Tokens {
     this.stale = true;
   }
 
-  /** The current token; a new one when there is none or it expires within 30 s. */
+  /** The current token; a new one when there is none or it expires within 1 s (a live one is
+   * renewed over the connection, on schedule: a 5 s token is not renewed on every connect). */
   async get(): Promise<string> {
     const t = this.token;
-    if (t && !(this.refreshable() && this.expiring(t))) return t;
+    if (t && !(this.refreshable() && this.expiring(t, 1000))) return t;
     return this.refresh(!!t || this.stale);
   }
 

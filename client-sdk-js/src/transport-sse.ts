@@ -1,7 +1,8 @@
 /**
- * SSE transport (`GET /v1/sse`; client messages as `POST /v1/sse/{conn}`). EventSource retries
- * by itself, but the SDK closes it on the first error and reconnects on its own schedule, so
- * both transports share one reconnect/resume path (held versions go in `?have=`).
+ * SSE transport (`GET /v1/sse`; client messages as `POST /v1/sse/{conn}`, whose `ack`/`error`
+ * arrives on the stream; `send` resolves to false unless the POST was answered 2xx).
+ * EventSource retries by itself, but the SDK closes it on the first error and reconnects on its
+ * own schedule, so both transports share one reconnect/resume path (held versions in `?have=`).
  */
 import { post } from "./http.js";
 import { parse, type Conn, type Sink } from "./transport.js";
@@ -14,10 +15,12 @@ export function openSse(
   fetch: FetchLike,
   base: string,
   query: string,
-  token: string,
+  token: () => string,
   sink: Sink,
 ): Conn {
-  const url = `${base}/v1/sse?${query}&token=${encodeURIComponent(token)}`;
+  // The URL carries the token the stream opens with; POSTs use `token()`, the stream's current
+  // one (it changes with an `auth` or `identify` ack).
+  const url = `${base}/v1/sse?${query}&token=${encodeURIComponent(token())}`;
   const es = new ES(url);
   let done = false;
   let conn: string | undefined;
@@ -55,7 +58,7 @@ export function openSse(
     send: (m) =>
       !done &&
       !!conn &&
-      post(fetch, `${base}/v1/sse/${encodeURIComponent(conn)}`, m, token).then(
+      post(fetch, `${base}/v1/sse/${encodeURIComponent(conn)}`, m, token()).then(
         (r) => r.ok,
         () => false,
       ),

@@ -56,8 +56,17 @@ export interface ErrorEvent {
   terminal: boolean;
 }
 
+/** Emitted on every `hello` (each connection that opened), just before `state` "open". */
+export interface OpenEvent {
+  /** The transport of this connection (also `client.transport`). */
+  transport: Transport;
+  /** The user the connection is bound to. */
+  user: string;
+}
+
 export interface ClientEvents {
   state: State;
+  open: OpenEvent;
   feed: FeedEvent;
   error: ErrorEvent;
 }

@@ -48,6 +48,25 @@ for (const transport of ["websocket", "sse"]) {
       h.client.close();
     });
 
+    test("client.transport and the open event are set on hello", async () => {
+      const h = setup(transport);
+      const seen = [];
+      h.client.on("open", (e) => seen.push([e, h.client.transport, h.client.state]));
+      assert.equal(h.client.transport, null);
+      await settle();
+      assert.equal(h.client.transport, null, "not before hello");
+      await h.hello({ user: "u1" });
+      assert.equal(h.client.transport, transport);
+      assert.deepEqual(seen, [[{ transport, user: "u1" }, transport, "connecting"]], "before state open");
+      await h.close(4000);
+      assert.equal(h.client.transport, transport, "kept while reconnecting");
+      await h.timers.advance(250);
+      await h.hello({ user: "u1" });
+      assert.equal(h.events.open.length, 2, "once per connection");
+      h.client.close();
+      assert.equal(h.client.transport, transport);
+    });
+
     test("an id without payload comes from the item table", async () => {
       const h = setup(transport);
       await h.hello();
@@ -250,7 +269,7 @@ for (const transport of ["websocket", "sse"]) {
   });
 
   describe(`${transport}: token`, () => {
-    test(isWs ? "refresh sends auth and waits for the ack" : "refresh reconnects with the new token", async () => {
+    test("refresh sends auth over the open connection and waits for the ack", async () => {
       let n = 0;
       const h = setup(transport, { token: undefined, getToken: () => tokenFor("u1", 1000 * ++n) });
       await h.hello({ exp: Math.floor(T0 / 1000) + 1000, heartbeat: 5000 });
@@ -260,23 +279,101 @@ for (const transport of ["websocket", "sse"]) {
       assert.equal(n, 1);
       await h.timers.advance(1000);
       assert.equal(n, 2);
-      if (isWs) {
-        const [auth] = h.sent("auth").slice(1);
-        assert.deepEqual(auth, { type: "auth", token: tokenFor("u1", 2000), id: auth.id });
-        h.send({ type: "ack", ref: auth.id, of: "auth", exp: Math.floor(T0 / 1000) + 3000 });
-        await settle();
-        assert.equal(h.count, 1);
-        // next renewal at 80 % of what is left of the new token (2200 s left → 1760 s)
-        assert.ok(h.timers.pending().includes(1760000));
-      } else {
-        assert.equal(h.count, 2);
-        assert.equal(h.token(), tokenFor("u1", 2000));
-        assert.equal(h.query().get("have"), "home:e:3");
-        assert.ok(h.streams[0].closed);
+      const auth = h.sent("auth").at(-1);
+      assert.deepEqual(auth, { type: "auth", token: tokenFor("u1", 2000), id: auth.id });
+      if (!isWs) {
+        const post = h.posts("/v1/sse/").at(-1);
+        assert.equal(post.url, "https://push.test/v1/sse/c1");
+        assert.equal(post.headers.Authorization, `Bearer ${tokenFor("u1", 1000)}`, "the stream's token");
       }
-      assert.equal(h.client.state, isWs ? "open" : "reconnecting");
+      assert.ok(!h.timers.pending().includes(1760000), "the next renewal waits for the ack");
+      h.send({ type: "ack", ref: auth.id, of: "auth", exp: Math.floor(T0 / 1000) + 3000 });
+      await settle();
+      assert.equal(h.count, 1, "no reconnect");
+      assert.equal(h.client.state, "open");
+      assert.deepEqual(h.events.error, []);
+      // next renewal at 80 % of what is left of the new token (2200 s left → 1760 s)
+      assert.ok(h.timers.pending().includes(1760000));
+      // later messages and reconnects use the new token
+      h.send(diff("home", ["e", 9], ["e", 10], [[0, 1]], { result: ["a"] }));
+      await settle();
+      if (!isWs) assert.equal(h.posts("/v1/sse/").at(-1).headers.Authorization, `Bearer ${tokenFor("u1", 2000)}`);
+      h.send(snapshot("home", ["e", 11], [item("a")]));
+      await h.close(4000);
+      await h.timers.advance(250);
+      await h.hello();
+      assert.equal(h.token(), tokenFor("u1", 2000));
+      assert.equal(h.query().get("have"), "home:e:11");
+      assert.equal(n, 2);
       h.client.close();
     });
+
+    test("a 5 s token renews after 4 s, not on connect; reconnects reuse it until it expires", async () => {
+      let n = 0;
+      let r = 0;
+      let h;
+      h = setup(transport, {
+        token: undefined,
+        random: () => r,
+        minDelay: 20000,
+        getToken: () => (++n, tokenFor("u1", 5, h ? h.timers.now() : T0)),
+      });
+      const s = Math.floor(T0 / 1000);
+      await h.hello({ exp: s + 5 });
+      assert.equal(n, 1);
+      assert.ok(h.timers.pending().includes(4000), "80 % of 5 s");
+      await h.timers.advance(3999);
+      assert.equal(n, 1, "not at once");
+      await h.timers.advance(1);
+      assert.equal(n, 2);
+      const auth = h.sent("auth").at(-1);
+      assert.equal(auth.token, tokenFor("u1", 9));
+      h.send({ type: "ack", ref: auth.id, of: "auth", exp: s + 9 });
+      await settle();
+      assert.ok(h.timers.pending().includes(4000), "again at 80 % of the new token");
+      // a reconnect while the token is still good does not ask for another one
+      await h.close(4000);
+      await h.timers.advance(0);
+      await h.hello({ exp: s + 9 });
+      assert.equal(h.count, 2);
+      assert.equal(h.token(), tokenFor("u1", 9));
+      assert.equal(n, 2);
+      assert.ok(h.timers.pending().includes(4000));
+      // ... one after it expired does (the reconnect waits 10 s here)
+      r = 0.5;
+      await h.close(4000);
+      await h.timers.advance(10000);
+      await h.hello();
+      assert.equal(n, 3);
+      assert.equal(h.token(), tokenFor("u1", 5, T0 + 14000));
+      assert.deepEqual(h.events.error, []);
+      h.client.close();
+    });
+
+    for (const [lifetime, delay] of [
+      [30 * 86400, 30 * 86400 * 800], // 80 %
+      [3600, 2880000], // 80 %
+      [200, 140000], // 60 s before exp (earlier than 80 %)
+      [120, 60000],
+      [100, 80000], // under two minutes: 80 %
+      [5, 4000],
+      [2, 1600],
+      [1, 0], // expires within 1 s: at once
+      [-30, 0], // expired
+    ]) {
+      test(`a token with ${lifetime} s left at hello renews after ${delay / 1000} s`, async () => {
+        let n = 0;
+        const h = setup(transport, { getToken: () => (++n, tokenFor("u1", 3600)) });
+        await h.hello({ exp: Math.floor(T0 / 1000) + lifetime, heartbeat: 1e7 }); // no heartbeat timeout
+        assert.equal(n, 0, "the given token is used first");
+        if (delay) assert.ok(h.timers.pending().includes(delay), `${h.timers.pending()}`);
+        await h.timers.advance(Math.max(delay - 1, 0));
+        assert.equal(n, delay ? 0 : 1);
+        await h.timers.advance(1);
+        assert.equal(n, 1);
+        h.client.close();
+      });
+    }
 
     test("anonymous token from POST /v1/anonymous, kept in storage", async () => {
       const store = new Map();
@@ -302,33 +399,130 @@ for (const transport of ["websocket", "sse"]) {
       assert.equal(JSON.parse(store.get("pushrec.anon")).user_id, "anon:same");
       h2.client.close();
     });
+  });
 
-    test("identify switches to the user's token", async () => {
+  describe(`${transport}: identify`, () => {
+    const anonSetup = (extra) => {
       const asked = [];
       const h = setup(transport, {
         token: undefined,
         getToken: ({ userId }) => (asked.push(userId), userId ? tokenFor(userId) : null),
+        ...extra,
       });
+      h.asked = asked;
+      return h;
+    };
+
+    test("identify sends identify, waits for the ack, then uses the user's token", async () => {
+      const h = anonSetup();
       await h.hello({ user: "anon:1" });
-      assert.deepEqual(asked, [undefined], "null from getToken: anonymous");
+      const anonToken = h.token();
+      h.send(snapshot("home", ["a", 1], [item("x")]));
+      assert.deepEqual(h.asked, [undefined], "null from getToken: anonymous");
       const done = h.client.identify("alice");
+      let resolved = false;
+      void done.then(() => (resolved = true));
       await settle();
-      assert.deepEqual(asked, [undefined, "alice"]);
-      if (isWs) {
-        const [msg] = h.sent("identify");
-        assert.deepEqual(msg, { type: "identify", token: tokenFor("alice"), id: msg.id });
-        h.send({ type: "ack", ref: msg.id, of: "identify", user: "alice" });
-        await done;
-        assert.equal(h.client.user, "alice");
-        assert.equal(h.count, 1, "same connection");
-        await h.close(4000);
-        await h.timers.advance(500);
-        h.conn.accept();
-      } else {
-        await done;
-        assert.equal(h.count, 2, "SSE reconnects as the user");
+      assert.deepEqual(h.asked, [undefined, "alice"]);
+      const [msg] = h.sent("identify");
+      assert.deepEqual(msg, { type: "identify", token: tokenFor("alice"), id: msg.id });
+      if (!isWs) {
+        const [post] = h.posts("/v1/sse/");
+        assert.equal(post.url, "https://push.test/v1/sse/c1");
+        assert.equal(post.headers.Authorization, `Bearer ${anonToken}`, "the stream's (anonymous) token");
       }
+      assert.equal(resolved, false, "waits for the ack");
+      assert.equal(h.client.user, "anon:1");
+      h.send({ type: "ack", ref: msg.id, of: "identify", user: "alice" });
+      await done;
+      assert.equal(h.client.user, "alice");
+      assert.equal(h.count, 1, "same connection: the anonymous profile is merged");
+      // the server sends the user's snapshots
+      h.send(snapshot("home", ["b", 7], [item("y")]));
+      assert.deepEqual(h.client.version("home"), ["b", 7]);
+      // later client messages and reconnects use the user's token
+      h.send(diff("home", ["b", 1], ["b", 8], [[0, 1]], { result: ["y"] }));
+      await settle();
+      if (!isWs) assert.equal(h.posts("/v1/sse/").at(-1).headers.Authorization, `Bearer ${tokenFor("alice")}`);
+      h.send(snapshot("home", ["b", 8], [item("y")]));
+      await h.close(4000);
+      await h.timers.advance(500);
+      await h.hello({ user: "alice", exp: Math.floor(T0 / 1000) + 3600, heartbeat: 1e7 });
       assert.equal(h.token(), tokenFor("alice"));
+      assert.equal(h.query().get("have"), "home:b:8");
+      assert.deepEqual(h.asked, [undefined, "alice"]);
+      // renewals ask for the user's token (80 % of the 3599.5 s left)
+      assert.ok(h.timers.pending().includes(2879600));
+      await h.timers.advance(2879600);
+      assert.deepEqual(h.asked, [undefined, "alice", "alice"]);
+      assert.equal(h.sent("auth").at(-1).token, tokenFor("alice"));
+      h.client.close();
+    });
+
+    test("identify before hello is sent after hello", async () => {
+      const h = anonSetup();
+      await settle();
+      const done = h.client.identify("bob");
+      await settle();
+      assert.equal(h.sent("identify").length, 0);
+      await h.hello({ user: "anon:1" });
+      const [msg] = h.sent("identify");
+      assert.equal(msg.token, tokenFor("bob"));
+      h.send({ type: "ack", ref: msg.id, of: "identify", user: "bob" });
+      await done;
+      assert.equal(h.client.user, "bob");
+      assert.equal(h.count, 1);
+      h.client.close();
+    });
+
+    test("identify refused as forbidden (not anonymous) reconnects as the user, without have", async () => {
+      const h = setup(transport, { getToken: ({ userId }) => tokenFor(userId || "u1") });
+      await h.hello();
+      h.send(snapshot("home", ["e", 1], [item("a")]));
+      const done = h.client.identify("carol");
+      await settle();
+      const [msg] = h.sent("identify");
+      h.send({ type: "error", code: "forbidden", message: "not anonymous", ref: msg.id });
+      await done;
+      await settle();
+      assert.equal(h.count, 2);
+      await h.hello({ user: "carol" });
+      assert.equal(h.token(), tokenFor("carol"));
+      assert.equal(h.query().get("have"), null);
+      h.client.close();
+    });
+
+    test("identify with a token the server refuses rejects; the connection keeps its user", async () => {
+      const h = anonSetup();
+      await h.hello({ user: "anon:1" });
+      const done = h.client.identify("mallory", "not-a-jwt");
+      await settle();
+      const [msg] = h.sent("identify");
+      assert.equal(msg.token, "not-a-jwt");
+      h.send({ type: "error", code: "unauthorized", message: "bad token", ref: msg.id });
+      await assert.rejects(done, { code: "unauthorized" });
+      assert.equal(h.client.user, "anon:1");
+      assert.equal(h.count, 1);
+      await h.close(4000);
+      await h.timers.advance(500);
+      await h.hello({ user: "anon:1" });
+      assert.notEqual(h.token(), "not-a-jwt");
+      h.client.close();
+    });
+
+    test("a connection lost before the ack identifies again after the reconnect", async () => {
+      const h = anonSetup();
+      await h.hello({ user: "anon:1" });
+      const done = h.client.identify("dave");
+      await settle();
+      await h.close(4000);
+      await h.timers.advance(500);
+      await h.hello({ user: "anon:1" });
+      const msgs = h.sent("identify");
+      assert.equal(msgs.length, 2);
+      h.send({ type: "ack", ref: msgs[1].id, of: "identify", user: "dave" });
+      await done;
+      assert.equal(h.client.user, "dave");
       h.client.close();
     });
   });
@@ -451,38 +645,75 @@ describe("websocket: track acks", () => {
     assert.equal(h.posts("/v1/events")[0].body.length, 5);
     h.client.close();
   });
-
-  test("identify from an anonymous connection that is not open yet is sent after hello", async () => {
-    const h = setup("websocket", { token: undefined, getToken: ({ userId }) => (userId ? tokenFor(userId) : null) });
-    await settle();
-    const done = h.client.identify("bob");
-    await settle();
-    assert.equal(h.sent("identify").length, 0);
-    await h.hello({ user: "anon:1" });
-    const [msg] = h.sent("identify");
-    h.send({ type: "ack", ref: msg.id, of: "identify", user: "bob" });
-    await done;
-    assert.equal(h.client.user, "bob");
-    h.client.close();
-  });
-
-  test("identify refused as forbidden (not anonymous) reconnects as the user", async () => {
-    const h = setup("websocket", { getToken: ({ userId }) => tokenFor(userId || "u1") });
-    await h.hello();
-    const done = h.client.identify("carol");
-    await settle();
-    const [msg] = h.sent("identify");
-    h.send({ type: "error", code: "forbidden", message: "not anonymous", ref: msg.id });
-    await done;
-    await settle();
-    assert.equal(h.count, 2);
-    h.conn.accept();
-    assert.equal(h.token(), tokenFor("carol"));
-    h.client.close();
-  });
 });
 
 describe("sse only", () => {
+  for (const [how, answer] of [
+    ["404 no_stream (another node)", { status: 404, body: { error: "no_stream" } }],
+    ["401", { status: 401, body: { error: "unauthorized" } }],
+    ["a network error", new Error("offline")],
+  ]) {
+    test(`a refresh POST answered with ${how} → reconnect with the new token and have`, async () => {
+      let n = 0;
+      let refuse = false;
+      const h = setup("sse", {
+        token: undefined,
+        getToken: () => tokenFor("u1", 1000 * ++n),
+        handler: (c) => (refuse && c.url.includes("/v1/sse/") ? answer : undefined),
+      });
+      await h.hello({ exp: Math.floor(T0 / 1000) + 1000, heartbeat: 5000 });
+      h.send(snapshot("home", ["e", 3], [item("a")]));
+      refuse = true;
+      await h.timers.advance(800000);
+      assert.equal(h.sent("auth").length, 1);
+      assert.equal(h.count, 2, "reconnects at once");
+      assert.ok(h.streams[0].closed);
+      assert.equal(h.token(), tokenFor("u1", 2000));
+      assert.equal(h.query().get("have"), "home:e:3");
+      assert.equal(n, 2, "no other token");
+      assert.deepEqual(h.events.error, []);
+      h.client.close();
+    });
+  }
+
+  test("identify POST answered 404 no_stream → reconnect as the user, without have", async () => {
+    let refuse = false;
+    const noStream = { status: 404, body: { error: "no_stream" } };
+    const h = setup("sse", {
+      token: undefined,
+      getToken: ({ userId }) => (userId ? tokenFor(userId) : null),
+      handler: (c) => (refuse && c.url.includes("/v1/sse/") ? noStream : undefined),
+    });
+    await h.hello({ user: "anon:1" });
+    h.send(snapshot("home", ["a", 1], [item("x")]));
+    refuse = true;
+    await h.client.identify("alice");
+    await settle();
+    assert.equal(h.sent("identify").length, 1);
+    assert.equal(h.count, 2);
+    assert.ok(h.streams[0].closed);
+    assert.equal(h.token(), tokenFor("alice"));
+    assert.equal(h.query().get("have"), null, "the anonymous versions are not resumed");
+    assert.deepEqual(h.client.items("home").map((i) => i.id), ["x"], "the list stays until the snapshot");
+    h.client.close();
+  });
+
+  test("an ack that arrives before the POST's answer settles the request", async () => {
+    let h;
+    h = setup("sse", {
+      token: undefined,
+      getToken: ({ userId }) => (userId ? tokenFor(userId) : null),
+      handler: (c) => {
+        if (c.body?.type === "identify") h.send({ type: "ack", ref: c.body.id, of: "identify", user: "erin" });
+      },
+    });
+    await h.hello({ user: "anon:1" });
+    await h.client.identify("erin");
+    assert.equal(h.client.user, "erin");
+    assert.equal(h.count, 1);
+    h.client.close();
+  });
+
   test("a resync POST that fails → reconnect without that feed's have", async () => {
     const h = setup("sse", {
       feeds: ["home", "similar"],
@@ -540,7 +771,10 @@ describe("transport fallback", () => {
       await settle();
       assert.equal(h.streams.length, 1, "sse at once, no backoff");
       assert.equal(h.client.state, "connecting");
+      assert.equal(h.client.transport, null);
       await h.hello();
+      assert.equal(h.client.transport, "sse");
+      assert.deepEqual(h.events.open, [{ transport: "sse", user: "u1" }]);
       await h.close(4000);
       await h.timers.advance(250);
       assert.equal(h.sockets.length, 1, "no websocket again");

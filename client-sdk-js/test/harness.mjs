@@ -176,7 +176,7 @@ export function setup(transport, options = {}) {
     random: () => 0.5,
     ...rest,
   });
-  const events = { state: [], feed: [], error: [] };
+  const events = { state: [], open: [], feed: [], error: [] };
   for (const k of Object.keys(events)) client.on(k, (e) => events[k].push(e));
 
   const ws = () => transport === "websocket";

@@ -139,16 +139,14 @@
     return answer.token;
   }
 
-  // ---------------------------------------------------------------- transports, observed
+  // ---------------------------------------------------------------- closes, observed
 
-  // The SDK picks the transport; the page learns which one by handing it constructors that note
-  // what they open (and how each connection closed). The first to reach "open" stays in use.
-  let lastOpened = null;
+  // The SDK says which transport it uses (`client.transport`); for `debug.closes` the page hands
+  // it constructors that note how each connection closed (the SDK reconnects without telling).
 
   class ObservedWebSocket extends WebSocket {
     constructor(url, protocols) {
       super(url, protocols);
-      lastOpened = 'websocket';
       this.addEventListener('close', (e) => debug.closes.push({ transport: 'websocket', code: e.code }));
     }
   }
@@ -156,7 +154,6 @@
   class ObservedEventSource extends EventSource {
     constructor(url, init) {
       super(url, init);
-      lastOpened = 'sse';
       this.addEventListener('close', (e) => {
         let code = null;
         try {
@@ -390,10 +387,11 @@
   function onState(state) {
     debug.states.push(state);
     if (state === 'open') {
-      debug.transport = lastOpened;
-      debug.opened.push(lastOpened);
-      el.status.dataset.transport = lastOpened;
-      setStatus('live', `live via ${lastOpened}`);
+      const transport = client.transport; // set by the connection's hello
+      debug.transport = transport;
+      debug.opened.push(transport);
+      el.status.dataset.transport = transport;
+      setStatus('live', `live via ${transport}`);
       if (client.user) setVisitor(client.user);
       if (!el.grid.children.length && !grid.loading) {
         loadItems(true); // the server was not up when the page loaded
