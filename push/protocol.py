@@ -330,7 +330,12 @@ def _unicode(text: str) -> bool:
 
 
 def _feed_name(value: object) -> str:
-    if not isinstance(value, str) or not 0 < len(value) <= 32 or not value.isidentifier():
+    if (
+        not isinstance(value, str)
+        or not 0 < len(value) <= 32
+        or not value.isascii()
+        or not value.isidentifier()
+    ):
         raise ProtocolError("bad_message", "a feed name is 1-32 letters, digits or '_'")
     return value
 

@@ -72,6 +72,7 @@ class Session:
         "_attached",
         "_bucket",
         "_conflated",
+        "_deferred",
         "_last_ping",
         "_loading",
         "_paused_since",
@@ -84,6 +85,7 @@ class Session:
         "exp",
         "items",
         "last_seen",
+        "opened",
         "runtime",
         "sink",
         "user",
@@ -114,6 +116,10 @@ class Session:
         self._refused = 0
         self.closed = False
         self._attached = False
+        #: True once hello went out and the first subscriptions exist; client messages that
+        #: arrive earlier wait in ``_deferred`` so they are answered after hello, in order.
+        self.opened = False
+        self._deferred: list[Callable[[], None]] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -131,6 +137,21 @@ class Session:
         self._write(hello, "hello")
         for feed in feeds:
             self._subscribe(feed, have.get(feed))
+        self.opened = True
+        deferred, self._deferred = self._deferred, None
+        for run in deferred or ():
+            if self.closed:
+                break
+            run()
+
+    def defer(self, run: Callable[[], None]) -> None:
+        """Handle a client message once the session is open (bounded by the message burst)."""
+        if self._deferred is None:
+            self._deferred = []
+        if len(self._deferred) >= self.runtime.settings.message_burst:
+            self.close(CloseCode.BAD_REQUEST, "too many messages before hello")
+            return
+        self._deferred.append(run)
 
     def close(self, code: int, reason: str) -> None:
         """End the connection with ``code`` (docs/PROTOCOL.md) and ``reason``."""
@@ -382,7 +403,8 @@ class Session:
         self._refused = 0
         kind = msg.type
         if kind == "ping":
-            self._write(protocol.PONG, "pong")
+            pong = protocol.PONG if msg.id is None else {**protocol.PONG, "ref": msg.id}
+            self._write(pong, "pong")
         elif kind == "pong":
             pass
         elif kind == "auth":

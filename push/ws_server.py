@@ -255,10 +255,19 @@ class WsConnection(asyncio.Protocol):
             self._first_message(message.data, text)
             return
         session = self.session
-        if session is None or not session.received():
+        if session is None:
+            return
+        if not session.opened:  # hello not sent yet: answer in order, after it
+            session.defer(lambda: self._on_data(message.data, text))
+            return
+        self._on_data(message.data, text)
+
+    def _on_data(self, data: bytes, text: bool) -> None:
+        session = self.session
+        if session is None or session.closed or not session.received():
             return
         try:
-            msg = protocol.decode_client(message.data, self.codec, text=text)
+            msg = protocol.decode_client(data, self.codec, text=text)
         except ProtocolError as exc:
             session.refuse(exc)
             return

@@ -153,6 +153,8 @@ class TokenVerifier:
         """The token's :class:`Claims`; raises :class:`InvalidToken` otherwise."""
         if not token or len(token) > MAX_TOKEN_LEN:
             raise InvalidToken("malformed", "token missing or too long")
+        if not token.isascii():  # a JWT is base64url and dots; PyJWT would raise on surrogates
+            raise InvalidToken("malformed", "token is not a valid JWT")
         try:
             alg = jwt.get_unverified_header(token).get("alg")
         except jwt.InvalidTokenError:

@@ -110,8 +110,9 @@ def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
     if not isinstance(props, dict):
         raise InvalidEvent("bad_props", "props must be an object")
     try:
-        size = len(json.dumps(props, separators=(",", ":")))
-    except (TypeError, ValueError):  # bytes or other non-JSON values arriving over msgpack
+        size = len(json.dumps(props, separators=(",", ":"), ensure_ascii=False).encode())
+    except (TypeError, ValueError):  # bytes or other non-JSON values arriving over msgpack,
+        # or a lone surrogate ("\ud800" in JSON) that no UTF-8 record could carry
         raise InvalidEvent("bad_props", "props must hold JSON values only") from None
     if size > MAX_PROPS_BYTES:
         raise InvalidEvent("bad_props", f"props must encode to at most {MAX_PROPS_BYTES} bytes")
