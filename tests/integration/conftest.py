@@ -45,9 +45,14 @@ def start_server(
     extra_env: dict[str, str] | None = None,
     *,
     embedded: bool = False,
+    isolated: bool = False,
     command: tuple[str, ...] = ("serve",),
 ) -> tuple[subprocess.Popen[bytes], Server]:
-    """Start ``pushrec <command>`` and wait until ready; ``embedded`` forces its private Redis."""
+    """Start ``pushrec <command>`` and wait until ready; ``embedded`` forces its private Redis.
+
+    ``isolated`` keeps the server off the shared server's database (an external Redis's
+    database 14): its traffic moves trending and neighbours, which other modules' tests assert.
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -61,7 +66,7 @@ def start_server(
     }
     redis_url = os.environ.get("PUSHREC_TEST_REDIS_URL")
     if redis_url and not embedded and "PUSHREC_REDIS_URL" not in (extra_env or {}):
-        env["PUSHREC_REDIS_URL"] = redis_url
+        env["PUSHREC_REDIS_URL"] = f"{redis_url.rsplit('/', 1)[0]}/14" if isolated else redis_url
     log = open(ROOT / ".pytest_cache" / f"server-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "push.cli", *command], cwd=ROOT, env=env, stdout=log, stderr=log

@@ -37,7 +37,7 @@ MIN_BYTES = 256  # the default PUSHREC_WS_DEFLATE_MIN_BYTES
 @pytest.fixture(scope="module")
 def deflating() -> Iterator[Server]:
     """A server with permessage-deflate enabled (default threshold of 256 bytes)."""
-    proc, srv = start_server({"PUSHREC_WS_DEFLATE": "1"})
+    proc, srv = start_server({"PUSHREC_WS_DEFLATE": "1"}, isolated=True)
     try:
         srv.load_catalog()
         yield srv

@@ -116,7 +116,8 @@ def fuzz() -> Iterator[Fuzz]:
             "PUSHREC_MESSAGE_BURST": "100000",
             "PUSHREC_MAX_MESSAGE_BYTES": str(MAX_MESSAGE),
             "PUSHREC_AUTH_TIMEOUT_S": str(AUTH_TIMEOUT_S),
-        }
+        },
+        isolated=True,
     )
     loop = asyncio.new_event_loop()
     guard_cm: AbstractAsyncContextManager[FeedClient] | None = None
@@ -396,7 +397,9 @@ BAD = _Bad()
 
 
 def _feed_name(value: object) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= 32 and value.isascii() and value.isidentifier()
+    return (
+        isinstance(value, str) and 0 < len(value) <= 32 and value.isascii() and value.isidentifier()
+    )
 
 
 def _version(value: object) -> bool:

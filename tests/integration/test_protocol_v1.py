@@ -51,7 +51,7 @@ JSON = Subprotocol("pushrec.v1.json")
 def serve(env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], Server]:
     """:func:`start_server`, also when this module runs first (the log goes to .pytest_cache)."""
     (ROOT / ".pytest_cache").mkdir(exist_ok=True)
-    return start_server(env)
+    return start_server(env, isolated=True)
 
 
 @pytest.fixture(scope="module")
