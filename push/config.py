@@ -56,6 +56,10 @@ class Settings:
     max_body_bytes: int = 1_048_576
     max_batch: int = 500
     feed_size: int = 12
+    #: Weight of session kNN among the candidate sources (0 = off), see streams/profile.py.
+    session_weight: float = 1.0
+    #: > 0: the item being looked at leads the home feed (repeat views); 0: never in it.
+    repeat_weight: float = 1.0
     profile_ttl_s: int = 30 * 86_400
     history_len: int = 100
     token_leeway_s: float = 30.0
@@ -229,6 +233,10 @@ class Settings:
             raise ConfigError("PUSHREC_WS_DEFLATE_MIN_BYTES must be at least 0")
         if not (self.max_messages_per_s > 0 and math.isfinite(self.max_messages_per_s)):
             raise ConfigError("PUSHREC_MAX_MESSAGES_PER_S must be a positive, finite number")
+        for name in ("session_weight", "repeat_weight"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ConfigError(f"PUSHREC_{name.upper()} must be a finite number >= 0")
         self.origins()
         self._validate_token_keys()
 

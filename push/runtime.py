@@ -181,12 +181,13 @@ class Runtime:
         if s.redis_url is not None:  # other nodes may write the catalog: follow their changes
             self._following = asyncio.create_task(self._catalog.follow(), name="catalog-follow")
         self._feeds = FeedStore(self._redis, ttl_s=s.profile_ttl_s, history_len=s.history_len)
-        profiles = ProfileStore(
-            self._redis,
-            self.profile_tuning,
-            ScoringTuning(candidates=2 * s.feed_size),
+        scoring = ScoringTuning(
+            candidates=2 * s.feed_size, session_w=s.session_weight, repeat_w=s.repeat_weight
         )
-        recommender = Recommender(self._catalog, RecommenderTuning(size=s.feed_size))
+        profiles = ProfileStore(self._redis, self.profile_tuning, scoring)
+        recommender = Recommender(
+            self._catalog, RecommenderTuning(size=s.feed_size, repeat=scoring.repeat_w > 0)
+        )
         self._processor = Processor(
             profiles=profiles,
             recommender=recommender,

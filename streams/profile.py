@@ -58,6 +58,8 @@ class ProfileTuning:
     affinity_halflife_ms: int = 3 * 86_400_000
     trending_halflife_ms: int = 6 * 3_600_000
     covisit_window: int = 5
+    #: Latest users kept per item in the session-kNN index (``pr:is:<item>``).
+    session_index_max: int = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,8 +69,10 @@ class ScoringTuning:
     Sources, each normalised to [0, 1] by its best score: co-visitation neighbours of the user's
     latest ``recent_fetched`` items (``neighbour_w``, times ``recency_decay`` per step back),
     trending items of the user's top ``categories_fetched`` categories (``category_w`` times the
-    category's share of the user's affinity), and global trending (``global_w``). The best
-    ``candidates`` (bought and current items excluded) come back, best first, ties by id.
+    category's share of the user's affinity), global trending (``global_w``), and session kNN
+    (``session_w``: users with overlapping recent items vote for theirs, see event.lua). With
+    ``repeat_w`` > 0 the item being looked at leads the list. The best ``candidates`` (bought
+    items excluded) come back, best first, ties by id.
     """
 
     recent_fetched: int = 4
@@ -80,6 +84,18 @@ class ScoringTuning:
     category_w: float = 0.35
     global_w: float = 0.1
     candidates: int = 24
+    #: Session kNN: this user's latest ``session_items`` items find up to ``session_sample``
+    #: recent users per item; the best ``session_neighbours`` of them vote for their items.
+    session_items: int = 8
+    session_sample: int = 200
+    session_neighbours: int = 100
+    #: exp((position - last) / decay): how fast older items of this user stop counting.
+    session_position_decay: float = 1.5
+    #: exp(-distance / decay): how fast a neighbour's items far from the shared one stop counting.
+    session_item_decay: float = 2.0
+    session_w: float = 1.0
+    #: The item being looked at leads the list (> 0), or is never in it (0).
+    repeat_w: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +182,7 @@ class ProfileStore:
                         known.version.epoch if known else "",
                         known.version.n if known else 0,
                         "1" if score else "0",
+                        event.user_id,
                     ],
                 )
             )

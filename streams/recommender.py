@@ -18,9 +18,11 @@ from streams.profile import ProfileView
 
 @dataclass(frozen=True, slots=True)
 class RecommenderTuning:
-    """Size of the home feed."""
+    """Size of the home feed, and whether the current item may be in it."""
 
     size: int = 12
+    #: Whether the item being looked at may be in the feed (see ScoringTuning.repeat_w).
+    repeat: bool = True
 
 
 class Recommender:
@@ -34,7 +36,7 @@ class Recommender:
         """The home feed for ``view``; ``current`` (the item just interacted with) never in it."""
         out: list[dict[str, Any]] = []
         for item_id, _ in view.candidates:
-            if item_id == current:
+            if item_id == current and not self.tuning.repeat:
                 continue
             item = self._catalog.get(item_id)
             if item is None or not item.in_stock:

@@ -9,12 +9,13 @@
 -- ARGV: 1 event_id, 2 type ('refresh' = no event, only score), 3 item_id ('' = none),
 --       4 categories ('\n'-separated), 5 ts ms, 6 affinity weight, 7 co-visitation weight,
 --       8 trending weight, 9 epoch and 10 n of the feed version the caller holds ('' / 0: none),
---       11 '1' to score the candidates, '0' when a later event of the batch will
+--       11 '1' to score the candidates, '0' when a later event of the batch will, 12 the user id
 -- Returns {0} for a duplicate, {2} when the event cannot change a feed, {3} when applied but not
 -- scored (ARGV[11] = '0'), else
 --   {1, candidates (flat id, score, … best first), feed_e, feed_n, feed_b, 1 if feed_b omitted}
 local eid, etype, item, ts = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
 local w_aff, w_cov, w_trend = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+local me = ARGV[12]
 local ttl = ${TTL_S}
 
 if etype ~= 'refresh' then
@@ -92,10 +93,18 @@ if item ~= '' then
         incr('pr:nb:' .. p, w_cov / i, item, ${NEIGHBOURS_KEPT})
       end
     end
+    if redis.call('EXISTS', KEYS[2]) == 0 then
+      redis.call('HINCRBY', 'pr:meta', 'users', 1)  -- users seen: the N of the session idf
+    end
     if redis.call('ZADD', KEYS[2], ts, item) == 1 then
       redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -${RECENT_MAX} - 1)
     end
     touched[#touched + 1] = KEYS[2]
+    -- Which users touched this item lately (the session-kNN index), capped to the latest.
+    local sessions = 'pr:is:' .. item
+    if redis.call('ZADD', sessions, ts, me) == 1 then
+      redis.call('ZREMRANGEBYRANK', sessions, 0, -${SESSION_INDEX_MAX} - 1)
+    end
   end
   if etype == 'add_to_cart' then
     redis.call('SADD', KEYS[4], item)
@@ -169,7 +178,64 @@ for i = 1, #top, 2 do
 end
 add(redis.call('ZREVRANGE', 'pr:trend', 0, ${TRENDING_FETCHED} - 1, 'WITHSCORES'), ${GLOBAL_W})
 
--- Best first, ties by id; the item being looked at and bought items are never candidates. Only
+-- Session kNN (after V-SKNN / VSTAN): other users whose recent items overlap this user's latest
+-- ones are neighbours, each shared item counting by how recent it is here (position decay) and
+-- how rare it is (idf); the best neighbours' items score by their distance, in that user's
+-- order, to the last item shared with this user.
+local mine = redis.call('ZRANGE', KEYS[2], -${SESSION_ITEMS}, -1)  -- oldest first
+local L = #mine
+if ${SESSION_W} > 0 and L > 0 then
+  local users = tonumber(redis.call('HGET', 'pr:meta', 'users') or '1')
+  local sim, pos = {}, {}
+  for p, it in ipairs(mine) do
+    pos[it] = p
+    local key = 'pr:is:' .. it
+    local n = redis.call('ZCARD', key)
+    if n > 0 then
+      local w = math.exp((p - L) / ${SESSION_POSITION_DECAY}) * math.log(math.max(users / n, 1.0001))
+      for _, o in ipairs(redis.call('ZREVRANGE', key, 0, ${SESSION_SAMPLE} - 1)) do
+        if o ~= me then sim[o] = (sim[o] or 0) + w end
+      end
+    end
+  end
+  local nb = {}
+  for o, v in pairs(sim) do nb[#nb + 1] = {o, v} end
+  table.sort(nb, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[1] < b[1]
+  end)
+  local knn, best = {}, 0
+  for i = 1, math.min(#nb, ${SESSION_NEIGHBOURS}) do
+    local v = nb[i][2]
+    local seq = redis.call('ZRANGE', 'pr:{u:' .. nb[i][1] .. '}:recent', 0, -1)
+    local last = 0
+    for q, it in ipairs(seq) do
+      if pos[it] then last = q end
+    end
+    for q, it in ipairs(seq) do
+      local s = (knn[it] or 0) + v * math.exp(-math.abs(q - last) / ${SESSION_ITEM_DECAY})
+      knn[it] = s
+      if s > best then best = s end
+    end
+  end
+  if best > 0 then
+    for it, s in pairs(knn) do scores[it] = (scores[it] or 0) + ${SESSION_W} * s / best end
+  end
+end
+-- Repeat views: the item the user looks at now is the likeliest next click (a quarter of the
+-- next clicks on YOOCHOOSE); with REPEAT_W > 0 it leads the list, else it is never in it.
+local latest = item ~= '' and item or mine[L]
+local repeat_w = ${REPEAT_W}
+if repeat_w > 0 and latest then
+  local top = 0
+  for _, s in pairs(scores) do
+    if s > top then top = s end
+  end
+  scores[latest] = (scores[latest] or 0) + repeat_w * math.max(top, 1)
+end
+local excluded = repeat_w > 0 and '' or item
+
+-- Best first, ties by id; bought items are never candidates (nor the current one, see above). Only
 -- the best few need ordering: a plain numeric sort of the eligible scores (no Lua comparator)
 -- finds the cut-off, and only the entries at or above it are sorted with the tie-break.
 -- (Within each source, Redis itself decides which of several members tied at its fetch limit
@@ -180,13 +246,13 @@ if redis.call('ZCARD', KEYS[5]) > 0 then  -- most visitors bought nothing: one c
 end
 local values = {}
 for id, s in pairs(scores) do
-  if id ~= item and not bought[id] then values[#values + 1] = s end
+  if id ~= excluded and not bought[id] then values[#values + 1] = s end
 end
 table.sort(values)
 local cut = values[math.max(#values - ${CANDIDATES} + 1, 1)] or 0
 local ranked = {}
 for id, s in pairs(scores) do
-  if s >= cut and id ~= item and not bought[id] then ranked[#ranked + 1] = {id, s} end
+  if s >= cut and id ~= excluded and not bought[id] then ranked[#ranked + 1] = {id, s} end
 end
 table.sort(ranked, function(a, b)
   if a[2] ~= b[2] then return a[2] > b[2] end

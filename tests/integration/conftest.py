@@ -62,6 +62,10 @@ def start_server(
         "PUSHREC_LOG_FORMAT": "json",
         "PUSHREC_LOG_LEVEL": "warning",
         "PUSHREC_AUTH_TIMEOUT_S": "1",
+        # These tests pin the push path on the classic candidate sources, whose rankings they
+        # assert; session kNN and the repeat slot are tested in test_profile.py and test_eval.py.
+        "PUSHREC_SESSION_WEIGHT": "0",
+        "PUSHREC_REPEAT_WEIGHT": "0",
         **(extra_env or {}),
     }
     redis_url = os.environ.get("PUSHREC_TEST_REDIS_URL")

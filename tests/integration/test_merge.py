@@ -22,7 +22,7 @@ from sessions.feeds import FeedStore
 from sessions.keys import user_tag
 from streams.events import Event
 from streams.merge import MergeResult, merge_profiles
-from streams.profile import ProfileStore, ProfileTuning, ProfileView
+from streams.profile import ProfileStore, ProfileTuning, ProfileView, ScoringTuning
 from tests.integration.conftest import redis_database
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -63,7 +63,8 @@ class Sim:
     def __init__(self, r: Redis, tuning: ProfileTuning) -> None:
         self.r = r
         self.tuning = tuning
-        self.store = ProfileStore(r, tuning)
+        # Without session kNN: the user and its reference would count each other as neighbours.
+        self.store = ProfileStore(r, tuning, ScoringTuning(session_w=0.0, repeat_w=0.0))
         self.clock = NOW
         self._ids = itertools.count()
         self.sent: dict[str, list[str]] = {}

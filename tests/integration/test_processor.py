@@ -14,7 +14,7 @@ from sessions.feeds import FeedStore, FeedUpdate
 from streams.catalog import Catalog, Item
 from streams.events import Event
 from streams.processor import Processor
-from streams.profile import ProfileStore
+from streams.profile import ProfileStore, ScoringTuning
 from streams.recommender import Recommender, RecommenderTuning
 from tests.integration.conftest import redis_database
 
@@ -39,8 +39,8 @@ async def _scenario(url: str) -> None:
     published: list[FeedUpdate] = []
     await broker.start(published.append)
     processor = Processor(
-        profiles=ProfileStore(redis),
-        recommender=Recommender(catalog, RecommenderTuning(size=3)),
+        profiles=ProfileStore(redis, scoring=ScoringTuning(session_w=0.0, repeat_w=0.0)),
+        recommender=Recommender(catalog, RecommenderTuning(size=3, repeat=False)),
         feeds=feeds,
         broker=broker,
         catalog=catalog,

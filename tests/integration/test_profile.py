@@ -81,6 +81,10 @@ def run(url: str, body: Callable[[Redis], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
+#: The sources these tests pin down, without session kNN and the repeat slot (tested apart).
+CLASSIC = ScoringTuning(session_w=0.0, repeat_w=0.0)
+
+
 class Sim:
     """Sends events through a :class:`ProfileStore`; the clock moves 1 s per event."""
 
@@ -91,7 +95,7 @@ class Sim:
         scoring: ScoringTuning | None = None,
     ) -> None:
         self.r = r
-        self.store = ProfileStore(r, tuning, scoring or ScoringTuning())
+        self.store = ProfileStore(r, tuning, scoring or CLASSIC)
         self.clock = NOW
         self._ids = itertools.count()
 
@@ -208,7 +212,7 @@ def test_co_visits_weigh_less_with_distance(redis_url: str) -> None:
 @pytest.mark.parametrize("decay", [0.6, 0.25])
 def test_newest_recent_items_neighbours_outweigh_older_ones(redis_url: str, decay: float) -> None:
     async def body(r: Redis) -> None:
-        sim = Sim(r, scoring=ScoringTuning(recency_decay=decay))
+        sim = Sim(r, scoring=replace(CLASSIC, recency_decay=decay))
         await sim.views("o1", "a", "na")
         await sim.views("o2", "b", "nb")
         view = await sim.views("u", "a", "b")  # u's recent: b (newest), a
@@ -221,7 +225,7 @@ def test_newest_recent_items_neighbours_outweigh_older_ones(redis_url: str, deca
 
 def test_only_the_latest_recent_items_are_fetched(redis_url: str) -> None:
     async def body(r: Redis) -> None:
-        sim = Sim(r, scoring=ScoringTuning(recent_fetched=1))
+        sim = Sim(r, scoring=replace(CLASSIC, recent_fetched=1))
         await sim.views("o1", "a", "na")
         await sim.views("o2", "b", "nb")
         view = await sim.views("u", "a", "b")
@@ -303,7 +307,7 @@ def test_bought_and_current_items_are_never_candidates(redis_url: str) -> None:
 def test_bought_items_do_not_starve_the_candidates(redis_url: str) -> None:
     async def body(r: Redis) -> None:
         # Every source fetched whole (trending_fetched), so only the ranking can lose the c items.
-        sim = Sim(r, scoring=ScoringTuning(candidates=2, trending_fetched=40))
+        sim = Sim(r, scoring=replace(CLASSIC, candidates=2, trending_fetched=40))
         for n in range(3):
             await sim.views(f"o{n}", f"c{n}")
         for n in range(20):
@@ -326,7 +330,7 @@ def test_ties_break_by_id(redis_url: str) -> None:
 
 def test_at_most_candidates_entries(redis_url: str) -> None:
     async def body(r: Redis) -> None:
-        sim = Sim(r, scoring=ScoringTuning(candidates=3))
+        sim = Sim(r, scoring=replace(CLASSIC, candidates=3))
         users = itertools.count()
         for n in range(10):  # item k{n} viewed n + 1 times
             for _ in range(n + 1):
@@ -339,7 +343,7 @@ def test_at_most_candidates_entries(redis_url: str) -> None:
 def test_ties_past_the_pre_sort_cut_break_by_id(redis_url: str) -> None:
     async def body(r: Redis) -> None:
         # All 30 tied items are fetched; far more than candidates + 16 tie at the cut.
-        sim = Sim(r, scoring=ScoringTuning(candidates=3, trending_fetched=40))
+        sim = Sim(r, scoring=replace(CLASSIC, candidates=3, trending_fetched=40))
         for n in range(30):
             await sim.views(f"p{n}", f"tie{n:02d}")
         assert_scored(await sim.refresh("cold"), [("tie00", 0.1), ("tie01", 0.1), ("tie02", 0.1)])
@@ -351,7 +355,7 @@ def test_ties_at_the_fetch_limit_follow_redis_then_break_by_id(redis_url: str) -
     async def body(r: Redis) -> None:
         # 30 tied trending items, 15 fetched: Redis's ZREVRANGE fetches the greater ids among
         # ties (tie15..tie29, as documented in event.lua); among those, ties break by id.
-        sim = Sim(r, scoring=ScoringTuning(candidates=3, trending_fetched=15))
+        sim = Sim(r, scoring=replace(CLASSIC, candidates=3, trending_fetched=15))
         for n in range(30):
             await sim.views(f"p{n}", f"tie{n:02d}")
         assert_scored(await sim.refresh("cold"), [("tie15", 0.1), ("tie16", 0.1), ("tie17", 0.1)])
@@ -703,5 +707,72 @@ def test_decay_origin_moves_and_the_recent_event_dominates(redis_url: str) -> No
         # A late event from far back changes nothing visible and raises nothing.
         await sim.ok("o3", "view", "late", ["vintage"], ts=past)
         assert_scored(await sim.refresh("cold"), [("newer", 0.1), ("new", 0.1 / 2**10)])
+
+    run(redis_url, body)
+
+
+# -- session kNN and the repeat slot ---------------------------------------------------------
+
+KNN_ONLY = ScoringTuning(neighbour_w=0.0, category_w=0.0, global_w=0.0, session_w=1.0, repeat_w=0.0)
+
+
+def test_session_neighbours_vote_for_what_followed_the_shared_item(redis_url: str) -> None:
+    """Users who viewed a then b vote for b next to a; the closer to the shared item, the more."""
+
+    async def body(r: Redis) -> None:
+        sim = Sim(r, scoring=KNN_ONLY)
+        for n in range(3):
+            await sim.views(f"n{n}", "a", "b", "c", "d")
+        await sim.views("far", "a", "x", "y", "z", "w")
+        scored = dict(await sim.refresh("u") or [])
+        assert scored == {}  # no recent item: nobody to compare with
+        view = await sim.views("u", "a")
+        ranked = [i for i, _ in view.candidates]
+        assert ranked[0] == "a" or ranked[0] == "b"
+        scores = dict(view.candidates)
+        assert scores["b"] > scores["c"] > scores["d"]  # distance to the shared item in order
+        assert scores["b"] > scores["x"]  # three neighbours say b, one says x
+
+    run(redis_url, body)
+
+
+def test_session_index_is_capped_and_keeps_the_latest_users(redis_url: str) -> None:
+    async def body(r: Redis) -> None:
+        sim = Sim(r, ProfileTuning(session_index_max=3), KNN_ONLY)
+        for n in range(5):
+            await sim.views(f"v{n}", "hot")
+        members = [m for m, _ in await zset(r, "pr:is:hot")]
+        assert sorted(members) == ["v2", "v3", "v4"]
+        assert int(await r.hget("pr:meta", "users") or 0) == 5
+
+    run(redis_url, body)
+
+
+def test_rare_shared_items_weigh_more_than_popular_ones(redis_url: str) -> None:
+    """idf: sharing a rare item makes a closer neighbour than sharing a popular one."""
+
+    async def body(r: Redis) -> None:
+        sim = Sim(r, scoring=replace(KNN_ONLY, session_position_decay=1e9))
+        for n in range(6):  # "pop" is everywhere
+            await sim.views(f"p{n}", "pop", f"other{n}")
+        await sim.views("rare-fan", "rare", "gift")
+        await sim.views("pop-fan", "pop", "meh")
+        scores = dict((await sim.views("u", "pop", "rare")).candidates)
+        assert scores["gift"] > scores["meh"]
+
+    run(redis_url, body)
+
+
+def test_the_current_item_leads_with_repeat_and_is_absent_without(redis_url: str) -> None:
+    async def body(r: Redis) -> None:
+        with_repeat = Sim(r, scoring=ScoringTuning())
+        for n in range(3):
+            await with_repeat.views(f"n{n}", "a", "b")
+        view = await with_repeat.views("u", "b", "a")
+        assert view.candidates[0][0] == "a"
+        assert [i for i, _ in view.candidates].count("a") == 1
+        assert (await with_repeat.refresh("u"))[0][0] == "a"  # no event item: the latest
+        without = Sim(r, scoring=replace(ScoringTuning(), repeat_w=0.0))
+        assert "a" not in dict((await without.views("u2", "b", "a")).candidates)
 
     run(redis_url, body)

@@ -37,8 +37,10 @@ def _view(candidates: Scored) -> ProfileView:
     return ProfileView(candidates=candidates, feed=None)
 
 
-def _home(candidates: Scored, *, current: str | None = None, size: int = 12) -> list[str]:
-    recommender = Recommender(CATALOG, RecommenderTuning(size=size))
+def _home(
+    candidates: Scored, *, current: str | None = None, size: int = 12, repeat: bool = False
+) -> list[str]:
+    recommender = Recommender(CATALOG, RecommenderTuning(size=size, repeat=repeat))
     return [p["id"] for p in recommender.home(_view(candidates), current=current)]
 
 
@@ -58,6 +60,12 @@ def test_unknown_out_of_stock_and_current_items_are_dropped() -> None:
     ]
     assert _home(candidates, current="i01") == ["i02", "i03"]
     assert _home(candidates, current="i03") == ["i01", "i02"]
+
+
+def test_with_repeat_the_current_item_stays() -> None:
+    # The script put it first (ScoringTuning.repeat_w > 0): the recommender keeps it there.
+    candidates = [("i01", 9.0), ("i02", 6.0)]
+    assert _home(candidates, current="i01", repeat=True) == ["i01", "i02"]
 
 
 def test_current_none_or_unknown_drops_nothing_more() -> None:
