@@ -5,6 +5,7 @@
 ``pushrec demo``         the same, plus the demo catalog, warm-up traffic and the shop page
 ``pushrec token USER``   mint a visitor token with ``PUSHREC_SECRET``
 ``pushrec catalog load`` upsert a JSONL catalog through a running server's API
+``pushrec eval``         replay an interaction log, score the engine and baselines
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import uvicorn
 
+from push import eval_cli
 from push.app import build_app
 from push.config import Settings
 from push.demo import CATALOG_FILE, WARMUP_FILE
@@ -61,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     load = cat_sub.add_parser("load", help="upsert items from a JSONL file via the API")
     load.add_argument("file", type=Path)
     load.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
+    eval_cli.add_parser(sub)
     return parser
 
 
@@ -76,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings, args)
     if args.command == "token":
         return _token(settings, args)
+    if args.command == "eval":
+        return eval_cli.run(settings, args)
     return _catalog_load(settings, args)
 
 

@@ -61,6 +61,21 @@ def resolve_credentials(settings: Settings) -> Credentials:
     return creds
 
 
+def engine_tunings(
+    settings: Settings, *, size: int | None = None
+) -> tuple[ProfileTuning, ScoringTuning, RecommenderTuning]:
+    """The profile, scoring and feed tunings a node uses (``size`` overrides the feed size)."""
+    size = settings.feed_size if size is None else size
+    scoring = ScoringTuning(
+        candidates=2 * size, session_w=settings.session_weight, repeat_w=settings.repeat_weight
+    )
+    return (
+        ProfileTuning(ttl_s=settings.profile_ttl_s),
+        scoring,
+        RecommenderTuning(size=size, repeat=scoring.repeat_w > 0),
+    )
+
+
 T = TypeVar("T")
 
 
@@ -112,7 +127,7 @@ class Runtime:
         self.broker: Broker = MemoryBroker()
         self.hub = Hub(self.broker)
         self.connections = Connections()
-        self.profile_tuning = ProfileTuning(ttl_s=settings.profile_ttl_s)
+        self.profile_tuning, self._scoring, self._feed_tuning = engine_tunings(settings)
         #: The feeds a connection may subscribe to.
         self.served_feeds: tuple[str, ...] = ("home",)
         self._redis: Redis | None = None
@@ -181,13 +196,8 @@ class Runtime:
         if s.redis_url is not None:  # other nodes may write the catalog: follow their changes
             self._following = asyncio.create_task(self._catalog.follow(), name="catalog-follow")
         self._feeds = FeedStore(self._redis, ttl_s=s.profile_ttl_s, history_len=s.history_len)
-        scoring = ScoringTuning(
-            candidates=2 * s.feed_size, session_w=s.session_weight, repeat_w=s.repeat_weight
-        )
-        profiles = ProfileStore(self._redis, self.profile_tuning, scoring)
-        recommender = Recommender(
-            self._catalog, RecommenderTuning(size=s.feed_size, repeat=scoring.repeat_w > 0)
-        )
+        profiles = ProfileStore(self._redis, self.profile_tuning, self._scoring)
+        recommender = Recommender(self._catalog, self._feed_tuning)
         self._processor = Processor(
             profiles=profiles,
             recommender=recommender,
