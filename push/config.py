@@ -60,6 +60,8 @@ class Settings:
     session_weight: float = 1.0
     #: > 0: the item being looked at leads the home feed (repeat views); 0: never in it.
     repeat_weight: float = 1.0
+    #: Diversity: at most this many items of one category in a feed while others remain (0: off).
+    max_per_category: int = 0
     profile_ttl_s: int = 30 * 86_400
     history_len: int = 100
     token_leeway_s: float = 30.0
@@ -229,8 +231,9 @@ class Settings:
             value = getattr(self, name)
             if not value >= 0 or (name != "token_leeway_s" and value == 0):  # `not >=` catches NaN
                 raise ConfigError(f"PUSHREC_{name.upper()} must be a positive number of seconds")
-        if self.ws_deflate_min_bytes < 0:
-            raise ConfigError("PUSHREC_WS_DEFLATE_MIN_BYTES must be at least 0")
+        for name in ("ws_deflate_min_bytes", "max_per_category"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"PUSHREC_{name.upper()} must be at least 0")
         if not (self.max_messages_per_s > 0 and math.isfinite(self.max_messages_per_s)):
             raise ConfigError("PUSHREC_MAX_MESSAGES_PER_S must be a positive, finite number")
         for name in ("session_weight", "repeat_weight"):

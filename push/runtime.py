@@ -72,7 +72,9 @@ def engine_tunings(
     return (
         ProfileTuning(ttl_s=settings.profile_ttl_s),
         scoring,
-        RecommenderTuning(size=size, repeat=scoring.repeat_w > 0),
+        RecommenderTuning(
+            size=size, repeat=scoring.repeat_w > 0, max_per_category=settings.max_per_category
+        ),
     )
 
 

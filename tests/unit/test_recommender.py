@@ -123,3 +123,25 @@ def test_payload_leaves_out_unset_fields() -> None:
     recommender = Recommender(catalog, RecommenderTuning())
     out = recommender.home(_view([("x1", 1.0)]), current=None)
     assert out == [{"id": "x1", "title": "X one", "category": "hats"}]
+
+
+def _mixed_catalog() -> Catalog:
+    return _catalog(
+        [Item(f"{c}{n}", f"{c} {n}", 1.0, c, "", True, {}) for c in ("a", "b") for n in range(4)]
+    )
+
+
+def test_category_cap_lets_other_categories_in_then_backfills() -> None:
+    view = _view([(i, 1.0) for i in ("a0", "a1", "a2", "b0", "a3", "b1")])
+    capped = Recommender(_mixed_catalog(), RecommenderTuning(size=5, max_per_category=2))
+    ids = [p["id"] for p in capped.home(view, current=None)]
+    # Two of a, then b's in rank order; the waiting a's fill what is left, best first.
+    assert ids == ["a0", "a1", "b0", "b1", "a2"]
+    plain = Recommender(_mixed_catalog(), RecommenderTuning(size=5))
+    assert [p["id"] for p in plain.home(view, current=None)] == ["a0", "a1", "a2", "b0", "a3"]
+
+
+def test_never_the_same_item_twice() -> None:
+    view = _view([("a0", 3.0), ("a0", 2.0), ("b0", 1.0)])
+    recommender = Recommender(_mixed_catalog(), RecommenderTuning(size=5, max_per_category=1))
+    assert [p["id"] for p in recommender.home(view, current=None)] == ["a0", "b0"]
