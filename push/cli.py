@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import urllib.error
 import urllib.request
@@ -103,6 +104,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         changes["demo"] = True
         changes.setdefault("catalog_file", settings.catalog_file or CATALOG_FILE)
         changes.setdefault("warmup_file", settings.warmup_file or WARMUP_FILE)
+        if "PUSHREC_REPEAT_WEIGHT" not in os.environ:
+            # The shop's strip sits beside the product being looked at: it need not repeat it.
+            changes["repeat_weight"] = 0.0
     try:
         settings = settings.replace(**changes)
         settings.validate()
