@@ -9,12 +9,19 @@ from push.exceptions import HTTPProblem
 from push.http import read_json, require_admin
 from push.runtime import Runtime
 from streams.catalog import InvalidItem, Item, parse_item
+from streams.propagate import PropagationIncomplete
 
 MAX_ITEMS_PER_PUT = 1000
 
 
 async def put_items(request: Request) -> Response:
-    """Upsert a batch of items; all or nothing (400 names the first bad item)."""
+    """Upsert a batch of items; all or nothing (400 names the first bad item).
+
+    Then the changed items reach every stored feed showing them (dropped when out of stock,
+    payload updated otherwise), published to open connections (:mod:`streams.propagate`), before
+    the answer. 503 ``propagation_incomplete``: the items are stored but not every feed was
+    updated; the same PUT again finishes the job.
+    """
     runtime: Runtime = request.app.state.runtime
     require_admin(request, runtime, surface="items")
     body = await read_json(request, runtime.settings.max_body_bytes)
@@ -29,8 +36,13 @@ async def put_items(request: Request) -> Response:
             items.append(parse_item(obj))
         except InvalidItem as exc:
             raise HTTPProblem(400, "bad_item", f"item {index}: {exc}") from None
-    await runtime.catalog.upsert(items)
-    return JSONResponse({"upserted": len(items)})
+    try:
+        result = await runtime.propagator.upsert(items)
+    except PropagationIncomplete as exc:
+        raise HTTPProblem(
+            503, "propagation_incomplete", f"{exc}: retry", {"Retry-After": "1"}
+        ) from None
+    return JSONResponse({"upserted": len(items), "feeds_updated": result.edited})
 
 
 async def get_items(request: Request) -> Response:

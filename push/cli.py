@@ -6,6 +6,7 @@
 ``pushrec token USER``   mint a visitor token with ``PUSHREC_SECRET``
 ``pushrec catalog load`` upsert a JSONL catalog through a running server's API
 ``pushrec eval``         replay an interaction log, score the engine and baselines
+``pushrec train``        compute item neighbours from a log, load them into Redis atomically
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import uvicorn
 
-from push import eval_cli
+from push import eval_cli, train_cli
 from push.app import build_app
 from push.config import Settings
 from push.demo import CATALOG_FILE, WARMUP_FILE
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("file", type=Path)
     load.add_argument("--url", default="http://127.0.0.1:8080", help="server base URL")
     eval_cli.add_parser(sub)
+    train_cli.add_parser(sub)
     return parser
 
 
@@ -82,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _token(settings, args)
     if args.command == "eval":
         return eval_cli.run(settings, args)
+    if args.command == "train":
+        return train_cli.run(settings, args)
     return _catalog_load(settings, args)
 
 

@@ -60,6 +60,8 @@ class Settings:
     session_weight: float = 1.0
     #: > 0: the item being looked at leads the home feed (repeat views); 0: never in it.
     repeat_weight: float = 1.0
+    #: Weight of the offline model's neighbours (``pushrec train``) when one is loaded (0 = off).
+    model_weight: float = 1.0
     #: Diversity: at most this many items of one category in a feed while others remain (0: off).
     max_per_category: int = 0
     profile_ttl_s: int = 30 * 86_400
@@ -112,6 +114,8 @@ class Settings:
     catalog_file: Path | None = None
     #: A JSONL event log replayed once at start, shifted to end now (demo warm-up traffic).
     warmup_file: Path | None = None
+    #: Business rules (YAML, docs/RULES.md) loaded at start and re-read when the file changes.
+    rules_file: Path | None = None
 
     def algorithms(self) -> tuple[str, ...]:
         """The accepted token algorithms of ``token_algorithms``, upper-cased, without duplicates.
@@ -236,7 +240,7 @@ class Settings:
                 raise ConfigError(f"PUSHREC_{name.upper()} must be at least 0")
         if not (self.max_messages_per_s > 0 and math.isfinite(self.max_messages_per_s)):
             raise ConfigError("PUSHREC_MAX_MESSAGES_PER_S must be a positive, finite number")
-        for name in ("session_weight", "repeat_weight"):
+        for name in ("session_weight", "repeat_weight", "model_weight"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"PUSHREC_{name.upper()} must be a finite number >= 0")

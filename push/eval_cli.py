@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -23,6 +24,7 @@ from push.logs import configure_logging
 from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
 from push.runtime import engine_tunings
+from push.train_cli import loaded_line
 from streams.evaluation.baselines import BASELINES, make_baseline
 from streams.evaluation.engine import Engine
 from streams.evaluation.harness import Result, run_baseline, run_engine
@@ -35,6 +37,7 @@ from streams.evaluation.readers import (
     load_dataset,
 )
 from streams.evaluation.report import markdown_table, repeats_table, summary, to_json
+from streams.train import compute_neighbours, load_model
 
 ALGORITHMS = ("engine", *BASELINES)
 
@@ -96,6 +99,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ev.add_argument(
         "--warmup-batch", type=int, default=1000, help="engine: warm-up batch (default 1000)"
     )
+    ev.add_argument(
+        "--train-model",
+        action="store_true",
+        help="engine: train the offline neighbour model (pushrec train) on the warm-up part "
+        "and load it before the replay",
+    )
     ev.add_argument("--json", type=Path, help="also write the results as JSON to this file")
     ev.add_argument("--redis-url", help="an external, empty Redis instead of an embedded one")
     ev.add_argument("--flush", action="store_true", help="empty the external Redis's database")
@@ -105,7 +114,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 #: Settings that change the engine's results, as environment variables.
-_ENGINE_ENV = {"session_weight": "PUSHREC_SESSION_WEIGHT", "repeat_weight": "PUSHREC_REPEAT_WEIGHT"}
+_ENGINE_ENV = {
+    "session_weight": "PUSHREC_SESSION_WEIGHT",
+    "repeat_weight": "PUSHREC_REPEAT_WEIGHT",
+    "model_weight": "PUSHREC_MODEL_WEIGHT",
+}
 
 
 def command_line(args: argparse.Namespace, settings: Settings | None = None) -> str:
@@ -136,6 +149,8 @@ def command_line(args: argparse.Namespace, settings: Settings | None = None) -> 
         parts += ["--user", args.user]
     if args.batch != 256:
         parts += ["--batch", str(args.batch)]
+    if getattr(args, "train_model", False):
+        parts.append("--train-model")
     return shlex.join(parts)
 
 
@@ -185,7 +200,10 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
             file=err,
         )
     if args.json is not None:
-        engine = {name: getattr(settings, name) for name in _ENGINE_ENV} | {"feed_size": size}
+        engine = {name: getattr(settings, name) for name in _ENGINE_ENV} | {
+            "feed_size": size,
+            "train_model": bool(args.train_model),
+        }
         doc = to_json(dataset, results, command_line(args, settings), engine=engine)
         args.json.write_text(doc + "\n", encoding="utf-8")
     return 1 if any(r.failed for r in results) else 0
@@ -234,6 +252,17 @@ async def _engine(
                     "(--flush empties it)"
                 )
             await redis.flushdb()
+        if args.train_model:
+            # The nightly model, as a node would have it: trained on the warm-up part only
+            # and loaded (new version, then swap) before any event is replayed.
+            started = time.perf_counter()
+            model = compute_neighbours(dataset.train)
+            report = await load_model(redis, model)
+            print(
+                f"{loaded_line(report)}; trained on {len(dataset.train):,} warm-up events "
+                f"in {time.perf_counter() - started:.1f} s",
+                file=sys.stderr,
+            )
         engine = _engine_for(settings, redis, size=max(args.k), feed=args.feed)
         return await run_engine(
             engine,

@@ -68,8 +68,8 @@ def require_admin(request: Request, runtime: Runtime, *, surface: str) -> None:
         raise HTTPProblem(403, "forbidden", "this operation needs the X-API-Key")
 
 
-async def read_json(request: Request, limit: int) -> Any:
-    """The request's JSON body, read up to ``limit`` bytes (413 beyond, 400 when malformed)."""
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, read up to ``limit`` bytes (413 beyond)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPProblem(413, "too_large", f"body exceeds the limit of {limit} bytes")
@@ -78,6 +78,12 @@ async def read_json(request: Request, limit: int) -> Any:
         body += chunk
         if len(body) > limit:
             raise HTTPProblem(413, "too_large", f"body exceeds the limit of {limit} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The request's JSON body, read up to ``limit`` bytes (413 beyond, 400 when malformed)."""
+    body = await read_body(request, limit)
     try:
         return json.loads(body)
     except (ValueError, RecursionError):

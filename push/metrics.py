@@ -94,6 +94,29 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.catalog_edits = Counter(
+            "pushrec_catalog_edits",
+            "Catalog propagation: feed versions edited, lost races (retried), stale index entries"
+            " removed, edits given up; by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        self.rules_reloads = Counter(
+            "pushrec_rules_reloads",
+            "Business rules offered to this node, by source (api, file, redis) and outcome (ok,"
+            " unchanged, invalid, error)",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.rules_version = Gauge(
+            "pushrec_rules_version", "Version of the business rules in force", registry=r
+        )
+        self.rule_hits = Counter(
+            "pushrec_rule_hits",
+            "Computed feeds that a business rule changed, by action",
+            ["action"],
+            registry=r,
+        )
         self.bus_backlog = Gauge(
             "pushrec_bus_backlog",
             "Events accepted but not yet processed (in-process bus)",

@@ -31,7 +31,10 @@ from streams.catalog import Catalog, load_items
 from streams.processor import Processor
 from streams.producer_kafka import KafkaProducer
 from streams.profile import ProfileStore, ProfileTuning, ScoringTuning
+from streams.propagate import Propagator
 from streams.recommender import Recommender, RecommenderTuning
+from streams.rules import RuleSet
+from streams.rules_store import RulesFile, RulesStore
 from streams.source import EventProducer, EventSource
 from streams.source_kafka import KafkaSource
 from streams.source_memory import MemoryBus
@@ -67,7 +70,10 @@ def engine_tunings(
     """The profile, scoring and feed tunings a node uses (``size`` overrides the feed size)."""
     size = settings.feed_size if size is None else size
     scoring = ScoringTuning(
-        candidates=2 * size, session_w=settings.session_weight, repeat_w=settings.repeat_weight
+        candidates=2 * size,
+        session_w=settings.session_weight,
+        repeat_w=settings.repeat_weight,
+        model_w=settings.model_weight,
     )
     return (
         ProfileTuning(ttl_s=settings.profile_ttl_s),
@@ -135,8 +141,14 @@ class Runtime:
         self._redis: Redis | None = None
         self._processor: Processor | None = None
         self._feeds: FeedStore | None = None
+        self._propagator: Propagator | None = None
         self._catalog: Catalog | None = None
         self._following: asyncio.Task[None] | None = None
+        self._recommender: Recommender | None = None
+        self._rules: RulesStore | None = None
+        #: The rules file's poller (``PUSHREC_RULES_FILE``), when configured.
+        self.rules_file: RulesFile | None = None
+        self._rule_tasks: list[asyncio.Task[None]] = []
 
     @property
     def redis(self) -> Redis:
@@ -152,6 +164,16 @@ class Runtime:
     def feeds(self) -> FeedStore:
         """The feed store (after :meth:`start`)."""
         return _started(self._feeds)
+
+    @property
+    def propagator(self) -> Propagator:
+        """Catalog writes with their propagation to stored feeds (after :meth:`start`)."""
+        return _started(self._propagator)
+
+    @property
+    def rules(self) -> RulesStore:
+        """The business rules in force and their store (after :meth:`start`)."""
+        return _started(self._rules)
 
     @property
     def catalog(self) -> Catalog:
@@ -200,6 +222,9 @@ class Runtime:
         self._feeds = FeedStore(self._redis, ttl_s=s.profile_ttl_s, history_len=s.history_len)
         profiles = ProfileStore(self._redis, self.profile_tuning, self._scoring)
         recommender = Recommender(self._catalog, self._feed_tuning)
+        recommender.observe_rule = lambda action: self.metrics.rule_hits.labels(action).inc()
+        self._recommender = recommender
+        await self._start_rules()
         self._processor = Processor(
             profiles=profiles,
             recommender=recommender,
@@ -207,6 +232,15 @@ class Runtime:
             broker=self.broker,
             catalog=self._catalog,
             observe=self.metrics.observe_event,
+        )
+        # Catalog changes made through this node's API reach the stored feeds showing the items
+        # (streams/propagate.py); publishing through the broker reaches every node's sockets.
+        self._propagator = Propagator(
+            redis=self._redis,
+            catalog=self._catalog,
+            feeds=self._feeds,
+            broker=self.broker,
+            observe=lambda outcome, n: self.metrics.catalog_edits.labels(outcome).inc(n),
         )
         await self.broker.start(self.hub.deliver)
         if self.kafka_producer is not None:
@@ -223,6 +257,29 @@ class Runtime:
             worker=s.worker,
         )
 
+    async def _start_rules(self) -> None:
+        """Business rules: what Redis holds, then the rules file (when configured, and when it
+        differs), before any event is consumed; then follow other nodes' writes and the file."""
+        s, redis = self.settings, self.redis
+        self._rules = RulesStore(redis, self._apply_rules, observe=self._observe_rules)
+        await self._rules.refresh()
+        if s.rules_file is not None:
+            # Pins of the file are not checked against the catalog (it may be loaded later);
+            # an unknown or out-of-stock pinned item is simply not shown.
+            self.rules_file = RulesFile(s.rules_file, self._rules, observe=self._observe_rules)
+            await self.rules_file.check()
+            self._rule_tasks.append(asyncio.create_task(self.rules_file.watch(), name="rules-file"))
+        if s.redis_url is not None:  # other nodes may write the rules: follow their changes
+            self._rule_tasks.append(asyncio.create_task(self._rules.follow(), name="rules-follow"))
+
+    def _apply_rules(self, rules: RuleSet) -> None:
+        if self._recommender is not None:
+            self._recommender.rules = rules  # one assignment: the next feed uses the whole set
+        self.metrics.rules_version.set(rules.version)
+
+    def _observe_rules(self, source: str, outcome: str) -> None:
+        self.metrics.rules_reloads.labels(source, outcome).inc()
+
     async def stop(self) -> None:
         """Stop consuming (committing what was done), then the producer, broker and Redis.
 
@@ -230,6 +287,11 @@ class Runtime:
         """
         if self.source is not None:
             await self.source.stop()
+        for task in self._rule_tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._rule_tasks.clear()
         if self.kafka_producer is not None:
             await self.kafka_producer.stop()
         if self._following is not None:
@@ -237,6 +299,8 @@ class Runtime:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._following
             self._following = None
+        if self._propagator is not None:
+            await self._propagator.stop()
         await self.broker.stop()
         if self._redis is not None:
             await self._redis.aclose()

@@ -14,12 +14,33 @@ Guarantees:
   read together in one script (a concurrent write cannot fall between them), and the missed diffs
   come back only when the history holds every one of them, consecutive, ending at the stored
   version; otherwise none do, and the caller sends a snapshot.
+
+**Who shows what** (for catalog propagation, :mod:`streams.propagate`): every write also keeps an
+index, one sorted set per (feed, item) — ``pr:shown:<feed>:<item>``, member the user, score the
+time (ms) the entry was last confirmed — in the same script, atomically with the version:
+
+- an item entering the list is added, an item leaving it is removed; so for a feed that exists,
+  the users in an item's set are exactly those whose stored list shows it (once the feed has been
+  written by this code: a feed stored before the index existed joins it at its next write);
+- a feed's key can vanish without a write (TTL, merge, flush), leaving its entries behind. Bound:
+  every item of a list is confirmed again by the first write after ``index_refresh_s`` (field
+  ``x`` of the feed hash), so an entry older than the feed TTL plus that interval is surely stale;
+  such entries are trimmed whenever the set gains a member, and a set untouched that long expires.
+  Stale entries met earlier are removed by :meth:`FeedStore.unindex_many` (only if the feed is
+  still as read). So a set holds at most the users whose feed was written, showing the item,
+  within the last TTL + ``index_refresh_s``.
+- Cost per write: one ZADD + EXPIRE per item entering, one ZREM per item leaving, one HGET; once
+  per ``index_refresh_s`` one ZADD + EXPIRE per item of the list.
+- Caveat (Redis Cluster): the index keys are item-side and derived inside the user's write
+  script (like the event script's item-side keys), which needs a single Redis. Item ids must not
+  contain a newline (catalog ids are printable; ids are newline-joined for the script).
 """
 
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeGuard
@@ -35,6 +56,22 @@ from sessions.versions import Version, new_epoch
 
 _WRITE_LUA = resources.files("sessions").joinpath("lua/feed_write.lua").read_text()
 _SINCE_LUA = resources.files("sessions").joinpath("lua/feed_since.lua").read_text()
+_UNINDEX_LUA = resources.files("sessions").joinpath("lua/feed_unindex.lua").read_text()
+
+#: Prefix of the shown-items index keys (``pr:shown:<feed>:<item>``, see the module docstring).
+SHOWN_PREFIX = "pr:shown:"
+#: How often (at most) a write confirms every item of its list in the index, by default.
+INDEX_REFRESH_S = 3600
+
+
+def shown_prefix(feed: str) -> str:
+    """The prefix of ``feed``'s index keys: an item's key is this plus the item id."""
+    return f"{SHOWN_PREFIX}{feed}:"
+
+
+def shown_key(feed: str, item: str) -> str:
+    """The sorted set of users whose stored ``feed`` shows ``item`` (score: ms last confirmed)."""
+    return shown_prefix(feed) + item
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,12 +197,28 @@ class FeedCache:
 class FeedStore:
     """Reads and compare-and-set writes of feed versions."""
 
-    def __init__(self, redis: Redis, *, ttl_s: int, history_len: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        ttl_s: int,
+        history_len: int,
+        index_refresh_s: int = INDEX_REFRESH_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._history_len = history_len
+        self._index_refresh_s = index_refresh_s
+        self._clock = clock
         self._write = PipelinedScript(redis, _WRITE_LUA)
         self._since = PipelinedScript(redis, _SINCE_LUA)
+        self._unindex = PipelinedScript(redis, _UNINDEX_LUA)
+
+    @property
+    def index_bound_s(self) -> int:
+        """Age (s) past which an index entry is surely stale: the TTL plus the refresh interval."""
+        return self._ttl_s + self._index_refresh_s
 
     async def read(self, user: str, feed: str) -> FeedState | None:
         """The current version of a feed, or None when it has none."""
@@ -223,6 +276,7 @@ class FeedStore:
         out: list[FeedUpdate | Exception | None] = [None] * len(writes)
         pending: list[tuple[int, FeedState, FeedState | None, DiffBody | None]] = []
         calls: list[Call] = []
+        now_ms = int(self._clock() * 1000)
         for i, (user, feed, base, items) in enumerate(writes):
             diff: DiffBody | None = None
             if base is not None:
@@ -230,6 +284,9 @@ class FeedStore:
                 if diff is None:
                     continue
             draft = FeedState(user, feed, Version("", 0), tuple(items))
+            new_ids = ids_of(items)
+            old_ids = ids_of(base.items) if base is not None else []
+            new_set, old_set = set(new_ids), set(old_ids)
             calls.append(
                 (
                     [feed_key(user, feed), history_key(user, feed)],
@@ -242,6 +299,14 @@ class FeedStore:
                         self._ttl_s,
                         new_epoch(),
                         draft.sum,
+                        shown_prefix(feed),
+                        user,
+                        now_ms,
+                        self._index_refresh_s * 1000,
+                        self.index_bound_s,
+                        "\n".join(i for i in new_ids if i not in old_set),
+                        "\n".join(i for i in new_ids if i in old_set),
+                        "\n".join(i for i in old_ids if i not in new_set),
                     ],
                 )
             )
@@ -261,6 +326,84 @@ class FeedStore:
             state = FeedState(draft.user, draft.feed, Version(e, n), draft.items)
             out[i] = FeedUpdate(state, base.version if base else None, diff)
         return out
+
+    async def read_many(self, users: Sequence[str], feed: str) -> list[FeedState | None]:
+        """:meth:`read` for each of ``users``, in one pipelined round trip."""
+        if not users:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for user in users:
+            pipe.hmget(feed_key(user, feed), ["e", "n", "b"])
+        replies = await pipe.execute()
+        return [parse_state(u, feed, list(r)) for u, r in zip(users, replies, strict=True)]
+
+    async def versions(self, users: Sequence[str], feed: str) -> list[Version | None]:
+        """The stored version of each of ``users``' feed (None: none), one round trip, no bodies."""
+        if not users:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        for user in users:
+            pipe.hmget(feed_key(user, feed), ["e", "n"])
+        out: list[Version | None] = []
+        for epoch, n in await pipe.execute():
+            if epoch is None or n is None:
+                out.append(None)
+            else:
+                out.append(Version(epoch.decode() if isinstance(epoch, bytes) else epoch, int(n)))
+        return out
+
+    async def shown(
+        self, feed: str, items: Sequence[str], *, since_ms: int | None = None
+    ) -> list[list[str]]:
+        """For each of ``items``, the users whose stored ``feed`` shows it, per the index.
+
+        One pipelined round trip. ``since_ms``: only entries confirmed at or after that time.
+        Entries may be stale (see the module docstring): check the feed before relying on one.
+        """
+        if not items:
+            return []
+        pipe = self._redis.pipeline(transaction=False)
+        low = "-inf" if since_ms is None else str(since_ms)
+        for item in items:
+            pipe.zrangebyscore(shown_key(feed, item), low, "+inf")
+        replies = await pipe.execute()
+        return [[_text(u) for u in users] for users in replies]
+
+    async def unindex_many(
+        self, feed: str, stale: Sequence[tuple[str, Version | None, Sequence[str]]]
+    ) -> int:
+        """Remove index entries ``(user, version seen, items)`` the user's feed does not back.
+
+        Each entry goes only if the feed is still absent (version None) or at the version seen,
+        which did not show those items; a write in between keeps them. One pipelined round trip;
+        returns how many entries were removed.
+        """
+        calls: list[Call] = [
+            (
+                [feed_key(user, feed)],
+                [
+                    seen.epoch if seen else "",
+                    seen.n if seen else 0,
+                    shown_prefix(feed),
+                    user,
+                    "\n".join(items),
+                ],
+            )
+            for user, seen, items in stale
+            if items
+        ]
+        if not calls:
+            return 0
+        removed = 0
+        for reply in await self._unindex.run_many(calls):
+            if isinstance(reply, Exception):
+                raise reply
+            removed += int(reply)
+        return removed
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _chain(state: FeedState, held: Version, entries: list[Any]) -> tuple[ReplayedDiff, ...] | None:

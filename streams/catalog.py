@@ -169,16 +169,26 @@ class Catalog:
         self._changed()
         return len(items)
 
-    async def upsert(self, items: Sequence[Item]) -> None:
-        """Store ``items`` (one pipeline round trip) and update the mirror."""
+    async def upsert(self, items: Sequence[Item]) -> list[Item | None]:
+        """Store ``items`` (one pipeline round trip) and update the mirror.
+
+        Returns what Redis held for each item just before (``SET … GET``, so the truth, not this
+        mirror): None when the item was new (or its stored form unreadable). Catalog propagation
+        (:mod:`streams.propagate`) uses it to tell which items changed.
+        """
         pipe = self._redis.pipeline(transaction=False)
         for item in items:
-            pipe.set(item_key(item.item_id), json.dumps(item.to_dict(), separators=(",", ":")))
+            pipe.set(
+                item_key(item.item_id),
+                json.dumps(item.to_dict(), separators=(",", ":")),
+                get=True,
+            )
         pipe.zadd(ITEMS_KEY, {item.item_id: 0 for item in items})
         # Other nodes refresh these ids from Redis (see follow()); ids only, the store is truth.
         pipe.publish(CHANGES_CHANNEL, json.dumps([item.item_id for item in items]))
-        await pipe.execute()
+        replies = await pipe.execute()
         self._put(items)
+        return [_parsed(raw) for raw in replies[: len(items)]]
 
     def _put(self, items: Iterable[Item]) -> None:
         for item in items:
@@ -270,6 +280,16 @@ class Catalog:
     def _changed(self) -> None:
         self._sorted = None
         self._words = None
+
+
+def _parsed(raw: object) -> Item | None:
+    """A stored item, or None when absent or unreadable."""
+    if not isinstance(raw, bytes | str):
+        return None
+    try:
+        return parse_item(json.loads(raw))
+    except (ValueError, InvalidItem):
+        return None
 
 
 def _text_of(value: object) -> str:

@@ -96,6 +96,11 @@ class ScoringTuning:
     session_w: float = 1.0
     #: The item being looked at leads the list (> 0), or is never in it (0).
     repeat_w: float = 1.0
+    #: Offline model (``pushrec train``, streams/train.py): when ``pr:model`` names a version,
+    #: its neighbours of the same latest items are one more source (``model_w``, times
+    #: ``recency_decay`` per step back, ``model_fetched`` per item). 0 = never read.
+    model_w: float = 1.0
+    model_fetched: int = 15
 
 
 @dataclass(frozen=True, slots=True)

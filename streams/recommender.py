@@ -9,15 +9,22 @@ keep their rank, and the first ``size`` become the feed's payloads. The order is
 Diversity: with ``max_per_category`` set, an item whose category already fills that many slots
 waits; the waiting items fill the list only when the candidates run out (the list stays full, the
 cap bends rather than leaving slots empty). Guarantee: never the same item twice in one list.
+
+Business rules (:mod:`streams.rules`, ``docs/RULES.md``) filter, re-weight and pin on top; with
+no rule for the feed the path above is unchanged.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from streams.catalog import Catalog
+from streams.catalog import Catalog, Item
 from streams.profile import ProfileView
+from streams.rules import EMPTY, RuleSet, place_pins
+
+HOME = "home"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,32 +41,75 @@ class RecommenderTuning:
 class Recommender:
     """Turns a :class:`ProfileView` into the payloads of the home feed."""
 
-    def __init__(self, catalog: Catalog, tuning: RecommenderTuning) -> None:
+    def __init__(self, catalog: Catalog, tuning: RecommenderTuning, rules: RuleSet = EMPTY) -> None:
         self._catalog = catalog
         self.tuning = tuning
+        #: The business rules in force (:mod:`streams.rules`): replaced whole, by assignment, so
+        #: every feed is computed with one complete rule set.
+        self.rules = rules
+        #: Called once per computed feed with each rule action that changed it (metrics).
+        self.observe_rule: Callable[[str], None] = _ignore
 
     def home(self, view: ProfileView, *, current: str | None) -> list[dict[str, Any]]:
         """The home feed for ``view``; ``current`` (the item just interacted with) is only in it
-        when the tuning allows repeats."""
-        size, cap = self.tuning.size, self.tuning.max_per_category
-        out: list[dict[str, Any]] = []
-        waiting: list[dict[str, Any]] = []
+        when the tuning allows repeats (or a rule pins it).
+
+        With rules (docs/RULES.md): catalog filter → exclude / include_only → boost / bury and a
+        stable re-sort (the repeat slot stays first) → per-category cap → pins at their slots.
+        """
+        size = self.tuning.size
+        rules = self.rules.for_feed(HOME)
+        if not rules:
+            eligible = (item for item, _ in self._eligible(view, current, frozenset()))
+            return [item.payload for item in self._fill(eligible, size)]
+        hits: set[str] = set()
+        pins = rules.resolve_pins(self._catalog.get, size)
+        pinned = frozenset(p.item.item_id for p in pins)
+        ranked = list(self._eligible(view, current, pinned))
+        head = current if self.tuning.repeat else None
+        items = self._fill(rules.arrange(ranked, head=head, hits=hits), size - len(pins))
+        if pins:
+            items = place_pins(items, pins)
+            hits.add("pin")
+        for action in hits:
+            self.observe_rule(action)
+        return [item.payload for item in items]
+
+    def _eligible(
+        self, view: ProfileView, current: str | None, pinned: frozenset[str]
+    ) -> Iterator[tuple[Item, float]]:
+        """The candidates the catalog can show, in rank order, each once (pinned ones aside)."""
         seen: set[str] = set()
-        per_category: dict[str, int] = {}
-        for item_id, _ in view.candidates:
+        for item_id, score in view.candidates:
             if item_id in seen or (item_id == current and not self.tuning.repeat):
                 continue
             seen.add(item_id)
             item = self._catalog.get(item_id)
-            if item is None or not item.in_stock:
+            if item is None or not item.in_stock or item_id in pinned:
                 continue
+            yield item, score
+
+    def _fill(self, items: Iterable[Item], size: int) -> list[Item]:
+        """The first ``size`` of ``items`` under the per-category cap (which bends when the
+        items run out)."""
+        cap = self.tuning.max_per_category
+        out: list[Item] = []
+        waiting: list[Item] = []
+        per_category: dict[str, int] = {}
+        if size <= 0:
+            return out
+        for item in items:
             if cap:
                 taken = per_category.get(item.category, 0)
                 if taken >= cap:
-                    waiting.append(item.payload)
+                    waiting.append(item)
                     continue
                 per_category[item.category] = taken + 1
-            out.append(item.payload)
+            out.append(item)
             if len(out) == size:
                 return out
         return out + waiting[: size - len(out)]
+
+
+def _ignore(_action: str) -> None:
+    return None

@@ -1,9 +1,14 @@
--- Compare-and-set write of one feed version, plus its diff appended to the user's history.
--- KEYS[1] feed hash (e, n, b)   KEYS[2] history stream
+-- Compare-and-set write of one feed version, plus its diff appended to the user's history, and
+-- (optionally) the index of which users' feed shows which item, all atomically.
+-- KEYS[1] feed hash (e, n, b, x)   KEYS[2] history stream
 -- ARGV[1] base epoch ('' = the feed must not exist yet)   ARGV[2] base n
 -- ARGV[3] new body (msgpack)   ARGV[4] diff (msgpack, '' when the write starts a new epoch)
 -- ARGV[5] history max length   ARGV[6] ttl seconds   ARGV[7] epoch to use when starting one
 -- ARGV[8] checksum of the new body (stored with its diff, so a replay need not recompute it)
+-- Index (optional; absent or ARGV[9] == '' = not maintained), see sessions/feeds.py:
+-- ARGV[9] index key prefix (an item's key is prefix .. item id)   ARGV[10] member (the user id)
+-- ARGV[11] now, ms   ARGV[12] full refresh interval, ms   ARGV[13] index bound, s
+-- ARGV[14] ids entering the list, ARGV[15] ids kept, ARGV[16] ids leaving ('\n'-separated)
 -- Returns {1, epoch, n} on success, {0, epoch|'' , n} with the stored version on conflict.
 local cur = redis.call('HMGET', KEYS[1], 'e', 'n')
 local cur_e = cur[1] or ''
@@ -22,5 +27,35 @@ else
   redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
 redis.call('HSET', KEYS[1], 'e', epoch, 'n', n, 'b', ARGV[3])
+
+-- The index: zset per item, member = user, score = when this write last confirmed the entry.
+-- Items entering the list are added and items leaving it removed on every write; every item of
+-- the list is confirmed again when the last full confirmation (field x) is older than ARGV[12].
+-- So an entry older than the feed TTL plus that interval is surely stale (the feed expired or
+-- was deleted): those are trimmed whenever the set gains a member, and a set untouched that long
+-- expires. Caveat (Cluster): the item-side key names are derived here, like the event script's.
+if ARGV[9] and ARGV[9] ~= '' then
+  local prefix, member, now = ARGV[9], ARGV[10], tonumber(ARGV[11])
+  local bound_s = tonumber(ARGV[13])
+  local oldest = string.format('(%d', now - bound_s * 1000)
+  local function confirm(ids)
+    for id in string.gmatch(ids, '[^\n]+') do
+      local key = prefix .. id
+      if redis.call('ZADD', key, ARGV[11], member) == 1 then
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', oldest)
+      end
+      redis.call('EXPIRE', key, bound_s)
+    end
+  end
+  confirm(ARGV[14])
+  local last = tonumber(redis.call('HGET', KEYS[1], 'x') or '')
+  if not last or now - last >= tonumber(ARGV[12]) or now < last then
+    confirm(ARGV[15])
+    redis.call('HSET', KEYS[1], 'x', ARGV[11])
+  end
+  for id in string.gmatch(ARGV[16], '[^\n]+') do
+    redis.call('ZREM', prefix .. id, member)
+  end
+end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return {1, epoch, n}

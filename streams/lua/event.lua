@@ -166,6 +166,20 @@ for _, r in ipairs(recent) do
   add(redis.call('ZREVRANGE', 'pr:nb:' .. r, 0, ${NEIGHBOURS_FETCHED} - 1, 'WITHSCORES'), w)
   w = w * ${RECENCY_DECAY}
 end
+-- Offline model (`pushrec train`, streams/train.py): a nightly batch's neighbours of the same
+-- latest items, under the version `pr:model` names (read once per scoring; the versioned keys
+-- are complete before the pointer names them). No model loaded, or MODEL_W = 0: nothing read.
+if ${MODEL_W} > 0 then
+  local version = redis.call('HGET', 'pr:model', 'nb')
+  if version then
+    local mw = ${MODEL_W}
+    for _, r in ipairs(recent) do
+      add(redis.call('ZREVRANGE', 'pr:nbm:' .. version .. ':' .. r, 0, ${MODEL_FETCHED} - 1,
+                     'WITHSCORES'), mw)
+      mw = mw * ${RECENCY_DECAY}
+    end
+  end
+end
 local top = redis.call('ZREVRANGE', KEYS[3], 0, ${CATEGORIES_FETCHED} - 1, 'WITHSCORES')
 local total = 0
 for i = 2, #top, 2 do total = total + math.max(tonumber(top[i]), 0) end

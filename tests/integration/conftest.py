@@ -7,6 +7,7 @@ Timeouts scale with ``PUSHREC_TEST_TIMEOUT_SCALE`` (default 1).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -15,11 +16,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
+from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
 from tests.integration.harness import Server
 
@@ -51,7 +54,7 @@ def start_server(
     """Start ``pushrec <command>`` and wait until ready; ``embedded`` forces its private Redis.
 
     ``isolated`` keeps the server off the shared server's database (an external Redis's
-    database 14): its traffic moves trending and neighbours, which other modules' tests assert.
+    database 4): its traffic moves trending and neighbours, which other modules' tests assert.
     """
     port = free_port()
     env = {
@@ -70,7 +73,7 @@ def start_server(
     }
     redis_url = os.environ.get("PUSHREC_TEST_REDIS_URL")
     if redis_url and not embedded and "PUSHREC_REDIS_URL" not in (extra_env or {}):
-        env["PUSHREC_REDIS_URL"] = f"{redis_url.rsplit('/', 1)[0]}/14" if isolated else redis_url
+        env["PUSHREC_REDIS_URL"] = f"{redis_url.rsplit('/', 1)[0]}/4" if isolated else redis_url
     log = open(ROOT / ".pytest_cache" / f"server-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "push.cli", *command], cwd=ROOT, env=env, stdout=log, stderr=log
@@ -123,3 +126,17 @@ def server() -> Iterator[Server]:
         yield srv
     finally:
         stop_server(proc)
+
+
+def run(url: str, body: Callable[[Redis], Awaitable[None]]) -> None:
+    """Run ``body`` with a fresh client on the empty database ``url`` (flushed first)."""
+
+    async def main() -> None:
+        client = connect(url)
+        try:
+            await client.flushdb()
+            await body(client)
+        finally:
+            await client.aclose()
+
+    asyncio.run(main())

@@ -8,22 +8,20 @@ it (affinity once decayed to a common time, since origins may differ).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from push.redis_client import connect
 from sessions.feeds import FeedStore
 from sessions.keys import user_tag
 from streams.events import Event
 from streams.merge import MergeResult, merge_profiles
 from streams.profile import ProfileStore, ProfileTuning, ProfileView, ScoringTuning
-from tests.integration.conftest import redis_database
+from tests.integration.conftest import redis_database, run
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 TTL_S = 3600
@@ -41,20 +39,6 @@ PROFILE = ("dedup", "recent", "aff", "cart", "bought", "p")
 def redis_url() -> Iterator[str]:
     with redis_database(12) as url:
         yield url
-
-
-def run(url: str, body: Callable[[Redis], Awaitable[None]]) -> None:
-    """Run ``body`` with a fresh client on an empty DB."""
-
-    async def main() -> None:
-        client = connect(url)
-        try:
-            await client.flushdb()
-            await body(client)
-        finally:
-            await client.aclose()
-
-    asyncio.run(main())
 
 
 class Sim:

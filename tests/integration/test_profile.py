@@ -11,11 +11,10 @@ the script sends them with 14 significant digits, hence the 1e-12 tolerance).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import random
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -24,13 +23,13 @@ import pytest
 import redis
 from redis.asyncio import Redis
 
-from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
 from sessions.feeds import FeedState, FeedStore
 from sessions.keys import feed_key, user_tag
 from sessions.versions import Version
 from streams.events import Event
 from streams.profile import ProfileStore, ProfileTuning, ProfileView, Scored, ScoringTuning
+from tests.integration.conftest import run
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z (a multiple of 16: the dedup trim runs on it)
 DAY_MS = 86_400_000
@@ -65,20 +64,6 @@ def redis_url() -> Iterator[str]:
         return
     with EmbeddedRedis() as server:
         yield server.url
-
-
-def run(url: str, body: Callable[[Redis], Awaitable[None]]) -> None:
-    """Run ``body`` with a fresh client on an empty DB."""
-
-    async def main() -> None:
-        client = connect(url)
-        try:
-            await client.flushdb()
-            await body(client)
-        finally:
-            await client.aclose()
-
-    asyncio.run(main())
 
 
 #: The sources these tests pin down, without session kNN and the repeat slot (tested apart).

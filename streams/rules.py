@@ -1,0 +1,611 @@
+"""Business rules: a typed model, a strict validator with line numbers, and their application.
+
+Rules are declarative (YAML, or JSON, which is read by the same YAML parser): filters (exclude,
+include_only), boost and bury (multiply the candidate's score), and pins (an item at a slot).
+Nothing of the rule text is evaluated or templated: category patterns are globs compiled with
+:func:`fnmatch.translate`, everything else is compared as data. The schema and the order of
+application are in ``docs/RULES.md``.
+
+Guarantees: :func:`parse_rules` returns a :class:`RuleSet` or raises :class:`InvalidRules` naming
+the line of the first error and the reason (``rules.yaml:12: boost.factor must be a number >
+0``); unknown keys, wrong types, out-of-range values, duplicate names and two pins on one slot (or
+one item pinned twice) are errors. Applying rules never shows an item twice, never shows an item
+the catalog does not know or has out of stock, and never reorders the repeat slot.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from streams.catalog import Item
+from streams.exceptions import StreamsError
+
+ACTIONS = ("exclude", "include_only", "boost", "bury", "pin")
+FILTERS = frozenset({"exclude", "include_only"})
+WEIGHTS = frozenset({"boost", "bury"})
+#: The feeds a rule may name (``feeds:``); a rule without ``feeds`` applies to all of them.
+KNOWN_FEEDS: tuple[str, ...] = ("home",)
+MAX_RULES = 500
+MAX_TEXT_BYTES = 256 * 1024
+MAX_SLOT = 100
+MAX_FACTOR = 1e6
+MAX_PRICE = 1e12
+MAX_MATCH_ITEMS = 1000
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_RULE_KEYS = ("name", "when", "action", "factor", "item", "slot", "feeds")
+_WHEN_KEYS = ("category", "price", "in_stock", "items")
+#: Per action: the keys it requires and the ones it takes (name/action/feeds always allowed).
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "exclude": ("when",),
+    "include_only": ("when",),
+    "boost": ("when", "factor"),
+    "bury": ("when", "factor"),
+    "pin": ("item", "slot"),
+}
+_STR_TAG = "tag:yaml.org,2002:str"
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_NULL_TAG = "tag:yaml.org,2002:null"
+
+
+class InvalidRules(StreamsError):
+    """Rules failed validation: ``line`` (1-based, None when unknown) and ``reason``."""
+
+    def __init__(self, source: str, line: int | None, reason: str) -> None:
+        super().__init__(
+            f"{source}:{line}: {reason}" if line is not None else f"{source}: {reason}"
+        )
+        self.source = source
+        self.line = line
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Matcher:
+    """Which items a rule is about: every given condition must hold (an AND)."""
+
+    #: Globs on the category (``*``, ``?``, ``[...]``; case-sensitive); any one may match.
+    categories: tuple[str, ...] = ()
+    price_min: float | None = None
+    price_max: float | None = None
+    in_stock: bool | None = None
+    items: frozenset[str] = frozenset()
+    _patterns: tuple[re.Pattern[str], ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        compiled = tuple(re.compile(fnmatch.translate(c)) for c in self.categories)
+        object.__setattr__(self, "_patterns", compiled)
+
+    def matches(self, item: Item) -> bool:
+        """True when ``item`` meets every condition."""
+        if self.items and item.item_id not in self.items:
+            return False
+        if self._patterns and not any(p.match(item.category) for p in self._patterns):
+            return False
+        if self.price_min is not None or self.price_max is not None:
+            price = item.price
+            if price is None:
+                return False
+            if self.price_min is not None and price < self.price_min:
+                return False
+            if self.price_max is not None and price > self.price_max:
+                return False
+        return self.in_stock is None or item.in_stock == self.in_stock
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalized form (only the conditions given)."""
+        out: dict[str, Any] = {}
+        if self.categories:
+            out["category"] = list(self.categories)
+        if self.price_min is not None or self.price_max is not None:
+            price: dict[str, float] = {}
+            if self.price_min is not None:
+                price["min"] = self.price_min
+            if self.price_max is not None:
+                price["max"] = self.price_max
+            out["price"] = price
+        if self.in_stock is not None:
+            out["in_stock"] = self.in_stock
+        if self.items:
+            out["items"] = sorted(self.items)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One validated rule. Which fields are set depends on ``action`` (see ``_NEEDS``)."""
+
+    name: str
+    action: str
+    when: Matcher | None = None
+    factor: float | None = None
+    item: str | None = None
+    slot: int | None = None
+    #: The feeds it applies to; None: every feed.
+    feeds: tuple[str, ...] | None = None
+    #: Where it starts in its source text (0 when built in code).
+    line: int = field(default=0, compare=False)
+
+    def applies_to(self, feed: str) -> bool:
+        return self.feeds is None or feed in self.feeds
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalized form: the keys given, in schema order, lists for list-like values."""
+        out: dict[str, Any] = {"name": self.name, "action": self.action}
+        if self.when is not None:
+            out["when"] = self.when.to_dict()
+        if self.factor is not None:
+            out["factor"] = self.factor
+        if self.item is not None:
+            out["item"] = self.item
+        if self.slot is not None:
+            out["slot"] = self.slot
+        if self.feeds is not None:
+            out["feeds"] = list(self.feeds)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Pin:
+    """A pinned item resolved against the catalog: shown at 1-based ``slot``."""
+
+    slot: int
+    item: Item
+    rule: str
+
+
+class FeedRules:
+    """The rules of one feed, grouped by phase. Falsy when there are none."""
+
+    __slots__ = ("excludes", "includes", "pins", "weights")
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        rules = list(rules)
+        self.excludes = tuple(r.when for r in rules if r.action == "exclude" and r.when)
+        self.includes = tuple(r.when for r in rules if r.action == "include_only" and r.when)
+        self.weights = tuple(
+            (r.when, r.factor if r.action == "boost" else 1.0 / r.factor, r.action)
+            for r in rules
+            if r.action in WEIGHTS and r.when and r.factor
+        )
+        self.pins = tuple(sorted((r for r in rules if r.action == "pin"), key=_slot))
+
+    def __bool__(self) -> bool:
+        return bool(self.excludes or self.includes or self.weights or self.pins)
+
+    def resolve_pins(self, get: Callable[[str], Item | None], size: int) -> list[Pin]:
+        """The pins that can be shown in a list of ``size``: item known and in stock, slot in
+        range. Validation already made slots and items unique per feed."""
+        out: list[Pin] = []
+        for rule in self.pins:
+            assert rule.item is not None and rule.slot is not None
+            item = get(rule.item)
+            if item is not None and item.in_stock and rule.slot <= size:
+                out.append(Pin(rule.slot, item, rule.name))
+        return out
+
+    def arrange(
+        self, ranked: Sequence[tuple[Item, float]], *, head: str | None, hits: set[str]
+    ) -> list[Item]:
+        """Filters, then boost/bury and a stable re-sort by the adjusted score.
+
+        ``head``: the repeat slot's item; when it leads ``ranked`` and passes the filters it stays
+        first, whatever the weights. ``hits`` collects the actions that changed something.
+        """
+        kept: list[tuple[Item, float]] = []
+        for item, score in ranked:
+            if any(m.matches(item) for m in self.excludes):
+                hits.add("exclude")
+                continue
+            if not all(m.matches(item) for m in self.includes):
+                hits.add("include_only")
+                continue
+            kept.append((item, score))
+        if not self.weights or not kept:
+            return [item for item, _ in kept]
+        lead: list[Item] = []
+        if head is not None and ranked[0][0].item_id == head and kept[0][0].item_id == head:
+            lead = [kept.pop(0)[0]]
+        adjusted: list[tuple[Item, float]] = []
+        for item, score in kept:
+            for matcher, factor, action in self.weights:
+                if matcher.matches(item):
+                    score *= factor
+                    hits.add(action)
+            adjusted.append((item, score))
+        adjusted.sort(key=_score, reverse=True)  # stable: ties keep the script's order
+        return lead + [item for item, _ in adjusted]
+
+
+def place_pins(items: list[Item], pins: Sequence[Pin]) -> list[Item]:
+    """``items`` (pinned ones already removed) with each pin at its slot, in slot order; a pin
+    beyond the end of a short list goes to its end."""
+    out: list[Item] = []
+    rest = iter(items)
+    queue = list(pins)  # sorted by slot
+    while True:
+        if queue and queue[0].slot == len(out) + 1:
+            out.append(queue.pop(0).item)
+            continue
+        nxt = next(rest, None)
+        if nxt is None:
+            break
+        out.append(nxt)
+    return out + [p.item for p in queue]
+
+
+class RuleSet:
+    """A validated, immutable set of rules and its version (0: never stored)."""
+
+    __slots__ = ("_by_feed", "rules", "version")
+
+    def __init__(self, rules: Sequence[Rule] = (), version: int = 0) -> None:
+        self.rules = tuple(rules)
+        self.version = version
+        self._by_feed: dict[str, FeedRules] = {}
+
+    def for_feed(self, feed: str) -> FeedRules:
+        """The rules of ``feed`` (cached)."""
+        found = self._by_feed.get(feed)
+        if found is None:
+            found = FeedRules(r for r in self.rules if r.applies_to(feed))
+            self._by_feed[feed] = found
+        return found
+
+    def with_version(self, version: int) -> RuleSet:
+        return RuleSet(self.rules, version)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalized document ``{"rules": [...]}``."""
+        return {"rules": [r.to_dict() for r in self.rules]}
+
+    def body(self) -> str:
+        """The normalized document as compact JSON (what is stored; equal rules, equal body)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    def __len__(self) -> int:
+        return len(self.rules)
+
+
+EMPTY = RuleSet()
+
+
+def _slot(rule: Rule) -> int:
+    return rule.slot or 0
+
+
+def _score(entry: tuple[Item, float]) -> float:
+    return entry[1]
+
+
+# -- validation --------------------------------------------------------------------------------
+
+
+def parse_rules(
+    text: str,
+    *,
+    source: str = "rules.yaml",
+    feeds: Sequence[str] = KNOWN_FEEDS,
+    known_item: Callable[[str], bool] | None = None,
+) -> RuleSet:
+    """Validate a rules document (YAML, or JSON) into a :class:`RuleSet` (version 0).
+
+    ``known_item``: when given, a pin of an item it does not know is an error. Raises
+    :class:`InvalidRules` at the first error, naming ``source``, the line and the reason.
+    """
+    return _Parser(source, tuple(feeds), known_item).parse(text)
+
+
+class _AliasRefused(yaml.MarkedYAMLError):
+    """An alias (``*name``): refused where it appears."""
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, used only to compose nodes (with marks) and build plain scalars.
+
+    Aliases are refused as they are met (no expansion tricks; one source line per value).
+    """
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            raise _AliasRefused(None, None, "anchors and aliases are not supported", mark)
+        return super().compose_node(parent, index)
+
+
+def _line(node: yaml.Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Parser:
+    def __init__(
+        self, source: str, feeds: tuple[str, ...], known_item: Callable[[str], bool] | None
+    ) -> None:
+        self.source = source
+        self.feeds = feeds
+        self.known_item = known_item
+        self.loader: _Loader | None = None
+        self.seen: set[int] = set()
+
+    def fail(self, node: yaml.Node | int | None, reason: str) -> InvalidRules:
+        line = node if isinstance(node, int) or node is None else _line(node)
+        return InvalidRules(self.source, line, reason)
+
+    def parse(self, text: str) -> RuleSet:
+        if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
+            raise self.fail(None, f"rules must be at most {MAX_TEXT_BYTES} bytes")
+        loader = _Loader(text)
+        self.loader = loader
+        try:
+            root = loader.get_single_node()
+            if root is None:
+                return EMPTY  # an empty document: no rules
+            return self._document(root)
+        except _AliasRefused as exc:
+            assert exc.problem_mark is not None and exc.problem is not None
+            raise self.fail(int(exc.problem_mark.line) + 1, exc.problem) from None
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark or exc.context_mark
+            line = None if mark is None else int(mark.line) + 1
+            reason = exc.problem or exc.context or "malformed YAML"
+            raise self.fail(line, f"YAML syntax: {reason}") from None
+        except yaml.YAMLError as exc:
+            raise self.fail(None, f"YAML: {str(exc)[:200]}") from None
+        finally:
+            loader.dispose()
+
+    # - node helpers -
+
+    def mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        """A mapping's entries by key (key node, value node); duplicate or non-text keys fail."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping")
+        self.once(node)
+        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key, value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag != _STR_TAG:
+                raise self.fail(key, f"{what}: keys must be plain words")
+            if key.value in out:
+                raise self.fail(key, f"{what}: {key.value} is given twice")
+            out[key.value] = (key, value)
+        return out
+
+    def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f"{what} must be a list")
+        self.once(node)
+        return list(node.value)
+
+    def once(self, node: yaml.Node) -> None:
+        """Anchors and aliases re-use a node: refused (no expansion tricks, one line per value)."""
+        if id(node) in self.seen:
+            raise self.fail(node, "anchors and aliases are not supported")
+        self.seen.add(id(node))
+
+    def scalar(self, node: yaml.Node, what: str, expected: str) -> Any:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, f"{what} must be {expected}")
+        assert self.loader is not None
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise self.fail(node, f"{what} must be {expected}") from None
+
+    def text(self, node: yaml.Node, what: str, *, ids: bool = False, limit: int = 200) -> str:
+        """A string; with ``ids`` any unquoted scalar but null is taken as written (``item:
+        0123`` is "0123", not YAML's octal 83; ``name: no`` is "no", not false)."""
+        if not isinstance(node, yaml.ScalarNode) or not (
+            node.tag == _STR_TAG or (ids and node.tag != _NULL_TAG)
+        ):
+            raise self.fail(node, f"{what} must be a string")
+        value = str(node.value)
+        if not value or len(value) > limit or not value.isprintable():
+            raise self.fail(node, f"{what} must be a printable string of 1 to {limit} characters")
+        return value
+
+    def number(self, node: yaml.Node, what: str, *, low: float, high: float, rule: str) -> float:
+        if not isinstance(node, yaml.ScalarNode) or node.tag not in (_INT_TAG, _FLOAT_TAG):
+            raise self.fail(node, f"{what} must be a number {rule}")
+        value = self.scalar(node, what, f"a number {rule}")
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(node, f"{what} must be a number {rule}")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise self.fail(node, f"{what} must be a number {rule}")
+        return float(value)
+
+    # - the document -
+
+    def _document(self, root: yaml.Node) -> RuleSet:
+        top = self.mapping(root, "the document")
+        for key, (knode, _) in top.items():
+            if key != "rules":
+                raise self.fail(knode, f"unknown key {key!r} (the document holds only 'rules')")
+        if "rules" not in top:
+            raise self.fail(root, "the document must have a 'rules' list")
+        rules_node = top["rules"][1]
+        if isinstance(rules_node, yaml.ScalarNode) and rules_node.tag == _NULL_TAG:
+            return EMPTY  # `rules:` with nothing after it
+        entries = self.sequence(rules_node, "rules")
+        if len(entries) > MAX_RULES:
+            raise self.fail(rules_node, f"at most {MAX_RULES} rules")
+        rules: list[Rule] = []
+        names: dict[str, int] = {}
+        for entry in entries:
+            rule, name_node = self._rule(entry)
+            if rule.name in names:
+                raise self.fail(
+                    name_node,
+                    f"name {rule.name!r} is already used by the rule on line {names[rule.name]}",
+                )
+            names[rule.name] = rule.line
+            rules.append(rule)
+        self._check_pins(rules, {id(r): e for r, e in zip(rules, entries, strict=True)})
+        return RuleSet(rules)
+
+    def _rule(self, node: yaml.Node) -> tuple[Rule, yaml.Node]:
+        fields_ = self.mapping(node, "a rule")
+        for key, (knode, _) in fields_.items():
+            if key == "active":
+                raise self.fail(knode, "active: time windows are not supported yet")
+            if key not in _RULE_KEYS:
+                raise self.fail(
+                    knode, f"unknown key {key!r} (a rule takes {', '.join(_RULE_KEYS)})"
+                )
+        if "name" not in fields_:
+            raise self.fail(node, "a rule needs a name")
+        name_node = fields_["name"][1]
+        name = self.text(name_node, "name", ids=True, limit=64)
+        if not _NAME.fullmatch(name):
+            raise self.fail(
+                name_node,
+                "name must be 1-64 letters, digits, '_', '.', ':' or '-' (a letter or digit first)",
+            )
+        if "action" not in fields_:
+            raise self.fail(node, f"rule {name!r} needs an action ({' | '.join(ACTIONS)})")
+        action_node = fields_["action"][1]
+        action = self.text(action_node, "action")
+        if action not in ACTIONS:
+            raise self.fail(action_node, f"action must be one of {', '.join(ACTIONS)}")
+        needs = _NEEDS[action]
+        for key in ("when", "factor", "item", "slot"):
+            if key in fields_ and key not in needs:
+                raise self.fail(fields_[key][0], f"{key} does not apply to action {action}")
+        for key in needs:
+            if key not in fields_:
+                raise self.fail(node, f"{action} rule {name!r} needs {key}")
+        when = self._when(fields_["when"][1], name) if "when" in fields_ else None
+        factor = None
+        if "factor" in fields_:
+            factor = self.number(
+                fields_["factor"][1],
+                f"{action}.factor",
+                low=0.0,
+                high=MAX_FACTOR,
+                rule=f"> 0 (at most {MAX_FACTOR:.0e})",
+            )
+            if factor == 0:
+                raise self.fail(fields_["factor"][1], f"{action}.factor must be a number > 0")
+        item = (
+            self.text(fields_["item"][1], "pin.item", ids=True, limit=128)
+            if ("item" in fields_)
+            else None
+        )
+        if item is not None and self.known_item is not None and not self.known_item(item):
+            raise self.fail(fields_["item"][1], f"pin.item {item!r} is not in the catalog")
+        slot = None
+        if "slot" in fields_:
+            snode = fields_["slot"][1]
+            value = self.scalar(snode, "pin.slot", f"an integer from 1 to {MAX_SLOT}")
+            if snode.tag != _INT_TAG or not isinstance(value, int) or not 1 <= value <= MAX_SLOT:
+                raise self.fail(snode, f"pin.slot must be an integer from 1 to {MAX_SLOT}")
+            slot = value
+        feeds = self._feeds(fields_["feeds"][1]) if "feeds" in fields_ else None
+        rule = Rule(name, action, when, factor, item, slot, feeds, line=_line(node))
+        return rule, name_node
+
+    def _when(self, node: yaml.Node, name: str) -> Matcher:
+        entries = self.mapping(node, f"{name}.when")
+        if not entries:
+            raise self.fail(node, f"{name}.when must name at least one of {', '.join(_WHEN_KEYS)}")
+        for key, (knode, _) in entries.items():
+            if key not in _WHEN_KEYS:
+                raise self.fail(
+                    knode, f"unknown key {key!r} in when (it takes {', '.join(_WHEN_KEYS)})"
+                )
+        categories: tuple[str, ...] = ()
+        if "category" in entries:
+            cnode = entries["category"][1]
+            values = (
+                self.sequence(cnode, "when.category")
+                if isinstance(cnode, yaml.SequenceNode)
+                else [cnode]
+            )
+            if not values:
+                raise self.fail(cnode, "when.category must not be an empty list")
+            categories = tuple(self.text(v, "when.category", ids=True) for v in values)
+        price_min = price_max = None
+        if "price" in entries:
+            pnode = entries["price"][1]
+            price = self.mapping(pnode, "when.price")
+            for key, (knode, _) in price.items():
+                if key not in ("min", "max"):
+                    raise self.fail(knode, f"unknown key {key!r} in when.price (min, max)")
+            if not price:
+                raise self.fail(pnode, "when.price needs min, max or both")
+            rule = f"from 0 to {MAX_PRICE:.0e}"
+            if "min" in price:
+                price_min = self.number(
+                    price["min"][1], "when.price.min", low=0, high=MAX_PRICE, rule=rule
+                )
+            if "max" in price:
+                price_max = self.number(
+                    price["max"][1], "when.price.max", low=0, high=MAX_PRICE, rule=rule
+                )
+            if price_min is not None and price_max is not None and price_min > price_max:
+                raise self.fail(pnode, "when.price.min must not be above when.price.max")
+        in_stock = None
+        if "in_stock" in entries:
+            snode = entries["in_stock"][1]
+            if not isinstance(snode, yaml.ScalarNode) or snode.tag != _BOOL_TAG:
+                raise self.fail(snode, "when.in_stock must be true or false")
+            in_stock = bool(self.scalar(snode, "when.in_stock", "true or false"))
+        items: frozenset[str] = frozenset()
+        if "items" in entries:
+            inode = entries["items"][1]
+            values = self.sequence(inode, "when.items")
+            if not values or len(values) > MAX_MATCH_ITEMS:
+                raise self.fail(inode, f"when.items must list 1 to {MAX_MATCH_ITEMS} item ids")
+            items = frozenset(self.text(v, "when.items", ids=True, limit=128) for v in values)
+        return Matcher(categories, price_min, price_max, in_stock, items)
+
+    def _feeds(self, node: yaml.Node) -> tuple[str, ...]:
+        values = self.sequence(node, "feeds")
+        if not values:
+            raise self.fail(node, "feeds must list at least one feed (omit it for all feeds)")
+        out: list[str] = []
+        for value in values:
+            feed = self.text(value, "feeds")
+            if feed not in self.feeds:
+                raise self.fail(
+                    value, f"feeds: unknown feed {feed!r} (known: {', '.join(self.feeds)})"
+                )
+            if feed in out:
+                raise self.fail(value, f"feeds: {feed!r} is listed twice")
+            out.append(feed)
+        return tuple(out)
+
+    def _check_pins(self, rules: list[Rule], nodes: dict[int, yaml.Node]) -> None:
+        """No two pins of a feed on one slot, no item pinned twice in a feed."""
+        pins = [r for r in rules if r.action == "pin"]
+        for i, rule in enumerate(pins):
+            for other in pins[:i]:
+                shared = [f for f in self.feeds if rule.applies_to(f) and other.applies_to(f)]
+                if not shared:
+                    continue
+                fields_ = self.mapping_entries(nodes[id(rule)])
+                if rule.slot == other.slot:
+                    raise self.fail(
+                        fields_["slot"],
+                        f"slot {rule.slot} is already pinned by rule {other.name!r} "
+                        f"(line {other.line}) in feed {shared[0]!r}",
+                    )
+                if rule.item == other.item:
+                    raise self.fail(
+                        fields_["item"],
+                        f"item {rule.item!r} is already pinned by rule {other.name!r} "
+                        f"(line {other.line}) in feed {shared[0]!r}",
+                    )
+
+    @staticmethod
+    def mapping_entries(node: yaml.Node) -> dict[str, yaml.Node]:
+        assert isinstance(node, yaml.MappingNode)
+        return {k.value: v for k, v in node.value}
