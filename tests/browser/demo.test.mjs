@@ -119,7 +119,9 @@ pageTest('an expired token is renewed without losing updates', () => browser, as
   await waitSynced(page, server);
 
   const d = await demo(page);
-  assert.ok(d.tokens >= 3, `tokens were renewed (${d.tokens} minted)`);
+  // The first token expired at 5 s; the socket outlived it on a renewed one (the SDK renews at
+  // 80 % of a token's remaining life, so about every 4 s here).
+  assert.ok(d.tokens >= 2, `tokens were renewed (${d.tokens} minted)`);
   assert.deepEqual(d.closes, [], 'the connection was never closed (no 4501)');
   assert.equal(d.reconnects, 0, 'no reconnect: renewed over the open socket');
   assert.deepEqual(d.opened, ['websocket']);
