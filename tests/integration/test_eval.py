@@ -22,12 +22,11 @@ from streams.evaluation.harness import Prequential, Result, micro_batches, run_b
 from streams.evaluation.readers import Dataset, load_dataset
 from tests.integration.conftest import ROOT, redis_database
 
-DATA = ROOT.parent / "shared" / "data"
-YOOCHOOSE = DATA / "yoochoose-rsc15-100k"
-REES46 = DATA / "rees46-2019oct-sample" / "2019-Oct_head.csv"
+#: Slices of the two public logs, committed (tests/data/README.md says where they come from).
+DATA = ROOT / "tests" / "data"
+YOOCHOOSE = DATA / "yoochoose-slice"
+REES46 = DATA / "rees46-head.csv"
 KS = (10, 20)
-
-pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
 
 
 @pytest.fixture
@@ -36,25 +35,12 @@ def redis_url() -> Iterator[str]:
         yield url
 
 
-def _head(src: Path, dst: Path, lines: int, *, cut: bool = False) -> Path:
-    """The first ``lines`` lines of ``src`` in ``dst`` (``cut``: then half of the next line)."""
-    with src.open(encoding="utf-8") as fh:
-        head = [next(fh) for _ in range(lines)]
-        extra = next(fh)[:20] if cut else ""
-    dst.write_text("".join(head) + extra, encoding="utf-8")
-    return dst
-
-
 def _yoochoose_slice(tmp_path: Path) -> Dataset:
-    folder = tmp_path / "yc"
-    folder.mkdir()
-    _head(YOOCHOOSE / "yoochoose-clicks-100k_train_full.txt", folder / "s_train_full.txt", 501)
-    _head(YOOCHOOSE / "yoochoose-clicks-100k_test.txt", folder / "s_test.txt", 251)
-    return load_dataset("yoochoose", folder)
+    return load_dataset("yoochoose", YOOCHOOSE)
 
 
 def _rees46_slice(tmp_path: Path) -> Dataset:
-    return load_dataset("rees46", _head(REES46, tmp_path / "r.csv", 601, cut=True))
+    return load_dataset("rees46", REES46)
 
 
 async def _engine_result(url: str, dataset: Dataset) -> tuple[Result, dict[str, list[str]]]:
