@@ -13,7 +13,7 @@ from push.exceptions import HTTPProblem
 from push.http import authenticate
 from push.runtime import Runtime
 
-FEEDS = frozenset({"home"})
+FEEDS = frozenset({"home", "offers"})
 
 
 async def get_feed(request: Request) -> Response:
@@ -28,8 +28,8 @@ async def get_feed(request: Request) -> Response:
         runtime.metrics.auth_failures.labels("feeds", "other_user").inc()
         raise HTTPProblem(403, "forbidden", "a visitor token may only read its own feeds")
     if feed not in FEEDS:
-        raise HTTPProblem(404, "unknown_feed", f"unknown feed {feed[:40]!r}; known: home")
-    state = await runtime.processor.ensure_feed(user)
+        raise HTTPProblem(404, "unknown_feed", f"unknown feed {feed[:40]!r}; known: home, offers")
+    state = await runtime.processor.ensure_feed(user, feed)
     return JSONResponse(
         {
             "user": user,

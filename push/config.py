@@ -116,6 +116,8 @@ class Settings:
     warmup_file: Path | None = None
     #: Business rules (YAML, docs/RULES.md) loaded at start and re-read when the file changes.
     rules_file: Path | None = None
+    #: How often (s) a worker claims due timers of delayed triggers (docs/RULES.md).
+    timers_interval_s: float = 1.0
 
     def algorithms(self) -> tuple[str, ...]:
         """The accepted token algorithms of ``token_algorithms``, upper-cased, without duplicates.
@@ -230,7 +232,13 @@ class Settings:
         for name in counts:
             if getattr(self, name) < 1:
                 raise ConfigError(f"PUSHREC_{name.upper()} must be at least 1")
-        durations = ("token_leeway_s", "auth_timeout_s", "ping_interval_s", "send_timeout_s")
+        durations = (
+            "token_leeway_s",
+            "auth_timeout_s",
+            "ping_interval_s",
+            "send_timeout_s",
+            "timers_interval_s",
+        )
         for name in durations:
             value = getattr(self, name)
             if not value >= 0 or (name != "token_leeway_s" and value == 0):  # `not >=` catches NaN

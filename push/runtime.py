@@ -38,6 +38,7 @@ from streams.rules_store import RulesFile, RulesStore
 from streams.source import EventProducer, EventSource
 from streams.source_kafka import KafkaSource
 from streams.source_memory import MemoryBus
+from streams.triggers import Offers, Triggers
 
 log = structlog.get_logger(__name__)
 
@@ -137,7 +138,9 @@ class Runtime:
         self.connections = Connections()
         self.profile_tuning, self._scoring, self._feed_tuning = engine_tunings(settings)
         #: The feeds a connection may subscribe to.
-        self.served_feeds: tuple[str, ...] = ("home",)
+        self.served_feeds: tuple[str, ...] = ("home", "offers")
+        #: The feeds of a connection that names none (``?feeds=`` absent).
+        self.default_feeds: tuple[str, ...] = ("home",)
         self._redis: Redis | None = None
         self._processor: Processor | None = None
         self._feeds: FeedStore | None = None
@@ -149,6 +152,9 @@ class Runtime:
         #: The rules file's poller (``PUSHREC_RULES_FILE``), when configured.
         self.rules_file: RulesFile | None = None
         self._rule_tasks: list[asyncio.Task[None]] = []
+        self._triggers: Triggers | None = None
+        #: The durable-timer poller (worker role).
+        self._timers: asyncio.Task[None] | None = None
 
     @property
     def redis(self) -> Redis:
@@ -225,6 +231,12 @@ class Runtime:
         recommender.observe_rule = lambda action: self.metrics.rule_hits.labels(action).inc()
         self._recommender = recommender
         await self._start_rules()
+        self._triggers = Triggers(
+            self._redis,
+            Offers(self._redis, self._feeds, self.broker, self._catalog),
+            lambda: recommender.rules,
+            interval_s=s.timers_interval_s,
+        )
         self._processor = Processor(
             profiles=profiles,
             recommender=recommender,
@@ -232,6 +244,7 @@ class Runtime:
             broker=self.broker,
             catalog=self._catalog,
             observe=self.metrics.observe_event,
+            triggers=self._triggers,
         )
         # Catalog changes made through this node's API reach the stored feeds showing the items
         # (streams/propagate.py); publishing through the broker reaches every node's sockets.
@@ -247,6 +260,8 @@ class Runtime:
             await self.kafka_producer.start()
         if self.source is not None:
             await self.source.start(self._processor.handle_batch)
+        if s.worker:  # delayed triggers: durable timers in Redis, claimed by any worker
+            self._timers = asyncio.create_task(self._triggers.run(), name="timers")
         log.info(
             "runtime_started",
             node=self.node,
@@ -287,6 +302,11 @@ class Runtime:
         """
         if self.source is not None:
             await self.source.stop()
+        if self._timers is not None:
+            self._timers.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timers
+            self._timers = None
         for task in self._rule_tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -322,7 +322,9 @@ class Session:
             )
             state = resume.state
             if state is None:
-                state = await self._patiently(lambda: self.runtime.processor.ensure_feed(self.user))
+                state = await self._patiently(
+                    lambda: self.runtime.processor.ensure_feed(self.user, feed)
+                )
         except Unavailable:
             self.close(CloseCode.UNAVAILABLE, "feed store unreachable; reconnect")
             return

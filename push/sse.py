@@ -103,7 +103,7 @@ async def sse_endpoint(request: Request) -> Response:
     runtime: Runtime = request.app.state.runtime
     claims = _claims(runtime, request)
     try:
-        feeds = protocol.parse_feeds(request.query_params.get("feeds"), runtime.served_feeds)
+        feeds = protocol.parse_feeds(request.query_params.get("feeds"), runtime.default_feeds)
         raw_have = request.headers.get("last-event-id") or request.query_params.get("have", "")
         have = protocol.parse_have(raw_have)
     except ProtocolError as exc:

@@ -185,7 +185,7 @@ class WsConnection(asyncio.Protocol):
                 rt.metrics.auth_failures.labels("websocket", "origin").inc()
                 raise ws_codec.HandshakeError(403, "forbidden_origin", "origin not allowed")
             try:
-                self._feeds = protocol.parse_feeds(upgrade.query.get("feeds"), rt.served_feeds)
+                self._feeds = protocol.parse_feeds(upgrade.query.get("feeds"), rt.default_feeds)
                 self._have = protocol.parse_have(upgrade.query.get("have", ""))
             except ProtocolError as exc:
                 raise ws_codec.HandshakeError(400, exc.code, exc.message) from None

@@ -29,6 +29,7 @@ from streams.catalog import Catalog
 from streams.events import Event
 from streams.profile import ProfileStore, ProfileView
 from streams.recommender import Recommender
+from streams.triggers import Triggers
 
 log = structlog.get_logger(__name__)
 
@@ -57,6 +58,7 @@ class Processor:
         catalog: Catalog,
         observe: Observer = _ignore,
         known_feeds: int = 50_000,
+        triggers: Triggers | None = None,
     ) -> None:
         self._profiles = profiles
         self._recommender = recommender
@@ -64,6 +66,8 @@ class Processor:
         self._broker = broker
         self._catalog = catalog
         self._observe = observe
+        #: Time-window and delayed triggers, and the offers feeds (streams/triggers.py).
+        self.triggers = triggers
         # The last version this process wrote per user: the usual base of the next one, so
         # Redis need not send it back (see ProfileStore.apply_many).
         self._known = FeedCache(capacity=known_feeds)
@@ -128,6 +132,13 @@ class Processor:
                 updates.append(written)
                 self._known.put(written.state)
         await self._broker.publish_many(updates)
+        if self.triggers is not None:
+            # After the profile update, with every event that applied (a duplicate too: a
+            # retried batch must still record what a failed attempt did not; recording is
+            # idempotent per event id). Connection errors raise: the batch is retried.
+            await self.triggers.record(
+                [e for e, r in zip(lane, applied, strict=True) if not isinstance(r, Exception)]
+            )
         elapsed = time.perf_counter() - started
         for event, outcome in zip(lane, outcomes, strict=True):
             self._observe(event.type, outcome, elapsed)
@@ -167,8 +178,13 @@ class Processor:
             if isinstance(result, tuple) and result[1] is not None:
                 applied[i] = ("duplicate", result[1])
 
-    async def ensure_feed(self, user: str) -> FeedState:
-        """The user's stored home feed, computing and storing a first one when there is none."""
+    async def ensure_feed(self, user: str, feed: str = HOME) -> FeedState:
+        """The user's stored ``feed``, storing a first one when there is none: the computed home
+        feed, or an empty list for the offers feed (filled by triggers)."""
+        if feed != HOME:
+            if self.triggers is None:
+                raise ValueError(f"no feed named {feed!r}")
+            return await self.triggers.offers.ensure(user, feed)
         state = await self._feeds.read(user, HOME)
         if state is not None:
             return state

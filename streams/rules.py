@@ -39,6 +39,17 @@ MAX_SLOT = 100
 MAX_FACTOR = 1e6
 MAX_PRICE = 1e12
 MAX_MATCH_ITEMS = 1000
+#: Triggers (``triggers:``, docs/RULES.md): the feeds an offer may go to, and bounds.
+OFFER_FEEDS: tuple[str, ...] = ("offers",)
+TRIGGER_EVENTS = ("view", "click", "add_to_cart", "remove_from_cart", "purchase")
+MAX_TRIGGERS = 50
+MAX_WINDOW_MS = 7 * 86_400_000
+MAX_OFFER_TTL_MS = 30 * 86_400_000
+MAX_AT_LEAST = 16
+MAX_BADGE = 120
+_DURATION = re.compile(r"([1-9][0-9]{0,8})(s|m|h|d)")
+_UNIT_MS = {"s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+_TRIGGER_KEYS = ("name", "on", "count", "after", "unless", "offer")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _RULE_KEYS = ("name", "when", "action", "factor", "item", "slot", "feeds")
 _WHEN_KEYS = ("category", "price", "in_stock", "items")
@@ -154,6 +165,78 @@ class Rule:
         return out
 
 
+def _duration(ms: int) -> str:
+    for unit in ("d", "h", "m"):
+        if ms % _UNIT_MS[unit] == 0:
+            return f"{ms // _UNIT_MS[unit]}{unit}"
+    return f"{ms // 1000}s"
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """What a trigger puts into an offers feed: the item with ``badge``, for ``ttl_ms``."""
+
+    feed: str
+    badge: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """One validated trigger (docs/RULES.md, "Triggers").
+
+    Immediate (``on`` set): evaluated on each event of type ``on`` for its item: at least
+    ``at_least`` events of type ``count_event`` of that item within ``within_ms`` (the current one
+    included), and no ``unless_event`` of the item within ``unless_within_ms``. Delayed (``after``
+    set): each ``after`` event schedules a durable timer ``delay_ms`` later; when it fires, the
+    offer is made unless an ``unless_event`` of the item happened since the ``after`` event.
+    """
+
+    name: str
+    offer: Offer
+    on: str | None = None
+    count_event: str | None = None
+    at_least: int = 1
+    within_ms: int = 0
+    after: str | None = None
+    delay_ms: int = 0
+    unless_event: str | None = None
+    #: Immediate triggers only (defaults to ``within_ms``); delayed ones look since the event.
+    unless_within_ms: int = 0
+    line: int = field(default=0, compare=False)
+
+    @property
+    def delayed(self) -> bool:
+        return self.after is not None
+
+    def horizon_ms(self) -> int:
+        """How far back this trigger looks at event times."""
+        return max(self.within_ms, self.unless_within_ms, self.delay_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.on is not None:
+            out["on"] = self.on
+            out["count"] = {
+                "event": self.count_event,
+                "at_least": self.at_least,
+                "within": _duration(self.within_ms),
+            }
+        if self.after is not None:
+            out["after"] = {"event": self.after, "delay": _duration(self.delay_ms)}
+        if self.unless_event is not None:
+            unless: dict[str, Any] = {"event": self.unless_event}
+            if self.on is not None:
+                unless["within"] = _duration(self.unless_within_ms)
+            out["unless"] = unless
+        out["offer"] = {
+            "feed": self.offer.feed,
+            "badge": self.offer.badge,
+            "ttl": _duration(self.offer.ttl_ms),
+        }
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class Pin:
     """A pinned item resolved against the catalog: shown at 1-based ``slot``."""
@@ -246,12 +329,30 @@ def place_pins(items: list[Item], pins: Sequence[Pin]) -> list[Item]:
 class RuleSet:
     """A validated, immutable set of rules and its version (0: never stored)."""
 
-    __slots__ = ("_by_feed", "rules", "version")
+    __slots__ = ("_by_feed", "rules", "triggers", "version")
 
-    def __init__(self, rules: Sequence[Rule] = (), version: int = 0) -> None:
+    def __init__(
+        self, rules: Sequence[Rule] = (), version: int = 0, triggers: Sequence[Trigger] = ()
+    ) -> None:
         self.rules = tuple(rules)
         self.version = version
+        self.triggers = tuple(triggers)
         self._by_feed: dict[str, FeedRules] = {}
+
+    def trigger(self, name: str) -> Trigger | None:
+        """The trigger called ``name``, if any."""
+        return next((t for t in self.triggers if t.name == name), None)
+
+    def trigger_events(self) -> frozenset[str]:
+        """Every event type a trigger looks at (the ones whose times are recorded)."""
+        out: set[str] = set()
+        for t in self.triggers:
+            out.update(e for e in (t.on, t.count_event, t.after, t.unless_event) if e)
+        return frozenset(out)
+
+    def trigger_horizon_ms(self) -> int:
+        """How far back any trigger looks (0 without triggers)."""
+        return max((t.horizon_ms() for t in self.triggers), default=0)
 
     def for_feed(self, feed: str) -> FeedRules:
         """The rules of ``feed`` (cached)."""
@@ -262,18 +363,21 @@ class RuleSet:
         return found
 
     def with_version(self, version: int) -> RuleSet:
-        return RuleSet(self.rules, version)
+        return RuleSet(self.rules, version, self.triggers)
 
     def to_dict(self) -> dict[str, Any]:
-        """The normalized document ``{"rules": [...]}``."""
-        return {"rules": [r.to_dict() for r in self.rules]}
+        """The normalized document ``{"rules": [...]}`` (and ``triggers`` when there are any)."""
+        out: dict[str, Any] = {"rules": [r.to_dict() for r in self.rules]}
+        if self.triggers:
+            out["triggers"] = [t.to_dict() for t in self.triggers]
+        return out
 
     def body(self) -> str:
         """The normalized document as compact JSON (what is stored; equal rules, equal body)."""
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
 
     def __len__(self) -> int:
-        return len(self.rules)
+        return len(self.rules) + len(self.triggers)
 
 
 EMPTY = RuleSet()
@@ -326,6 +430,10 @@ def _line(node: yaml.Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+def _is_null(node: yaml.Node) -> bool:
+    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG
+
+
 class _Parser:
     def __init__(
         self, source: str, feeds: tuple[str, ...], known_item: Callable[[str], bool] | None
@@ -372,7 +480,8 @@ class _Parser:
         self.once(node)
         out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
         for key, value in node.value:
-            if not isinstance(key, yaml.ScalarNode) or key.tag != _STR_TAG:
+            # A key is taken as written: YAML 1.1 would read `on:` as the boolean true.
+            if not isinstance(key, yaml.ScalarNode) or key.tag not in (_STR_TAG, _BOOL_TAG):
                 raise self.fail(key, f"{what}: keys must be plain words")
             if key.value in out:
                 raise self.fail(key, f"{what}: {key.value} is given twice")
@@ -427,29 +536,177 @@ class _Parser:
     def _document(self, root: yaml.Node) -> RuleSet:
         top = self.mapping(root, "the document")
         for key, (knode, _) in top.items():
-            if key != "rules":
-                raise self.fail(knode, f"unknown key {key!r} (the document holds only 'rules')")
-        if "rules" not in top:
-            raise self.fail(root, "the document must have a 'rules' list")
-        rules_node = top["rules"][1]
-        if isinstance(rules_node, yaml.ScalarNode) and rules_node.tag == _NULL_TAG:
-            return EMPTY  # `rules:` with nothing after it
-        entries = self.sequence(rules_node, "rules")
-        if len(entries) > MAX_RULES:
-            raise self.fail(rules_node, f"at most {MAX_RULES} rules")
+            if key not in ("rules", "triggers"):
+                raise self.fail(
+                    knode, f"unknown key {key!r} (the document holds 'rules' and 'triggers')"
+                )
+        if "rules" not in top and "triggers" not in top:
+            raise self.fail(root, "the document must have a 'rules' list (or 'triggers')")
         rules: list[Rule] = []
         names: dict[str, int] = {}
-        for entry in entries:
-            rule, name_node = self._rule(entry)
-            if rule.name in names:
+        rules_node = top["rules"][1] if "rules" in top else None
+        if rules_node is not None and not _is_null(rules_node):  # `rules:` alone: none
+            entries = self.sequence(rules_node, "rules")
+            if len(entries) > MAX_RULES:
+                raise self.fail(rules_node, f"at most {MAX_RULES} rules")
+            for entry in entries:
+                rule, name_node = self._rule(entry)
+                if rule.name in names:
+                    raise self.fail(
+                        name_node,
+                        f"name {rule.name!r} is already used by the rule on line "
+                        f"{names[rule.name]}",
+                    )
+                names[rule.name] = rule.line
+                rules.append(rule)
+            self._check_pins(rules, {id(r): e for r, e in zip(rules, entries, strict=True)})
+        triggers: list[Trigger] = []
+        trig_node = top["triggers"][1] if "triggers" in top else None
+        if trig_node is not None and not _is_null(trig_node):
+            entries = self.sequence(trig_node, "triggers")
+            if len(entries) > MAX_TRIGGERS:
+                raise self.fail(trig_node, f"at most {MAX_TRIGGERS} triggers")
+            for entry in entries:
+                trigger, name_node = self._trigger(entry)
+                if trigger.name in names:
+                    raise self.fail(
+                        name_node,
+                        f"name {trigger.name!r} is already used by the rule on line "
+                        f"{names[trigger.name]}",
+                    )
+                names[trigger.name] = trigger.line
+                triggers.append(trigger)
+        if not rules and not triggers:
+            return EMPTY
+        return RuleSet(rules, triggers=triggers)
+
+    def _name(self, node: yaml.Node) -> str:
+        name = self.text(node, "name", ids=True, limit=64)
+        if not _NAME.fullmatch(name):
+            raise self.fail(
+                node,
+                "name must be 1-64 letters, digits, '_', '.', ':' or '-' (a letter or digit first)",
+            )
+        return name
+
+    def _event_type(self, node: yaml.Node, what: str) -> str:
+        value = self.text(node, what)
+        if value not in TRIGGER_EVENTS:
+            raise self.fail(node, f"{what} must be one of {', '.join(TRIGGER_EVENTS)}")
+        return value
+
+    def _duration(self, node: yaml.Node, what: str, *, high_ms: int) -> int:
+        """A duration: a positive integer and a unit, ``s``, ``m``, ``h`` or ``d`` (``10m``)."""
+        rule = f"a duration like 30s, 10m, 2h or 1d (at most {_duration(high_ms)})"
+        if not isinstance(node, yaml.ScalarNode) or node.tag != _STR_TAG:
+            raise self.fail(node, f"{what} must be {rule}")
+        found = _DURATION.fullmatch(str(node.value))
+        if found is None:
+            raise self.fail(node, f"{what} must be {rule}")
+        ms = int(found.group(1)) * _UNIT_MS[found.group(2)]
+        if ms > high_ms:
+            raise self.fail(node, f"{what} must be {rule}")
+        return ms
+
+    def _keys(
+        self, node: yaml.Node, what: str, allowed: tuple[str, ...], required: tuple[str, ...]
+    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
+        entries = self.mapping(node, what)
+        for key, (knode, _) in entries.items():
+            if key not in allowed:
                 raise self.fail(
-                    name_node,
-                    f"name {rule.name!r} is already used by the rule on line {names[rule.name]}",
+                    knode, f"unknown key {key!r} in {what} (it takes {', '.join(allowed)})"
                 )
-            names[rule.name] = rule.line
-            rules.append(rule)
-        self._check_pins(rules, {id(r): e for r, e in zip(rules, entries, strict=True)})
-        return RuleSet(rules)
+        for key in required:
+            if key not in entries:
+                raise self.fail(node, f"{what} needs {key}")
+        return entries
+
+    def _trigger(self, node: yaml.Node) -> tuple[Trigger, yaml.Node]:
+        fields_ = self.mapping(node, "a trigger")
+        for key, (knode, _) in fields_.items():
+            if key not in _TRIGGER_KEYS:
+                raise self.fail(
+                    knode, f"unknown key {key!r} (a trigger takes {', '.join(_TRIGGER_KEYS)})"
+                )
+        if "name" not in fields_:
+            raise self.fail(node, "a trigger needs a name")
+        name_node = fields_["name"][1]
+        name = self._name(name_node)
+        if ("on" in fields_) == ("after" in fields_):
+            raise self.fail(node, f"trigger {name!r} needs either on (with count) or after")
+        if "offer" not in fields_:
+            raise self.fail(node, f"trigger {name!r} needs an offer")
+        on = count_event = after = unless_event = None
+        at_least, within_ms, delay_ms, unless_within_ms = 1, 0, 0, 0
+        if "on" in fields_:
+            on = self._event_type(fields_["on"][1], "on")
+            if "count" not in fields_:
+                raise self.fail(node, f"trigger {name!r} needs count (with on)")
+            count = self._keys(
+                fields_["count"][1], "count", ("event", "at_least", "within"), ("within",)
+            )
+            count_event = (
+                self._event_type(count["event"][1], "count.event") if "event" in count else on
+            )
+            if "at_least" in count:
+                anode = count["at_least"][1]
+                rule = f"an integer from 1 to {MAX_AT_LEAST}"
+                value = self.scalar(anode, "count.at_least", rule)
+                if anode.tag != _INT_TAG or not isinstance(value, int):
+                    raise self.fail(anode, f"count.at_least must be {rule}")
+                if not 1 <= value <= MAX_AT_LEAST:
+                    raise self.fail(anode, f"count.at_least must be {rule}")
+                at_least = value
+            within_ms = self._duration(count["within"][1], "count.within", high_ms=MAX_WINDOW_MS)
+            unless_within_ms = within_ms
+        else:
+            if "count" in fields_:
+                raise self.fail(fields_["count"][0], "count does not apply to a delayed trigger")
+            after_map = self._keys(fields_["after"][1], "after", ("event", "delay"), ("event",))
+            after = self._event_type(after_map["event"][1], "after.event")
+            if "delay" not in after_map:
+                raise self.fail(fields_["after"][1], "after needs delay")
+            delay_ms = self._duration(after_map["delay"][1], "after.delay", high_ms=MAX_WINDOW_MS)
+        if "unless" in fields_:
+            unode = fields_["unless"][1]
+            unless = self._keys(unode, "unless", ("event", "within"), ("event",))
+            unless_event = self._event_type(unless["event"][1], "unless.event")
+            if "within" in unless:
+                if after is not None:
+                    raise self.fail(
+                        unless["within"][0],
+                        "unless.within does not apply to a delayed trigger "
+                        "(it looks from its after event on)",
+                    )
+                unless_within_ms = self._duration(
+                    unless["within"][1], "unless.within", high_ms=MAX_WINDOW_MS
+                )
+        offer_map = self._keys(
+            fields_["offer"][1], "offer", ("feed", "badge", "ttl"), ("feed", "badge", "ttl")
+        )
+        feed_node = offer_map["feed"][1]
+        feed = self.text(feed_node, "offer.feed")
+        if feed not in OFFER_FEEDS:
+            raise self.fail(
+                feed_node, f"offer.feed: unknown feed {feed!r} (known: {', '.join(OFFER_FEEDS)})"
+            )
+        badge = self.text(offer_map["badge"][1], "offer.badge", ids=True, limit=MAX_BADGE)
+        ttl_ms = self._duration(offer_map["ttl"][1], "offer.ttl", high_ms=MAX_OFFER_TTL_MS)
+        trigger = Trigger(
+            name,
+            Offer(feed, badge, ttl_ms),
+            on=on,
+            count_event=count_event,
+            at_least=at_least,
+            within_ms=within_ms,
+            after=after,
+            delay_ms=delay_ms,
+            unless_event=unless_event,
+            unless_within_ms=unless_within_ms,
+            line=_line(node),
+        )
+        return trigger, name_node
 
     def _rule(self, node: yaml.Node) -> tuple[Rule, yaml.Node]:
         fields_ = self.mapping(node, "a rule")
@@ -463,12 +720,7 @@ class _Parser:
         if "name" not in fields_:
             raise self.fail(node, "a rule needs a name")
         name_node = fields_["name"][1]
-        name = self.text(name_node, "name", ids=True, limit=64)
-        if not _NAME.fullmatch(name):
-            raise self.fail(
-                name_node,
-                "name must be 1-64 letters, digits, '_', '.', ':' or '-' (a letter or digit first)",
-            )
+        name = self._name(name_node)
         if "action" not in fields_:
             raise self.fail(node, f"rule {name!r} needs an action ({' | '.join(ACTIONS)})")
         action_node = fields_["action"][1]
