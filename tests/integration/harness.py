@@ -159,9 +159,13 @@ class FeedClient:
 
 
 @contextlib.asynccontextmanager
-async def ws_client(server: Server, user: str) -> AsyncIterator[FeedClient]:
-    """A WebSocket connection of ``user``, its frames applied in the background."""
-    url = f"ws://{server.address}/v1/ws?token={server.token(user)}"
+async def ws_client(
+    server: Server, user: str, *, feed: str | None = None
+) -> AsyncIterator[FeedClient]:
+    """A WebSocket connection of ``user`` (to ``feed`` alone when given, else the default
+    feeds), its frames applied in the background."""
+    only = f"feeds={feed}&" if feed else ""
+    url = f"ws://{server.address}/v1/ws?{only}token={server.token(user)}"
     async with connect(url) as ws:
         state = FeedClient()
         task = asyncio.create_task(_pump_ws(ws, state))

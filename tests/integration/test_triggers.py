@@ -5,16 +5,15 @@ their delay (not after a purchase), across a node restart, and two pollers racin
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import textwrap
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager
 from typing import Any, cast
 
 import pytest
 import redis
-from websockets.asyncio.client import connect
 
 from push.redis_client import connect as redis_connect
 from sessions.broker_memory import MemoryBroker
@@ -28,11 +27,11 @@ from tests.integration.harness import (
     SCALE,
     FeedClient,
     Server,
-    _pump_ws,
     api,
     new_id,
     processed_events,
     settle,
+    ws_client,
 )
 
 RULES = textwrap.dedent(
@@ -98,18 +97,9 @@ def node(redis_url: str) -> Iterator[Server]:
         stop_server(proc)
 
 
-@contextlib.asynccontextmanager
-async def offers_client(server: Server, user: str) -> AsyncIterator[FeedClient]:
+def offers_client(server: Server, user: str) -> AbstractAsyncContextManager[FeedClient]:
     """A WebSocket connection of ``user`` subscribed to the offers feed only."""
-    url = f"ws://{server.address}/v1/ws?feeds=offers&token={server.token(user)}"
-    async with connect(url) as ws:
-        state = FeedClient()
-        task = asyncio.create_task(_pump_ws(ws, state))
-        try:
-            await state.wait(lambda s: s.version is not None)
-            yield state
-        finally:
-            task.cancel()
+    return ws_client(server, user, feed="offers")
 
 
 async def post(srv: Server, user: str, *events: tuple[str, str]) -> None:
