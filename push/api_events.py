@@ -9,22 +9,19 @@ absorbed by dedup on ``event_id``. The invalid ones are reported by index with a
 
 from __future__ import annotations
 
-import time
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from push.collector import collect
 from push.exceptions import HTTPProblem
 from push.http import authenticate, read_json
 from push.runtime import Runtime
-from streams.events import Event, parse_event
-from streams.exceptions import InvalidEvent, SourceUnavailable
+from streams.exceptions import SourceUnavailable
 
 
 async def post_events(request: Request) -> Response:
     """Validate and enqueue events; 202 with per-event rejections, 400 when none was valid."""
     runtime: Runtime = request.app.state.runtime
-    m = runtime.metrics
     principal = authenticate(request, runtime, surface="events")
     body = await read_json(request, runtime.settings.max_body_bytes)
     batch = body if isinstance(body, list) else [body]
@@ -33,25 +30,11 @@ async def post_events(request: Request) -> Response:
         raise HTTPProblem(413, "too_many", f"at most {limit} events per request, got {len(batch)}")
     if not batch:
         raise HTTPProblem(400, "empty", "send one event or a non-empty array of events")
-    now_ms = int(time.time() * 1000)
-    accepted: list[Event] = []
-    rejected: list[dict[str, object]] = []
-    for index, obj in enumerate(batch):
-        try:
-            accepted.append(parse_event(obj, auth_user=principal.user, now_ms=now_ms))
-        except InvalidEvent as exc:
-            rejected.append({"index": index, "reason": exc.reason, "message": str(exc)})
-            m.events_rejected.labels(exc.reason).inc()
-    if not accepted:
-        return JSONResponse({"accepted": 0, "rejected": rejected}, status_code=400)
     try:
-        if runtime.producer is None:  # pragma: no cover - the route exists only on web nodes
-            raise SourceUnavailable("this node does not take events")
-        await runtime.producer.send(accepted)
+        accepted, rejected = await collect(runtime, batch, user=principal.user)
     except SourceUnavailable as exc:
-        m.events_rejected.labels("unavailable").inc(len(accepted))
         raise HTTPProblem(
             503, "unavailable", str(exc), {"Retry-After": str(exc.retry_after_s)}
         ) from None
-    m.events_accepted.inc(len(accepted))
-    return JSONResponse({"accepted": len(accepted), "rejected": rejected}, status_code=202)
+    status = 202 if accepted else 400
+    return JSONResponse({"accepted": accepted, "rejected": rejected}, status_code=status)

@@ -13,8 +13,6 @@ from push.exceptions import HTTPProblem
 from push.http import authenticate
 from push.runtime import Runtime
 
-FEEDS = frozenset({"home", "offers"})
-
 
 async def get_feed(request: Request) -> Response:
     """The current list and version of one feed (computed on first read)."""
@@ -27,8 +25,9 @@ async def get_feed(request: Request) -> Response:
     if not principal.may_read(user):
         runtime.metrics.auth_failures.labels("feeds", "other_user").inc()
         raise HTTPProblem(403, "forbidden", "a visitor token may only read its own feeds")
-    if feed not in FEEDS:
-        raise HTTPProblem(404, "unknown_feed", f"unknown feed {feed[:40]!r}; known: home, offers")
+    if feed not in runtime.served_feeds:
+        known = ", ".join(runtime.served_feeds)
+        raise HTTPProblem(404, "unknown_feed", f"unknown feed {feed[:40]!r}; known: {known}")
     state = await runtime.processor.ensure_feed(user, feed)
     return JSONResponse(
         {

@@ -18,6 +18,10 @@ import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 SWEEP_INTERVAL_S = 1.0
 
 
@@ -58,11 +62,16 @@ class Connections:
         return len(self._by_conn)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task held until it ends (its exception is the caller's business)."""
+        """Run ``coro`` as a task held until it ends; an exception it ends with is logged."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._done)
         return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("connection_task_failed", error=type(task.exception()).__name__)
 
     def start(self) -> None:
         """Start the sweep."""

@@ -78,6 +78,14 @@ class CloseCode(enum.IntEnum):
         return 4000 <= self < 4500
 
 
+def close_name(code: int) -> str:
+    """The metrics label of a close code (its name, or the number for RFC codes not listed)."""
+    try:
+        return CloseCode(code).name.lower()
+    except ValueError:
+        return str(code)
+
+
 class ProtocolError(Exception):
     """A client message was refused; ``code`` is the stable error code sent back."""
 

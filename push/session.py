@@ -30,14 +30,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from push import protocol
+from push.collector import collect
 from push.protocol import Action, ClientMessage, ClientState, Codec, ItemTable, ProtocolError
 from push.runtime import Runtime
 from sessions.exceptions import InvalidToken
 from sessions.feeds import FeedState, FeedUpdate
 from sessions.tokens import Claims
 from sessions.versions import Version
-from streams.events import Event, parse_event
-from streams.exceptions import InvalidEvent, SourceUnavailable
+from streams.exceptions import SourceUnavailable
 from streams.merge import merge_profiles
 
 log = structlog.get_logger(__name__)
@@ -157,7 +157,7 @@ class Session:
         """End the connection with ``code`` (docs/PROTOCOL.md) and ``reason``."""
         if self.closed:
             return
-        self.runtime.metrics.closes.labels(_close_name(code)).inc()
+        self.runtime.metrics.closes.labels(protocol.close_name(code)).inc()
         self.sink.end(code, reason)
         self.lost()
 
@@ -272,11 +272,14 @@ class Session:
                 )
                 data = protocol.encode(message, codec)
             sent = list(unknown.values())
-        full = protocol.cached_snapshot(update, codec)
-        if len(full) <= len(data):  # a diff that replaces (almost) everything
-            self._mark_sent(update.state.items)
-            self._write_data(full, "snapshot")
-            return
+        # A snapshot can only be the smaller frame when the diff carries most of the payloads:
+        # only then is it encoded (once per update and codec) to compare.
+        if 2 * len(new_items) >= len(update.state.items):
+            full = protocol.cached_snapshot(update, codec)
+            if len(full) <= len(data):  # a diff that replaces (almost) everything
+                self._mark_sent(update.state.items)
+                self._write_data(full, "snapshot")
+                return
         patched = update.diff["patch"]
         if patched:
             sent.extend(p for p in update.state.items if str(p["id"]) in patched)
@@ -493,11 +496,17 @@ class Session:
         anon = self.user
         try:
             merged = await self._patiently(
-                lambda: merge_profiles(rt.redis, anon, claims.sub, tuning=rt.profile_tuning)
+                lambda: merge_profiles(
+                    rt.redis, anon, claims.sub, tuning=rt.profile_tuning, feeds=rt.served_feeds
+                )
             )
             await self._patiently(lambda: rt.processor.refresh_feed(claims.sub))
         except Unavailable:
             self.close(CloseCode.UNAVAILABLE, "feed store unreachable; reconnect")
+            return
+        except Exception as exc:  # e.g. a lost race on the feed: the client must hear of it
+            log.error("identify_failed", conn=self.conn, error=type(exc).__name__)
+            self.close(CloseCode.UNAVAILABLE, "identify failed; reconnect and try again")
             return
         log.info("identified", conn=self.conn, merged=merged.merged)
         if self.closed:
@@ -515,28 +524,13 @@ class Session:
             self._load(feed, None)
 
     async def _track(self, msg: ClientMessage) -> None:
-        rt = self.runtime
-        now_ms = int(time.time() * 1000)
-        accepted: list[Event] = []
-        rejected: list[dict[str, Any]] = []
-        for index, obj in enumerate(msg.events):
-            try:
-                accepted.append(parse_event(obj, auth_user=self.user, now_ms=now_ms))
-            except InvalidEvent as exc:
-                rejected.append({"index": index, "reason": exc.reason, "message": str(exc)})
-                rt.metrics.events_rejected.labels(exc.reason).inc()
-        if accepted:
-            try:
-                if rt.producer is None:
-                    raise SourceUnavailable("this node does not take events")
-                await rt.producer.send(accepted)
-            except SourceUnavailable as exc:
-                rt.metrics.events_rejected.labels("unavailable").inc(len(accepted))
-                self._write(protocol.error("unavailable", str(exc), msg.id), "error")
-                return
-            rt.metrics.events_accepted.inc(len(accepted))
+        try:
+            accepted, rejected = await collect(self.runtime, msg.events, user=self.user)
+        except SourceUnavailable as exc:
+            self._write(protocol.error("unavailable", str(exc), msg.id), "error")
+            return
         if not self.closed:
-            self._ack(msg, accepted=len(accepted), rejected=rejected)
+            self._ack(msg, accepted=accepted, rejected=rejected)
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -553,10 +547,3 @@ class Session:
         m = self.runtime.metrics
         m.frames_sent.labels(self.sink.transport, kind).inc()
         m.bytes_sent.labels(self.sink.transport).inc(len(data))
-
-
-def _close_name(code: int) -> str:
-    try:
-        return CloseCode(code).name.lower()
-    except ValueError:
-        return str(code)

@@ -54,7 +54,6 @@ class WsConnection(asyncio.Protocol):
         "codec",
         "session",
     )
-    transport_name = "websocket"
 
     def __init__(self, config: Any = None, server_state: Any = None, app_state: Any = None) -> None:
         self._transport: asyncio.Transport | None = None
@@ -292,17 +291,10 @@ class WsConnection(asyncio.Protocol):
         if self.session is not None:
             self.session.close(code, reason)  # counts it, then calls end()
         else:
-            self.runtime.metrics.closes.labels(_name(code)).inc()
+            self.runtime.metrics.closes.labels(protocol.close_name(code)).inc()
             self.end(code, reason)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-def _name(code: int) -> str:
-    try:
-        return CloseCode(code).name.lower()
-    except ValueError:
-        return str(code)

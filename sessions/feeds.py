@@ -54,6 +54,8 @@ from sessions.keys import feed_key, history_key
 from sessions.scripts import Call, PipelinedScript
 from sessions.versions import Version, new_epoch
 
+#: The personalised feed every connection follows by default.
+HOME = "home"
 _WRITE_LUA = resources.files("sessions").joinpath("lua/feed_write.lua").read_text()
 _SINCE_LUA = resources.files("sessions").joinpath("lua/feed_since.lua").read_text()
 _UNINDEX_LUA = resources.files("sessions").joinpath("lua/feed_unindex.lua").read_text()

@@ -57,12 +57,12 @@ from redis.asyncio import Redis
 
 from sessions.keys import feed_key, history_key, user_tag
 from sessions.scripts import PipelinedScript
+from sessions.tokens import ANON_PREFIX
 from streams.profile import ProfileTuning, user_keys
 
 _MERGE_LUA = resources.files("streams").joinpath("lua/merge.lua").read_text()
 
 #: The prefix of anonymous visitors' ids (docs/PROTOCOL.md).
-ANON_PREFIX = "anon:"
 #: Purchases kept per user: fixed in streams/lua/event.lua.
 BOUGHT_MAX = 500
 _SCAN_COUNT = 1000

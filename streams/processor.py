@@ -24,7 +24,7 @@ import structlog
 
 from sessions.broker import Broker
 from sessions.exceptions import VersionConflict
-from sessions.feeds import FeedCache, FeedState, FeedStore, FeedUpdate
+from sessions.feeds import HOME, FeedCache, FeedState, FeedStore, FeedUpdate
 from streams.catalog import Catalog
 from streams.events import Event
 from streams.profile import ProfileStore, ProfileView
@@ -35,7 +35,6 @@ log = structlog.get_logger(__name__)
 
 #: Called once per event with (event type, outcome, seconds spent recomputing).
 Observer = Callable[[str, str, float], None]
-HOME = "home"
 #: Concurrent lanes per batch, so Redis and Python work at the same time (measured: 4 beat 2).
 LANES = 4
 _CAS_TRIES = 3

@@ -52,7 +52,7 @@ from redis.asyncio import Redis
 from sessions.broker import Broker
 from sessions.diff import Payload, ids_of
 from sessions.exceptions import VersionConflict
-from sessions.feeds import FeedState, FeedStore, FeedUpdate
+from sessions.feeds import HOME, FeedState, FeedStore, FeedUpdate
 from sessions.versions import Version
 from streams.catalog import Catalog, Item
 from streams.exceptions import StreamsError
@@ -61,7 +61,6 @@ log = structlog.get_logger(__name__)
 
 #: Set of item ids whose propagation was started and not finished (see the module docstring).
 PENDING_KEY = "pr:catalog:pending"
-HOME = "home"
 #: Users per pipelined read/write/publish round.
 CHUNK = 500
 #: Delay of the settle pass (s); None turns it off.

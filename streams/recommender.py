@@ -20,11 +20,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from sessions.feeds import HOME
 from streams.catalog import Catalog, Item
 from streams.profile import ProfileView
 from streams.rules import EMPTY, RuleSet, place_pins
-
-HOME = "home"
 
 
 @dataclass(frozen=True, slots=True)

@@ -119,8 +119,10 @@ class RulesStore:
                         await self.refresh()
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("rules_follow_lost", error=type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+            except Exception:  # a bug or an unexpected reply: keep following, loudly
+                log.exception("rules_follow_failed")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 class RulesFile:

@@ -338,8 +338,8 @@ class Triggers:
                 except (RedisConnectionError, RedisTimeoutError):
                     raise  # not acknowledged: handled again once the lease runs out
                 except Exception:
+                    # Not a transient failure: retrying would fail the same way every lease.
                     log.exception("timer_failed", timer=member.replace("\n", "|")[:200])
-                    continue
                 await self._redis.zrem(CLAIMED_KEY, member)
                 done.append(member)
             if len(members) < CLAIM_BATCH:

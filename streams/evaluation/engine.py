@@ -23,11 +23,11 @@ from collections.abc import Sequence
 from redis.asyncio import Redis
 
 from sessions.broker import Deliver
-from sessions.feeds import FeedStore, FeedUpdate
+from sessions.feeds import HOME, FeedStore, FeedUpdate
 from streams.catalog import Catalog, Item
 from streams.evaluation.readers import Interaction
 from streams.events import Event
-from streams.processor import HOME, Processor
+from streams.processor import Processor
 from streams.profile import ProfileStore, ProfileTuning, ScoringTuning
 from streams.recommender import Recommender, RecommenderTuning
 
