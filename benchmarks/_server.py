@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,29 @@ def processed_total(address: str) -> float:
         if line.startswith("pushrec_events_processed_total{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def seed_events(address: str, events: int) -> None:
+    """Post the first ``events`` REES46 events (users prefixed ``seed-``) and wait until they are
+    processed, so that trending and neighbours exist and visitors' snapshots are full."""
+    lines = (ROOT / "examples/catalog/rees46-events.tsv").read_text().splitlines()[1 : events + 1]
+    batch = []
+    for line in lines:
+        _ts, user, kind, item = line.split("\t")
+        batch.append(
+            {"event_id": uuid.uuid4().hex, "user_id": f"seed-{user}", "type": kind, "item_id": item}
+        )
+    request = urllib.request.Request(
+        f"http://{address}/v1/events",
+        data=json.dumps(batch).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "X-API-Key": ADMIN_KEY},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - our own server
+        if resp.status != 202:
+            raise RuntimeError(f"seed events refused: {resp.status}")
+    while processed_total(address) < len(batch):
+        time.sleep(0.1)
 
 
 @contextlib.contextmanager

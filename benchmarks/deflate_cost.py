@@ -39,7 +39,6 @@ import random
 import statistics
 import time
 import tracemalloc
-import urllib.request
 import uuid
 import zlib
 from collections import defaultdict
@@ -48,7 +47,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from benchmarks._server import ADMIN_KEY, ROOT, SECRET, processed_total, running_server
+from benchmarks._server import ADMIN_KEY, ROOT, SECRET, running_server, seed_events
 from push.ws_codec import (
     DEFLATE_RESPONSE,
     FrameReader,
@@ -284,27 +283,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS")
-
-
-def seed_events(address: str, events: int) -> None:
-    """The first ``events`` REES46 events, so that trending exists and snapshots are full."""
-    lines = (ROOT / "examples/catalog/rees46-events.tsv").read_text().splitlines()[1 : events + 1]
-    batch = []
-    for line in lines:
-        _ts, user, kind, item = line.split("\t")
-        batch.append(
-            {"event_id": uuid.uuid4().hex, "user_id": f"seed-{user}", "type": kind, "item_id": item}
-        )
-    request = urllib.request.Request(
-        f"http://{address}/v1/events",
-        data=json.dumps(batch).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "X-API-Key": ADMIN_KEY},
-    )
-    with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - our own server
-        assert resp.status == 202
-    while processed_total(address) < len(batch):
-        time.sleep(0.1)
 
 
 async def open_idle(address: str, n: int) -> tuple[list[ClientConnection], int]:

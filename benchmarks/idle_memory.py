@@ -43,7 +43,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -52,7 +51,7 @@ from typing import Any
 import redis
 
 from benchmarks._plot import figure, save
-from benchmarks._server import ADMIN_KEY, ROOT, SECRET, processed_total, running_server
+from benchmarks._server import ROOT, SECRET, running_server, seed_events
 from push.ws_codec import Opcode, encode_masked_frame
 from sessions.tokens import TokenVerifier
 
@@ -214,28 +213,6 @@ def hold(address: str, users: range, sources: list[str], pipe: Connection, done:
     asyncio.run(main())
 
 
-def seed(address: str, events: int) -> None:
-    """Post the first ``events`` REES46 events (their own users) so that trending exists."""
-    lines = (ROOT / "examples/catalog/rees46-events.tsv").read_text().splitlines()[1 : events + 1]
-    batch = []
-    for line in lines:
-        _ts, user, kind, item = line.split("\t")
-        batch.append(
-            {"event_id": uuid.uuid4().hex, "user_id": f"seed-{user}", "type": kind, "item_id": item}
-        )
-    request = urllib.request.Request(
-        f"http://{address}/v1/events",
-        data=json.dumps(batch).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "X-API-Key": ADMIN_KEY},
-    )
-    with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - our own server
-        if resp.status != 202:
-            raise RuntimeError(f"seed events refused: {resp.status}")
-    while processed_total(address) < len(batch):
-        time.sleep(0.1)
-
-
 def redis_used(url: str) -> int:
     client = redis.Redis.from_url(url)
     used = int(client.info("memory")["used_memory"])
@@ -247,7 +224,7 @@ def redis_used(url: str) -> int:
 def pushrec_server() -> Iterator[tuple[str, int, str | None]]:
     """The real server, seeded; yields its address, pid and Redis URL."""
     with running_server(warmup=False) as srv:
-        seed(srv.address, SEED_EVENTS)
+        seed_events(srv.address, SEED_EVENTS)
         yield srv.address, srv.pid, srv.redis_url
 
 

@@ -448,6 +448,14 @@ class _Parser:
         line = node if isinstance(node, int) or node is None else _line(node)
         return InvalidRules(self.source, line, reason)
 
+    def _claim(self, names: dict[str, int], name: str, line: int, node: yaml.Node) -> None:
+        """Record ``name`` (rules and triggers share one name space); a repeat is an error."""
+        if name in names:
+            raise self.fail(
+                node, f"name {name!r} is already used by the rule on line {names[name]}"
+            )
+        names[name] = line
+
     def parse(self, text: str) -> RuleSet:
         if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
             raise self.fail(None, f"rules must be at most {MAX_TEXT_BYTES} bytes")
@@ -551,13 +559,7 @@ class _Parser:
                 raise self.fail(rules_node, f"at most {MAX_RULES} rules")
             for entry in entries:
                 rule, name_node = self._rule(entry)
-                if rule.name in names:
-                    raise self.fail(
-                        name_node,
-                        f"name {rule.name!r} is already used by the rule on line "
-                        f"{names[rule.name]}",
-                    )
-                names[rule.name] = rule.line
+                self._claim(names, rule.name, rule.line, name_node)
                 rules.append(rule)
             self._check_pins(rules, {id(r): e for r, e in zip(rules, entries, strict=True)})
         triggers: list[Trigger] = []
@@ -568,13 +570,7 @@ class _Parser:
                 raise self.fail(trig_node, f"at most {MAX_TRIGGERS} triggers")
             for entry in entries:
                 trigger, name_node = self._trigger(entry)
-                if trigger.name in names:
-                    raise self.fail(
-                        name_node,
-                        f"name {trigger.name!r} is already used by the rule on line "
-                        f"{names[trigger.name]}",
-                    )
-                names[trigger.name] = trigger.line
+                self._claim(names, trigger.name, trigger.line, name_node)
                 triggers.append(trigger)
         if not rules and not triggers:
             return EMPTY
