@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 from push.api_auth import post_anonymous
 from push.api_catalog import get_categories, get_items, put_items
 from push.api_events import post_events
+from push.api_experiments import get_experiment, get_experiments, put_experiments
 from push.api_feeds import get_feed
 from push.api_rules import get_rules, put_rules
 from push.demo import demo_routes, warm_up
@@ -83,6 +84,9 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/v1/categories", get_categories, methods=["GET"]),
         Route("/v1/rules", get_rules, methods=["GET"]),
         Route("/v1/rules", put_rules, methods=["PUT"]),
+        Route("/v1/experiments", get_experiments, methods=["GET"]),
+        Route("/v1/experiments", put_experiments, methods=["PUT"]),
+        Route("/v1/experiments/{name}", get_experiment, methods=["GET"]),
         Route("/v1/users/{user}/feeds/{feed}", get_feed, methods=["GET"]),
         Route("/v1/sse", sse_endpoint, methods=["GET"]),
         Route("/v1/sse/{conn}", sse_message, methods=["POST"]),

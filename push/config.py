@@ -116,6 +116,8 @@ class Settings:
     warmup_file: Path | None = None
     #: Business rules (YAML, docs/RULES.md) loaded at start and re-read when the file changes.
     rules_file: Path | None = None
+    #: A/B experiments (YAML, docs/EXPERIMENTS.md) loaded at start and re-read when it changes.
+    experiments_file: Path | None = None
     #: How often (s) a worker claims due timers of delayed triggers (docs/RULES.md).
     timers_interval_s: float = 1.0
 

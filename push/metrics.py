@@ -111,6 +111,23 @@ class Metrics:
         self.rules_version = Gauge(
             "pushrec_rules_version", "Version of the business rules in force", registry=r
         )
+        self.experiments_reloads = Counter(
+            "pushrec_experiments_reloads",
+            "Experiment documents offered to this node, by source (api, file, redis) and outcome"
+            " (ok, unchanged, invalid, error)",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.experiments_version = Gauge(
+            "pushrec_experiments_version", "Version of the experiments in force", registry=r
+        )
+        self.experiment_events = Counter(
+            "pushrec_experiment_events",
+            "Impression and click events quoting a list's rec, by type and outcome (counted,"
+            " repeat: that list was counted before, stale: no running variant of the user)",
+            ["type", "outcome"],
+            registry=r,
+        )
         self.rule_hits = Counter(
             "pushrec_rule_hits",
             "Computed feeds that a business rule changed, by action",

@@ -26,7 +26,7 @@ from typing import Any
 
 import msgpack
 
-from sessions.feeds import FeedState, FeedUpdate
+from sessions.feeds import FeedState, FeedUpdate, rec_id
 from sessions.versions import Version
 
 PROTOCOL_VERSION = 1
@@ -141,14 +141,17 @@ def hello(user: str, conn: str, heartbeat_s: float, exp: int) -> dict[str, Any]:
 
 
 def snapshot(state: FeedState) -> dict[str, Any]:
-    """The full state of one feed."""
-    return {
+    """The full state of one feed (with ``rec``, its recommendation id, when it has one)."""
+    message = {
         "type": "snapshot",
         "feed": state.feed,
         "version": state.version.to_wire(),
         "items": list(state.items),
         "sum": state.sum,
     }
+    if state.tag:
+        message["rec"] = state.rec_id
+    return message
 
 
 def diff(
@@ -158,9 +161,11 @@ def diff(
     body: Mapping[str, Any],
     total: str,
     items: Mapping[str, Any] | None = None,
+    tag: str = "",
 ) -> dict[str, Any]:
-    """A diff from ``base`` to ``version``; ``items`` overrides the body's payloads."""
-    return {
+    """A diff from ``base`` to ``version``; ``items`` overrides the body's payloads; a ``tag``
+    (the new list's, :attr:`FeedState.tag`) adds its recommendation id ``rec``."""
+    message = {
         "type": "diff",
         "feed": feed,
         "base": base.to_wire(),
@@ -170,6 +175,9 @@ def diff(
         "patch": body["patch"],
         "sum": total,
     }
+    if tag:
+        message["rec"] = rec_id(version, tag)
+    return message
 
 
 def ack(of: str, ref: int | str | None, **extra: Any) -> dict[str, Any]:
@@ -211,8 +219,9 @@ def cached_diff(update: FeedUpdate, codec: Codec) -> bytes:
     if cached is None:
         if update.diff is None or update.base is None:
             raise ValueError("an update that starts an epoch has no diff")
+        state = update.state
         message = diff(
-            update.feed, update.base, update.state.version, update.diff, update.state.sum
+            update.feed, update.base, state.version, update.diff, state.sum, tag=state.tag
         )
         cached = encode(message, codec)
         update.frames[key] = cached

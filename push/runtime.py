@@ -28,6 +28,10 @@ from sessions.broker_redis import RedisBroker
 from sessions.feeds import FeedStore
 from sessions.hub import Hub
 from streams.catalog import Catalog, load_items
+from streams.docstore import DocumentFile, DocumentStore
+from streams.experiment_stats import ExperimentStats
+from streams.experiments import ExperimentSet
+from streams.experiments_store import EXPERIMENTS
 from streams.processor import Processor
 from streams.producer_kafka import KafkaProducer
 from streams.profile import ProfileStore, ProfileTuning, ScoringTuning
@@ -152,6 +156,10 @@ class Runtime:
         #: The rules file's poller (``PUSHREC_RULES_FILE``), when configured.
         self.rules_file: RulesFile | None = None
         self._rule_tasks: list[asyncio.Task[None]] = []
+        self._experiments: DocumentStore[ExperimentSet] | None = None
+        self._experiment_stats: ExperimentStats | None = None
+        #: The experiments file's poller (``PUSHREC_EXPERIMENTS_FILE``), when configured.
+        self.experiments_file: DocumentFile[ExperimentSet] | None = None
         self._triggers: Triggers | None = None
         #: The durable-timer poller (worker role).
         self._timers: asyncio.Task[None] | None = None
@@ -180,6 +188,16 @@ class Runtime:
     def rules(self) -> RulesStore:
         """The business rules in force and their store (after :meth:`start`)."""
         return _started(self._rules)
+
+    @property
+    def experiments(self) -> DocumentStore[ExperimentSet]:
+        """The experiments in force and their store (after :meth:`start`)."""
+        return _started(self._experiments)
+
+    @property
+    def experiment_stats(self) -> ExperimentStats:
+        """Impressions and clicks per experiment variant (after :meth:`start`)."""
+        return _started(self._experiment_stats)
 
     @property
     def catalog(self) -> Catalog:
@@ -231,6 +249,13 @@ class Runtime:
         recommender.observe_rule = lambda action: self.metrics.rule_hits.labels(action).inc()
         self._recommender = recommender
         await self._start_rules()
+        self._experiment_stats = ExperimentStats(
+            self._redis,
+            exposure_ttl_s=s.profile_ttl_s,
+            observe=lambda etype, outcome: self.metrics.experiment_events.labels(
+                etype, outcome
+            ).inc(),
+        )
         self._triggers = Triggers(
             self._redis,
             Offers(self._redis, self._feeds, self.broker, self._catalog),
@@ -245,7 +270,9 @@ class Runtime:
             catalog=self._catalog,
             observe=self.metrics.observe_event,
             triggers=self._triggers,
+            stats=self._experiment_stats,
         )
+        await self._start_experiments()
         # Catalog changes made through this node's API reach the stored feeds showing the items
         # (streams/propagate.py); publishing through the broker reaches every node's sockets.
         self._propagator = Propagator(
@@ -286,6 +313,35 @@ class Runtime:
             self._rule_tasks.append(asyncio.create_task(self.rules_file.watch(), name="rules-file"))
         if s.redis_url is not None:  # other nodes may write the rules: follow their changes
             self._rule_tasks.append(asyncio.create_task(self._rules.follow(), name="rules-follow"))
+
+    async def _start_experiments(self) -> None:
+        """Experiments, like the rules: what Redis holds, then the file, before any event is
+        consumed; then follow other nodes' writes and the file."""
+        s, redis = self.settings, self.redis
+        observe = self._observe_experiments
+        self._experiments = DocumentStore(
+            redis, EXPERIMENTS, self._apply_experiments, observe=observe
+        )
+        await self._experiments.refresh()
+        if s.experiments_file is not None:
+            self.experiments_file = DocumentFile(
+                s.experiments_file, self._experiments, observe=observe
+            )
+            await self.experiments_file.check()
+            self._rule_tasks.append(
+                asyncio.create_task(self.experiments_file.watch(), name="experiments-file")
+            )
+        if s.redis_url is not None:
+            self._rule_tasks.append(
+                asyncio.create_task(self._experiments.follow(), name="experiments-follow")
+            )
+
+    def _apply_experiments(self, experiments: ExperimentSet) -> None:
+        self.processor.experiments = experiments  # one assignment: each lane uses a whole set
+        self.metrics.experiments_version.set(experiments.version)
+
+    def _observe_experiments(self, source: str, outcome: str) -> None:
+        self.metrics.experiments_reloads.labels(source, outcome).inc()
 
     def _apply_rules(self, rules: RuleSet) -> None:
         if self._recommender is not None:

@@ -268,7 +268,13 @@ class Session:
             else:
                 state = update.state
                 message = protocol.diff(
-                    state.feed, update.base, state.version, update.diff, state.sum, unknown
+                    state.feed,
+                    update.base,
+                    state.version,
+                    update.diff,
+                    state.sum,
+                    unknown,
+                    tag=state.tag,
                 )
                 data = protocol.encode(message, codec)
             sent = list(unknown.values())
@@ -340,7 +346,12 @@ class Session:
         if resume.updates is not None and have is not None:
             for replayed in resume.updates:
                 message = protocol.diff(
-                    feed, replayed.base, replayed.version, replayed.diff, replayed.sum
+                    feed,
+                    replayed.base,
+                    replayed.version,
+                    replayed.diff,
+                    replayed.sum,
+                    tag=replayed.tag,
                 )
                 self.client.now_holds(feed, replayed.version)
                 self._mark_sent(replayed.diff["items"].values())

@@ -3,10 +3,14 @@
 One message is a msgpack array::
 
     [1, user, feed, epoch, n, base, diff, items]
+    [2, user, feed, epoch, n, base, diff, items, tag]
 
-``1`` is the format number (a node refuses formats it does not know), ``base`` is ``[epoch, n]``
-or nil, ``diff`` is the diff body (``order``/``items``/``patch``, see :mod:`sessions.diff`) or nil,
-``items`` the full item payloads of the new state. The update's ``frames`` cache is never encoded.
+``1``/``2`` is the format number (a node refuses formats it does not know), ``base`` is
+``[epoch, n]`` or nil, ``diff`` is the diff body (``order``/``items``/``patch``, see
+:mod:`sessions.diff`) or nil, ``items`` the full item payloads of the new state, ``tag`` the
+state's label (:attr:`~sessions.feeds.FeedState.tag`). An untagged update is sent in format 1, so
+nodes of the previous release still read every update that carries nothing new to them. The
+update's ``frames`` cache is never encoded.
 
 Guarantee: :func:`decode_update` accepts only what :func:`encode_update` can produce for a well
 formed update, and raises :class:`CodecError` — and nothing else — for any other input (bytes
@@ -28,6 +32,8 @@ from sessions.feeds import FeedState, FeedUpdate
 from sessions.versions import Version
 
 FORMAT = 1
+TAGGED_FORMAT = 2
+MAX_TAG_LEN = 1024
 MAX_BYTES = 1 << 20
 """Messages larger than this are refused without being parsed (a feed update is a few KiB)."""
 MAX_DEPTH = 16
@@ -38,8 +44,10 @@ def encode_update(update: FeedUpdate) -> bytes:
     """The msgpack bytes of ``update`` (without its ``frames`` cache)."""
     state = update.state
     base = update.base.to_wire() if update.base is not None else None
-    body = [FORMAT, state.user, state.feed, *state.version.to_wire(), base, update.diff]
-    packed: bytes = msgpack.packb([*body, list(state.items)], use_bin_type=True)
+    fmt = TAGGED_FORMAT if state.tag else FORMAT
+    body = [fmt, state.user, state.feed, *state.version.to_wire(), base, update.diff]
+    tail = [state.tag] if state.tag else []
+    packed: bytes = msgpack.packb([*body, list(state.items), *tail], use_bin_type=True)
     return packed
 
 
@@ -53,11 +61,17 @@ def decode_update(raw: bytes) -> FeedUpdate:
         obj = msgpack.unpackb(raw, raw=False, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
         raise CodecError(f"not msgpack: {exc!r}") from None
-    if not isinstance(obj, list) or len(obj) != 8:
-        raise CodecError("not an 8-element array")
-    fmt, user, feed, epoch, n, base, diff, items = obj
-    if fmt != FORMAT or isinstance(fmt, bool):
+    if not isinstance(obj, list) or not obj:
+        raise CodecError("not an array")
+    fmt = obj[0]
+    if isinstance(fmt, bool) or fmt not in (FORMAT, TAGGED_FORMAT):
         raise CodecError(f"unknown format {fmt!r}")
+    if len(obj) != (8 if fmt == FORMAT else 9):
+        raise CodecError(f"format {fmt} is an array of {8 if fmt == FORMAT else 9}")
+    _, user, feed, epoch, n, base, diff, items = obj[:8]
+    tag = obj[8] if fmt == TAGGED_FORMAT else ""
+    if not isinstance(tag, str) or len(tag) > MAX_TAG_LEN or (fmt == TAGGED_FORMAT and not tag):
+        raise CodecError("the tag must be a non-empty string of at most 1024 characters")
     if not isinstance(user, str) or not user or not isinstance(feed, str) or not feed:
         raise CodecError("user and feed must be non-empty strings")
     version = Version.from_wire([epoch, n])
@@ -68,7 +82,7 @@ def decode_update(raw: bytes) -> FeedUpdate:
         raise CodecError("malformed base version")
     if not isinstance(items, list) or not all(_is_payload(p) for p in items):
         raise CodecError("items must be an array of payloads with an id")
-    state = FeedState(user, feed, version, tuple(items))
+    state = FeedState(user, feed, version, tuple(items), tag)
     return FeedUpdate(state, base_version, None if diff is None else _diff_body(diff))
 
 

@@ -84,12 +84,41 @@ class FeedState:
     feed: str
     version: Version
     items: tuple[dict[str, Any], ...]
+    #: How the list was made, opaque here: the experiment variants that computed it (see
+    #: :mod:`streams.experiments`), stored with the version; "" when none.
+    tag: str = ""
     #: Checksum of the id order (see :func:`sessions.diff.checksum`); computed once, since
     #: every frame carrying this state repeats it.
     sum: str = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "sum", checksum(ids_of(self.items)))
+
+    @property
+    def rec_id(self) -> str:
+        """The list's recommendation id (``<epoch>.<n>~<tag>``), "" when it has no tag: what
+        impression and click events quote so they count for the variants that made the list."""
+        return rec_id(self.version, self.tag)
+
+
+def rec_id(version: Version, tag: str) -> str:
+    """The recommendation id of the list at ``version`` made as ``tag`` ("" when untagged)."""
+    return f"{version.epoch}.{version.n}~{tag}" if tag else ""
+
+
+#: Longest recommendation id accepted back from a client.
+MAX_REC_ID = 2048
+
+
+def parse_rec_id(value: str) -> tuple[Version, str] | None:
+    """``(version, tag)`` of a recommendation id made by :func:`rec_id`; None when malformed."""
+    if len(value) > MAX_REC_ID:
+        return None
+    head, sep, tag = value.partition("~")
+    epoch, dot, n = head.rpartition(".")
+    if not sep or not tag or not dot or not epoch or not n.isdigit() or not n.isascii():
+        return None
+    return Version(epoch, int(n)), tag
 
 
 @dataclass(slots=True)
@@ -133,6 +162,8 @@ class ReplayedDiff:
     version: Version
     diff: DiffBody
     sum: str
+    #: The tag of the list at ``version`` (see :attr:`FeedState.tag`).
+    tag: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,13 +192,17 @@ def decode_body(raw: bytes | None) -> tuple[dict[str, Any], ...]:
     return tuple(items)
 
 
+#: The fields of a feed hash that make its state (``HMGET`` order of :func:`parse_state`).
+STATE_FIELDS = ("e", "n", "b", "r")
+
+
 def parse_state(user: str, feed: str, fields: list[Any]) -> FeedState | None:
-    """Build a :class:`FeedState` from ``HMGET e n b``; None when the feed does not exist."""
-    epoch, n, body = fields
+    """Build a :class:`FeedState` from ``HMGET e n b [r]``; None when the feed does not exist."""
+    epoch, n, body = fields[:3]
     if epoch is None or n is None:
         return None
-    e = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-    return FeedState(user, feed, Version(e, int(n)), decode_body(body))
+    tag = _text(fields[3]) if len(fields) > 3 and fields[3] else ""
+    return FeedState(user, feed, Version(_text(epoch), int(n)), decode_body(body), tag)
 
 
 class FeedCache:
@@ -224,7 +259,7 @@ class FeedStore:
 
     async def read(self, user: str, feed: str) -> FeedState | None:
         """The current version of a feed, or None when it has none."""
-        fields = await self._redis.hmget(feed_key(user, feed), ["e", "n", "b"])
+        fields = await self._redis.hmget(feed_key(user, feed), list(STATE_FIELDS))
         return parse_state(user, feed, list(fields))
 
     async def read_since(self, user: str, feed: str, held: Version | None) -> Resume:
@@ -243,34 +278,48 @@ class FeedStore:
             raise reply
         if reply is None:
             return Resume(None, None)
-        state = parse_state(user, feed, reply[:3])
+        state = parse_state(user, feed, reply[:4])
         if state is None:  # not reached: the script answers nil for a missing feed
             return Resume(None, None)
         if held is None or held.epoch != state.version.epoch or held.n > state.version.n:
             return Resume(state, None)
         if held.n == state.version.n:
             return Resume(state, ())
-        if len(reply) < 4:  # too far behind for the history (or an invalid held n)
+        if len(reply) < 5:  # too far behind for the history (or an invalid held n)
             return Resume(state, None)
-        return Resume(state, _chain(state, held, reply[3]))
+        return Resume(state, _chain(state, held, reply[4]))
 
     async def write(
-        self, user: str, feed: str, base: FeedState | None, items: list[dict[str, Any]]
+        self,
+        user: str,
+        feed: str,
+        base: FeedState | None,
+        items: list[dict[str, Any]],
+        *,
+        tag: str | None = None,
     ) -> FeedUpdate | None:
         """Store ``items`` as the version after ``base`` (or a new epoch when ``base`` is None).
+
+        ``tag`` labels the new version (see :attr:`FeedState.tag`); None keeps the stored
+        version's label (an edit of the list, not a new computation).
 
         Returns the published-to-be update, or None when ``items`` equals ``base`` (no write, no
         round trip). Raises :class:`VersionConflict` when the stored version is not ``base``.
         """
-        result = (await self.write_many([(user, feed, base, items)]))[0]
+        result = (await self.write_many([(user, feed, base, items)], tags=[tag]))[0]
         if isinstance(result, Exception):
             raise result
         return result
 
     async def write_many(
-        self, writes: Sequence[tuple[str, str, FeedState | None, list[dict[str, Any]]]]
+        self,
+        writes: Sequence[tuple[str, str, FeedState | None, list[dict[str, Any]]]],
+        *,
+        tags: Sequence[str | None] | None = None,
     ) -> list[FeedUpdate | Exception | None]:
         """Several :meth:`write` calls in one pipelined round trip (none when nothing changed).
+
+        ``tags``: each write's ``tag`` (see :meth:`write`); None (all) keeps every stored label.
 
         Each result is the update, None (unchanged), or the exception of that write alone
         (:class:`VersionConflict`, or a Redis error reply); connection errors raise for all.
@@ -309,6 +358,7 @@ class FeedStore:
                         "\n".join(i for i in new_ids if i not in old_set),
                         "\n".join(i for i in new_ids if i in old_set),
                         "\n".join(i for i in old_ids if i not in new_set),
+                        "0" if tags is None or tags[i] is None else "1" + str(tags[i]),
                     ],
                 )
             )
@@ -324,8 +374,8 @@ class FeedStore:
             if not ok:
                 out[i] = VersionConflict(f"feed {draft.feed} moved on before our write (n={n})")
                 continue
-            e = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
-            state = FeedState(draft.user, draft.feed, Version(e, n), draft.items)
+            tag = _text(res[3]) if len(res) > 3 and res[3] else ""
+            state = FeedState(draft.user, draft.feed, Version(_text(epoch), n), draft.items, tag)
             out[i] = FeedUpdate(state, base.version if base else None, diff)
         return out
 
@@ -335,7 +385,7 @@ class FeedStore:
             return []
         pipe = self._redis.pipeline(transaction=False)
         for user in users:
-            pipe.hmget(feed_key(user, feed), ["e", "n", "b"])
+            pipe.hmget(feed_key(user, feed), list(STATE_FIELDS))
         replies = await pipe.execute()
         return [parse_state(u, feed, list(r)) for u, r in zip(users, replies, strict=True)]
 
@@ -425,12 +475,13 @@ def _chain(state: FeedState, held: Version, entries: list[Any]) -> tuple[Replaye
             n = int(fields[b"n"])
             diff = msgpack.unpackb(fields[b"d"])
             sum_ = fields[b"s"].decode()
+            tag = fields[b"r"].decode() if fields.get(b"r") else ""
         except (KeyError, IndexError, TypeError, ValueError):
             return None  # an entry written before sums were stored, or not ours: cannot prove
         if n != base.n + 1 or not _is_diff(diff):
             return None
         version = Version(base.epoch, n)
-        out.append(ReplayedDiff(state.feed, base, version, diff, sum_))
+        out.append(ReplayedDiff(state.feed, base, version, diff, sum_, tag))
         base = version
     if out[-1].sum != state.sum:
         return None

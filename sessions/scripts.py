@@ -24,23 +24,36 @@ class PipelinedScript:
 
     def __init__(self, redis: Redis, source: str) -> None:
         self._redis = redis
-        self._source = source
+        #: The script's text (loaded again when Redis answers NOSCRIPT).
+        self.source = source
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
     async def run_many(self, calls: Sequence[Call]) -> list[Any]:
         """Each call's reply (or its error, in place); connection errors raise for all."""
-        replies = await self._execute(calls)
-        missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
-        if missing:
-            await self._redis.script_load(self._source)
-            again = await self._execute([calls[i] for i in missing])
-            for i, reply in zip(missing, again, strict=True):
-                replies[i] = reply
-        return replies
+        return await run_scripts(self._redis, [(self, keys, args) for keys, args in calls])
 
-    async def _execute(self, calls: Sequence[Call]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
-        for keys, args in calls:
-            pipe.evalsha(self.sha, len(keys), *keys, *args)
-        replies: list[Any] = await pipe.execute(raise_on_error=False)
-        return replies
+
+async def run_scripts(
+    redis: Redis, calls: Sequence[tuple[PipelinedScript, Sequence[str], Sequence[Any]]]
+) -> list[Any]:
+    """Calls of several scripts in one pipelined round trip, in order (see
+    :meth:`PipelinedScript.run_many`); a script Redis lost is loaded and its calls sent again."""
+    replies = await _execute(redis, calls)
+    missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+    if missing:
+        for script in {calls[i][0].sha: calls[i][0] for i in missing}.values():
+            await redis.script_load(script.source)
+        again = await _execute(redis, [calls[i] for i in missing])
+        for i, reply in zip(missing, again, strict=True):
+            replies[i] = reply
+    return replies
+
+
+async def _execute(
+    redis: Redis, calls: Sequence[tuple[PipelinedScript, Sequence[str], Sequence[Any]]]
+) -> list[Any]:
+    pipe = redis.pipeline(transaction=False)
+    for script, keys, args in calls:
+        pipe.evalsha(script.sha, len(keys), *keys, *args)
+    replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies

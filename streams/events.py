@@ -13,6 +13,7 @@ from typing import Any
 
 import msgpack
 
+from sessions.feeds import parse_rec_id
 from streams.exceptions import InvalidEvent
 
 EVENT_TYPES = frozenset(
@@ -20,6 +21,8 @@ EVENT_TYPES = frozenset(
 )
 #: Types that are about one item and so must name it.
 ITEM_TYPES = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "purchase"})
+#: Types whose ``props.rec`` names the pushed list they are about (experiment statistics).
+REC_TYPES = frozenset({"impression", "click"})
 FIELDS = frozenset({"event_id", "user_id", "type", "item_id", "ts", "props"})
 MAX_ID_LEN = 128
 MAX_PROPS_BYTES = 4096
@@ -116,6 +119,15 @@ def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
         raise InvalidEvent("bad_props", "props must hold JSON values only") from None
     if size > MAX_PROPS_BYTES:
         raise InvalidEvent("bad_props", f"props must encode to at most {MAX_PROPS_BYTES} bytes")
+    rec = props.get("rec")
+    if (
+        etype in REC_TYPES
+        and rec is not None
+        and (not isinstance(rec, str) or parse_rec_id(rec) is None)
+    ):
+        raise InvalidEvent(
+            "bad_rec", "props.rec must be the rec of a pushed list (<epoch>.<n>~<tag>)"
+        )
     if event_id is None or user_id is None:  # unreachable: both were required above
         raise InvalidEvent("missing_user_id", "user_id is required")
     return Event(event_id, user_id, str(etype), item_id, ts, props)

@@ -27,7 +27,9 @@ from sessions.exceptions import VersionConflict
 from sessions.feeds import HOME, FeedCache, FeedState, FeedStore, FeedUpdate
 from streams.catalog import Catalog
 from streams.events import Event
-from streams.profile import ProfileStore, ProfileView
+from streams.experiment_stats import ExperimentStats
+from streams.experiments import NO_EXPERIMENTS, Arm, ExperimentSet
+from streams.profile import ProfileStore, ProfileView, ScoringTuning
 from streams.recommender import Recommender
 from streams.triggers import Triggers
 
@@ -58,6 +60,7 @@ class Processor:
         observe: Observer = _ignore,
         known_feeds: int = 50_000,
         triggers: Triggers | None = None,
+        stats: ExperimentStats | None = None,
     ) -> None:
         self._profiles = profiles
         self._recommender = recommender
@@ -67,6 +70,12 @@ class Processor:
         self._observe = observe
         #: Time-window and delayed triggers, and the offers feeds (streams/triggers.py).
         self.triggers = triggers
+        #: The experiments in force (streams/experiments.py): replaced whole, by assignment, so
+        #: each lane computes with one complete set. A user in an experiment gets the arm's
+        #: tunings, and the stored list carries the arm's tag (its ``rec`` on the wire).
+        self.experiments: ExperimentSet = NO_EXPERIMENTS
+        #: Counts impressions and clicks of tagged lists (None: not counted).
+        self.stats = stats
         # The last version this process wrote per user: the usual base of the next one, so
         # Redis need not send it back (see ProfileStore.apply_many).
         self._known = FeedCache(capacity=known_feeds)
@@ -89,6 +98,8 @@ class Processor:
     async def _lane(self, lane: list[Event]) -> list[str]:
         started = time.perf_counter()
         outcomes = ["failed"] * len(lane)
+        experiments = self.experiments  # one set for the whole lane, however it is reloaded
+        arms = self._arms(experiments, lane)
         # Each user's feed is scored on the user's last event that can change it (impressions
         # cannot); the earlier ones are applied unscored ("coalesced").
         last = {e.user_id: i for i, e in enumerate(lane) if e.type != "impression"}
@@ -96,9 +107,10 @@ class Processor:
             [
                 (e, self._categories(e), self._known.get(e.user_id), last.get(e.user_id) == i)
                 for i, e in enumerate(lane)
-            ]
+            ],
+            _scorings(arms, lane),
         )
-        await self._score_missed(lane, applied)
+        await self._score_missed(lane, applied, arms)
         writes: list[tuple[str, str, FeedState | None, list[dict[str, Any]]]] = []
         owners: list[int] = []
         for i, (event, result) in enumerate(zip(lane, applied, strict=True)):
@@ -109,19 +121,23 @@ class Processor:
             outcomes[i] = status
             if view is None:
                 continue
+            arm = arms.get(event.user_id)
             try:
-                items = self._recommender.home(view, current=event.item_id)
+                items = self._recommender.home(
+                    view, current=event.item_id, tuning=arm.feed if arm else None
+                )
             except Exception:
                 log.exception("recompute_failed", event_id=event.event_id)
                 outcomes[i] = "failed"
                 continue
             writes.append((event.user_id, HOME, view.feed, items))
             owners.append(i)
-        stored = await self._feeds.write_many(writes) if writes else []
+        tags = [_tag(arms.get(user)) for user, _, _, _ in writes]
+        stored = await self._feeds.write_many(writes, tags=tags) if writes else []
         updates: list[FeedUpdate] = []
-        for i, (user, _, _, items), written in zip(owners, writes, stored, strict=True):
+        for i, (user, _, _, items), tag, written in zip(owners, writes, tags, stored, strict=True):
             if isinstance(written, VersionConflict):  # another writer moved the feed: rebase
-                written = await self._store(user, await self._feeds.read(user, HOME), items)
+                written = await self._store(user, await self._feeds.read(user, HOME), items, tag)
             if isinstance(written, Exception):
                 log.error("store_failed", event_id=lane[i].event_id, error=str(written)[:200])
                 continue
@@ -138,13 +154,35 @@ class Processor:
             await self.triggers.record(
                 [e for e, r in zip(lane, applied, strict=True) if not isinstance(r, Exception)]
             )
+        if self.stats is not None and experiments:
+            # Like the triggers: duplicates too (counting is idempotent per list), so a retried
+            # batch counts what a failed attempt did not.
+            await self.stats.record(
+                [e for e, r in zip(lane, applied, strict=True) if not isinstance(r, Exception)],
+                experiments,
+            )
         elapsed = time.perf_counter() - started
         for event, outcome in zip(lane, outcomes, strict=True):
             self._observe(event.type, outcome, elapsed)
         return outcomes
 
+    def _arms(self, experiments: ExperimentSet, events: Sequence[Event]) -> dict[str, Arm]:
+        """The experiment arm of each user of ``events`` who is in one."""
+        if not experiments:
+            return {}
+        scoring, tuning = self._profiles.scoring, self._recommender.tuning
+        out: dict[str, Arm] = {}
+        for user in {e.user_id for e in events}:
+            arm = experiments.arm(user, scoring, tuning)
+            if arm is not None:
+                out[user] = arm
+        return out
+
     async def _score_missed(
-        self, lane: list[Event], applied: list[tuple[str, ProfileView | None] | Exception]
+        self,
+        lane: list[Event],
+        applied: list[tuple[str, ProfileView | None] | Exception],
+        arms: dict[str, Arm],
     ) -> None:
         """Score users whose scoring event turned out a duplicate after coalesced events.
 
@@ -173,7 +211,9 @@ class Processor:
             )
             for i in missed
         ]
-        for i, result in zip(missed, await self._profiles.apply_many(refresh), strict=True):
+        scorings = _scorings(arms, [e for e, _, _, _ in refresh])
+        rescored = await self._profiles.apply_many(refresh, scorings)
+        for i, result in zip(missed, rescored, strict=True):
             if isinstance(result, tuple) and result[1] is not None:
                 applied[i] = ("duplicate", result[1])
 
@@ -192,11 +232,17 @@ class Processor:
     async def refresh_feed(self, user: str) -> FeedState:
         """Recompute, store and publish the user's home feed now (first visit, profile merge)."""
         refresh = Event(event_id="", user_id=user, type="refresh", item_id=None, ts=_now_ms())
-        _, view = await self._profiles.apply(refresh, [])
+        arm = self._arms(self.experiments, [refresh]).get(user)
+        [result] = await self._profiles.apply_many(
+            [(refresh, [], None, True)], [arm.scoring if arm else None]
+        )
+        if isinstance(result, Exception):
+            raise result
+        _, view = result
         if view is None:  # pragma: no cover - refresh always returns a view
             raise RuntimeError("refresh returned no profile view")
-        items = self._recommender.home(view, current=None)
-        update = await self._store(user, view.feed, items)
+        items = self._recommender.home(view, current=None, tuning=arm.feed if arm else None)
+        update = await self._store(user, view.feed, items, _tag(arm))
         if update is not None:
             self._known.put(update.state)
             await self._broker.publish(update)
@@ -207,14 +253,14 @@ class Processor:
         return state
 
     async def _store(
-        self, user: str, base: FeedState | None, items: list[dict[str, Any]]
+        self, user: str, base: FeedState | None, items: list[dict[str, Any]], tag: str
     ) -> FeedUpdate | None:
         for _ in range(_CAS_TRIES - 1):
             try:
-                return await self._feeds.write(user, HOME, base, items)
+                return await self._feeds.write(user, HOME, base, items, tag=tag)
             except VersionConflict:
                 base = await self._feeds.read(user, HOME)
-        return await self._feeds.write(user, HOME, base, items)
+        return await self._feeds.write(user, HOME, base, items, tag=tag)
 
     def _categories(self, event: Event) -> list[str]:
         if event.item_id is not None:
@@ -224,6 +270,17 @@ class Processor:
         if event.type == "search" and isinstance(query, str):
             return self._catalog.categories_for_query(query[:200])[:5]
         return []
+
+
+def _scorings(arms: dict[str, Arm], events: Sequence[Event]) -> list[ScoringTuning | None] | None:
+    """Per event, its user's arm's scoring tuning (None: the default); None when no arm."""
+    if not arms:
+        return None
+    return [arm.scoring if (arm := arms.get(e.user_id)) else None for e in events]
+
+
+def _tag(arm: Arm | None) -> str:
+    return arm.tag if arm is not None else ""
 
 
 def _now_ms() -> int:

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from sessions.feeds import FeedState, decode_body
 from sessions.keys import feed_key, user_tag
-from sessions.scripts import Call, PipelinedScript
+from sessions.scripts import PipelinedScript, run_scripts
 from sessions.versions import Version
 from streams.events import Event
 
@@ -44,6 +44,8 @@ WEIGHTS: dict[str, tuple[float, float, float]] = {
 }
 
 Scored = list[tuple[str, float]]
+#: Scripts kept per scoring tuning before the cache starts over.
+_MAX_SCRIPTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +141,22 @@ class ProfileStore:
         tuning: ProfileTuning | None = None,
         scoring: ScoringTuning | None = None,
     ) -> None:
+        self._redis = redis
         self.tuning = tuning or ProfileTuning()
         self.scoring = scoring or ScoringTuning()
-        self._script = PipelinedScript(redis, script_source(self.tuning, self.scoring))
+        #: One registered script per scoring tuning in use (the default, and each experiment
+        #: arm's): the tuning is compiled into the script's constants.
+        self._scripts: dict[ScoringTuning, PipelinedScript] = {}
+        self._script = self._script_for(self.scoring)
+
+    def _script_for(self, scoring: ScoringTuning) -> PipelinedScript:
+        script = self._scripts.get(scoring)
+        if script is None:
+            if len(self._scripts) >= _MAX_SCRIPTS:  # experiments come and go: forget old arms
+                self._scripts = {self.scoring: self._script}
+            script = PipelinedScript(self._redis, script_source(self.tuning, scoring))
+            self._scripts[scoring] = script
+        return script
 
     async def apply(self, event: Event, categories: list[str]) -> tuple[str, ProfileView | None]:
         """Apply ``event`` in one round trip.
@@ -155,7 +170,9 @@ class ProfileStore:
         return result
 
     async def apply_many(
-        self, batch: Sequence[tuple[Event, list[str], FeedState | None, bool]]
+        self,
+        batch: Sequence[tuple[Event, list[str], FeedState | None, bool]],
+        scorings: Sequence[ScoringTuning | None] | None = None,
     ) -> list[tuple[str, ProfileView | None] | Exception]:
         """Several :meth:`apply` calls in one pipelined round trip, in order.
 
@@ -166,14 +183,20 @@ class ProfileStore:
         Each entry may carry the feed state the caller believes is stored; when it still is,
         Redis sends back only its version and the view reuses the caller's copy.
 
+        ``scorings``: per entry, the tuning its candidates are scored with (an experiment arm's);
+        None (all, or one) means the store's own.
+
         A Redis error reply fails that event alone (returned in its place); connection errors
         raise for all, and a retry is absorbed by dedup.
         """
-        calls: list[Call] = []
-        for event, categories, known, score in batch:
+        calls: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = []
+        for i, (event, categories, known, score) in enumerate(batch):
+            chosen = scorings[i] if scorings is not None else None
+            script = self._script if chosen is None else self._script_for(chosen)
             w_aff, w_cov, w_trend = WEIGHTS[event.type]
             calls.append(
                 (
+                    script,
                     [*user_keys(event.user_id), feed_key(event.user_id, "home")],
                     [
                         event.event_id,
@@ -191,7 +214,7 @@ class ProfileStore:
                     ],
                 )
             )
-        replies = await self._script.run_many(calls)
+        replies = await run_scripts(self._redis, calls)
         out: list[tuple[str, ProfileView | None] | Exception] = []
         for (event, _, known, _), res in zip(batch, replies, strict=True):
             if isinstance(res, Exception):

@@ -49,24 +49,32 @@ class Recommender:
         #: Called once per computed feed with each rule action that changed it (metrics).
         self.observe_rule: Callable[[str], None] = _ignore
 
-    def home(self, view: ProfileView, *, current: str | None) -> list[dict[str, Any]]:
+    def home(
+        self,
+        view: ProfileView,
+        *,
+        current: str | None,
+        tuning: RecommenderTuning | None = None,
+    ) -> list[dict[str, Any]]:
         """The home feed for ``view``; ``current`` (the item just interacted with) is only in it
-        when the tuning allows repeats (or a rule pins it).
+        when the tuning allows repeats (or a rule pins it). ``tuning`` replaces the
+        recommender's own for this feed (an experiment arm's).
 
         With rules (docs/RULES.md): catalog filter → exclude / include_only → boost / bury and a
         stable re-sort (the repeat slot stays first) → per-category cap → pins at their slots.
         """
-        size = self.tuning.size
+        tuning = tuning or self.tuning
+        size = tuning.size
         rules = self.rules.for_feed(HOME)
         if not rules:
-            eligible = (item for item, _ in self._eligible(view, current, frozenset()))
-            return [item.payload for item in self._fill(eligible, size)]
+            eligible = (item for item, _ in self._eligible(view, current, frozenset(), tuning))
+            return [item.payload for item in self._fill(eligible, size, tuning)]
         hits: set[str] = set()
         pins = rules.resolve_pins(self._catalog.get, size)
         pinned = frozenset(p.item.item_id for p in pins)
-        ranked = list(self._eligible(view, current, pinned))
-        head = current if self.tuning.repeat else None
-        items = self._fill(rules.arrange(ranked, head=head, hits=hits), size - len(pins))
+        ranked = list(self._eligible(view, current, pinned, tuning))
+        head = current if tuning.repeat else None
+        items = self._fill(rules.arrange(ranked, head=head, hits=hits), size - len(pins), tuning)
         if pins:
             items = place_pins(items, pins)
             hits.add("pin")
@@ -75,12 +83,16 @@ class Recommender:
         return [item.payload for item in items]
 
     def _eligible(
-        self, view: ProfileView, current: str | None, pinned: frozenset[str]
+        self,
+        view: ProfileView,
+        current: str | None,
+        pinned: frozenset[str],
+        tuning: RecommenderTuning,
     ) -> Iterator[tuple[Item, float]]:
         """The candidates the catalog can show, in rank order, each once (pinned ones aside)."""
         seen: set[str] = set()
         for item_id, score in view.candidates:
-            if item_id in seen or (item_id == current and not self.tuning.repeat):
+            if item_id in seen or (item_id == current and not tuning.repeat):
                 continue
             seen.add(item_id)
             item = self._catalog.get(item_id)
@@ -88,10 +100,11 @@ class Recommender:
                 continue
             yield item, score
 
-    def _fill(self, items: Iterable[Item], size: int) -> list[Item]:
+    @staticmethod
+    def _fill(items: Iterable[Item], size: int, tuning: RecommenderTuning) -> list[Item]:
         """The first ``size`` of ``items`` under the per-category cap (which bends when the
         items run out)."""
-        cap = self.tuning.max_per_category
+        cap = tuning.max_per_category
         out: list[Item] = []
         waiting: list[Item] = []
         per_category: dict[str, int] = {}

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import math
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,15 @@ from typing import Any
 import yaml
 
 from streams.catalog import Item
-from streams.exceptions import StreamsError
+from streams.yamldoc import (
+    BOOL_TAG,
+    INT_TAG,
+    STR_TAG,
+    DocumentReader,
+    InvalidDocument,
+    is_null,
+    line_of,
+)
 
 ACTIONS = ("exclude", "include_only", "boost", "bury", "pin")
 FILTERS = frozenset({"exclude", "include_only"})
@@ -61,23 +68,10 @@ _NEEDS: dict[str, tuple[str, ...]] = {
     "bury": ("when", "factor"),
     "pin": ("item", "slot"),
 }
-_STR_TAG = "tag:yaml.org,2002:str"
-_INT_TAG = "tag:yaml.org,2002:int"
-_FLOAT_TAG = "tag:yaml.org,2002:float"
-_BOOL_TAG = "tag:yaml.org,2002:bool"
-_NULL_TAG = "tag:yaml.org,2002:null"
 
 
-class InvalidRules(StreamsError):
+class InvalidRules(InvalidDocument):
     """Rules failed validation: ``line`` (1-based, None when unknown) and ``reason``."""
-
-    def __init__(self, source: str, line: int | None, reason: str) -> None:
-        super().__init__(
-            f"{source}:{line}: {reason}" if line is not None else f"{source}: {reason}"
-        )
-        self.source = source
-        self.line = line
-        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,44 +403,21 @@ def parse_rules(
     return _Parser(source, tuple(feeds), known_item).parse(text)
 
 
-class _AliasRefused(yaml.MarkedYAMLError):
-    """An alias (``*name``): refused where it appears."""
+class _Parser(DocumentReader["RuleSet"]):
+    error = InvalidRules
+    noun = "rules"
 
-
-class _Loader(yaml.SafeLoader):
-    """The safe loader, used only to compose nodes (with marks) and build plain scalars.
-
-    Aliases are refused as they are met (no expansion tricks; one source line per value).
-    """
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        if self.check_event(yaml.AliasEvent):
-            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
-            raise _AliasRefused(None, None, "anchors and aliases are not supported", mark)
-        return super().compose_node(parent, index)
-
-
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
-def _is_null(node: yaml.Node) -> bool:
-    return isinstance(node, yaml.ScalarNode) and node.tag == _NULL_TAG
-
-
-class _Parser:
     def __init__(
         self, source: str, feeds: tuple[str, ...], known_item: Callable[[str], bool] | None
     ) -> None:
-        self.source = source
+        super().__init__(source, MAX_TEXT_BYTES)
         self.feeds = feeds
         self.known_item = known_item
-        self.loader: _Loader | None = None
-        self.seen: set[int] = set()
 
     def fail(self, node: yaml.Node | int | None, reason: str) -> InvalidRules:
-        line = node if isinstance(node, int) or node is None else _line(node)
-        return InvalidRules(self.source, line, reason)
+        error = super().fail(node, reason)
+        assert isinstance(error, InvalidRules)
+        return error
 
     def _claim(self, names: dict[str, int], name: str, line: int, node: yaml.Node) -> None:
         """Record ``name`` (rules and triggers share one name space); a repeat is an error."""
@@ -457,91 +428,11 @@ class _Parser:
         names[name] = line
 
     def parse(self, text: str) -> RuleSet:
-        if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
-            raise self.fail(None, f"rules must be at most {MAX_TEXT_BYTES} bytes")
-        loader = _Loader(text)
-        self.loader = loader
-        try:
-            root = loader.get_single_node()
-            if root is None:
-                return EMPTY  # an empty document: no rules
-            return self._document(root)
-        except _AliasRefused as exc:
-            assert exc.problem_mark is not None and exc.problem is not None
-            raise self.fail(int(exc.problem_mark.line) + 1, exc.problem) from None
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line = None if mark is None else int(mark.line) + 1
-            reason = exc.problem or exc.context or "malformed YAML"
-            raise self.fail(line, f"YAML syntax: {reason}") from None
-        except yaml.YAMLError as exc:
-            raise self.fail(None, f"YAML: {str(exc)[:200]}") from None
-        finally:
-            loader.dispose()
-
-    # - node helpers -
-
-    def mapping(self, node: yaml.Node, what: str) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        """A mapping's entries by key (key node, value node); duplicate or non-text keys fail."""
-        if not isinstance(node, yaml.MappingNode):
-            raise self.fail(node, f"{what} must be a mapping")
-        self.once(node)
-        out: dict[str, tuple[yaml.Node, yaml.Node]] = {}
-        for key, value in node.value:
-            # A key is taken as written: YAML 1.1 would read `on:` as the boolean true.
-            if not isinstance(key, yaml.ScalarNode) or key.tag not in (_STR_TAG, _BOOL_TAG):
-                raise self.fail(key, f"{what}: keys must be plain words")
-            if key.value in out:
-                raise self.fail(key, f"{what}: {key.value} is given twice")
-            out[key.value] = (key, value)
-        return out
-
-    def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node]:
-        if not isinstance(node, yaml.SequenceNode):
-            raise self.fail(node, f"{what} must be a list")
-        self.once(node)
-        return list(node.value)
-
-    def once(self, node: yaml.Node) -> None:
-        """Anchors and aliases re-use a node: refused (no expansion tricks, one line per value)."""
-        if id(node) in self.seen:
-            raise self.fail(node, "anchors and aliases are not supported")
-        self.seen.add(id(node))
-
-    def scalar(self, node: yaml.Node, what: str, expected: str) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            raise self.fail(node, f"{what} must be {expected}")
-        assert self.loader is not None
-        try:
-            return self.loader.construct_object(node, deep=True)
-        except yaml.YAMLError:
-            raise self.fail(node, f"{what} must be {expected}") from None
-
-    def text(self, node: yaml.Node, what: str, *, ids: bool = False, limit: int = 200) -> str:
-        """A string; with ``ids`` any unquoted scalar but null is taken as written (``item:
-        0123`` is "0123", not YAML's octal 83; ``name: no`` is "no", not false)."""
-        if not isinstance(node, yaml.ScalarNode) or not (
-            node.tag == _STR_TAG or (ids and node.tag != _NULL_TAG)
-        ):
-            raise self.fail(node, f"{what} must be a string")
-        value = str(node.value)
-        if not value or len(value) > limit or not value.isprintable():
-            raise self.fail(node, f"{what} must be a printable string of 1 to {limit} characters")
-        return value
-
-    def number(self, node: yaml.Node, what: str, *, low: float, high: float, rule: str) -> float:
-        if not isinstance(node, yaml.ScalarNode) or node.tag not in (_INT_TAG, _FLOAT_TAG):
-            raise self.fail(node, f"{what} must be a number {rule}")
-        value = self.scalar(node, what, f"a number {rule}")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise self.fail(node, f"{what} must be a number {rule}")
-        if not (math.isfinite(value) and low <= value <= high):
-            raise self.fail(node, f"{what} must be a number {rule}")
-        return float(value)
+        return self.read(text, EMPTY)
 
     # - the document -
 
-    def _document(self, root: yaml.Node) -> RuleSet:
+    def document(self, root: yaml.Node) -> RuleSet:
         top = self.mapping(root, "the document")
         for key, (knode, _) in top.items():
             if key not in ("rules", "triggers"):
@@ -553,7 +444,7 @@ class _Parser:
         rules: list[Rule] = []
         names: dict[str, int] = {}
         rules_node = top["rules"][1] if "rules" in top else None
-        if rules_node is not None and not _is_null(rules_node):  # `rules:` alone: none
+        if rules_node is not None and not is_null(rules_node):  # `rules:` alone: none
             entries = self.sequence(rules_node, "rules")
             if len(entries) > MAX_RULES:
                 raise self.fail(rules_node, f"at most {MAX_RULES} rules")
@@ -564,7 +455,7 @@ class _Parser:
             self._check_pins(rules, {id(r): e for r, e in zip(rules, entries, strict=True)})
         triggers: list[Trigger] = []
         trig_node = top["triggers"][1] if "triggers" in top else None
-        if trig_node is not None and not _is_null(trig_node):
+        if trig_node is not None and not is_null(trig_node):
             entries = self.sequence(trig_node, "triggers")
             if len(entries) > MAX_TRIGGERS:
                 raise self.fail(trig_node, f"at most {MAX_TRIGGERS} triggers")
@@ -594,7 +485,7 @@ class _Parser:
     def _duration(self, node: yaml.Node, what: str, *, high_ms: int) -> int:
         """A duration: a positive integer and a unit, ``s``, ``m``, ``h`` or ``d`` (``10m``)."""
         rule = f"a duration like 30s, 10m, 2h or 1d (at most {_duration(high_ms)})"
-        if not isinstance(node, yaml.ScalarNode) or node.tag != _STR_TAG:
+        if not isinstance(node, yaml.ScalarNode) or node.tag != STR_TAG:
             raise self.fail(node, f"{what} must be {rule}")
         found = _DURATION.fullmatch(str(node.value))
         if found is None:
@@ -603,20 +494,6 @@ class _Parser:
         if ms > high_ms:
             raise self.fail(node, f"{what} must be {rule}")
         return ms
-
-    def _keys(
-        self, node: yaml.Node, what: str, allowed: tuple[str, ...], required: tuple[str, ...]
-    ) -> dict[str, tuple[yaml.Node, yaml.Node]]:
-        entries = self.mapping(node, what)
-        for key, (knode, _) in entries.items():
-            if key not in allowed:
-                raise self.fail(
-                    knode, f"unknown key {key!r} in {what} (it takes {', '.join(allowed)})"
-                )
-        for key in required:
-            if key not in entries:
-                raise self.fail(node, f"{what} needs {key}")
-        return entries
 
     def _trigger(self, node: yaml.Node) -> tuple[Trigger, yaml.Node]:
         fields_ = self.mapping(node, "a trigger")
@@ -639,7 +516,7 @@ class _Parser:
             on = self._event_type(fields_["on"][1], "on")
             if "count" not in fields_:
                 raise self.fail(node, f"trigger {name!r} needs count (with on)")
-            count = self._keys(
+            count = self.keys(
                 fields_["count"][1], "count", ("event", "at_least", "within"), ("within",)
             )
             count_event = (
@@ -649,7 +526,7 @@ class _Parser:
                 anode = count["at_least"][1]
                 rule = f"an integer from 1 to {MAX_AT_LEAST}"
                 value = self.scalar(anode, "count.at_least", rule)
-                if anode.tag != _INT_TAG or not isinstance(value, int):
+                if anode.tag != INT_TAG or not isinstance(value, int):
                     raise self.fail(anode, f"count.at_least must be {rule}")
                 if not 1 <= value <= MAX_AT_LEAST:
                     raise self.fail(anode, f"count.at_least must be {rule}")
@@ -659,14 +536,14 @@ class _Parser:
         else:
             if "count" in fields_:
                 raise self.fail(fields_["count"][0], "count does not apply to a delayed trigger")
-            after_map = self._keys(fields_["after"][1], "after", ("event", "delay"), ("event",))
+            after_map = self.keys(fields_["after"][1], "after", ("event", "delay"), ("event",))
             after = self._event_type(after_map["event"][1], "after.event")
             if "delay" not in after_map:
                 raise self.fail(fields_["after"][1], "after needs delay")
             delay_ms = self._duration(after_map["delay"][1], "after.delay", high_ms=MAX_WINDOW_MS)
         if "unless" in fields_:
             unode = fields_["unless"][1]
-            unless = self._keys(unode, "unless", ("event", "within"), ("event",))
+            unless = self.keys(unode, "unless", ("event", "within"), ("event",))
             unless_event = self._event_type(unless["event"][1], "unless.event")
             if "within" in unless:
                 if after is not None:
@@ -678,7 +555,7 @@ class _Parser:
                 unless_within_ms = self._duration(
                     unless["within"][1], "unless.within", high_ms=MAX_WINDOW_MS
                 )
-        offer_map = self._keys(
+        offer_map = self.keys(
             fields_["offer"][1], "offer", ("feed", "badge", "ttl"), ("feed", "badge", "ttl")
         )
         feed_node = offer_map["feed"][1]
@@ -700,7 +577,7 @@ class _Parser:
             delay_ms=delay_ms,
             unless_event=unless_event,
             unless_within_ms=unless_within_ms,
-            line=_line(node),
+            line=line_of(node),
         )
         return trigger, name_node
 
@@ -753,11 +630,11 @@ class _Parser:
         if "slot" in fields_:
             snode = fields_["slot"][1]
             value = self.scalar(snode, "pin.slot", f"an integer from 1 to {MAX_SLOT}")
-            if snode.tag != _INT_TAG or not isinstance(value, int) or not 1 <= value <= MAX_SLOT:
+            if snode.tag != INT_TAG or not isinstance(value, int) or not 1 <= value <= MAX_SLOT:
                 raise self.fail(snode, f"pin.slot must be an integer from 1 to {MAX_SLOT}")
             slot = value
         feeds = self._feeds(fields_["feeds"][1]) if "feeds" in fields_ else None
-        rule = Rule(name, action, when, factor, item, slot, feeds, line=_line(node))
+        rule = Rule(name, action, when, factor, item, slot, feeds, line=line_of(node))
         return rule, name_node
 
     def _when(self, node: yaml.Node, name: str) -> Matcher:
@@ -803,7 +680,7 @@ class _Parser:
         in_stock = None
         if "in_stock" in entries:
             snode = entries["in_stock"][1]
-            if not isinstance(snode, yaml.ScalarNode) or snode.tag != _BOOL_TAG:
+            if not isinstance(snode, yaml.ScalarNode) or snode.tag != BOOL_TAG:
                 raise self.fail(snode, "when.in_stock must be true or false")
             in_stock = bool(self.scalar(snode, "when.in_stock", "true or false"))
         items: frozenset[str] = frozenset()

@@ -1,19 +1,19 @@
 -- Atomic read of a feed's stored version and of the history a client holding an older version
 -- of the same epoch missed: the state and the entries come from one moment, so a concurrent
 -- write (feed_write.lua) can never land between them.
--- KEYS[1] feed hash (e, n, b)   KEYS[2] history stream
+-- KEYS[1] feed hash (e, n, b, r)   KEYS[2] history stream
 -- ARGV[1] held epoch   ARGV[2] held n   ARGV[3] history max length
--- Returns nil when the feed does not exist; else {epoch, n, body}, plus a 4th element when the
+-- Returns nil when the feed does not exist; else {epoch, n, body, tag}, plus a 5th element when the
 -- held version is of the stored epoch, behind it, and at most ARGV[3] changes behind: the last
 -- (n - held n) history entries, newest first (XREVRANGE). The caller checks the chain.
-local cur = redis.call('HMGET', KEYS[1], 'e', 'n', 'b')
+local cur = redis.call('HMGET', KEYS[1], 'e', 'n', 'b', 'r')
 if not cur[1] or not cur[2] then
   return false
 end
-local out = {cur[1], cur[2], cur[3]}
+local out = {cur[1], cur[2], cur[3], cur[4] or ''}
 local held_n = tonumber(ARGV[2])
 local k = tonumber(cur[2]) - held_n
 if cur[1] == ARGV[1] and held_n >= 1 and k >= 1 and k <= tonumber(ARGV[3]) then
-  out[4] = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', k)
+  out[5] = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', k)
 end
 return out

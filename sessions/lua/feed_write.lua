@@ -9,12 +9,20 @@
 -- ARGV[9] index key prefix (an item's key is prefix .. item id)   ARGV[10] member (the user id)
 -- ARGV[11] now, ms   ARGV[12] full refresh interval, ms   ARGV[13] index bound, s
 -- ARGV[14] ids entering the list, ARGV[15] ids kept, ARGV[16] ids leaving ('\n'-separated)
--- Returns {1, epoch, n} on success, {0, epoch|'' , n} with the stored version on conflict.
+-- ARGV[17] the new version's tag: '1' .. tag to set it ('1' alone: untagged), '0' to keep the
+-- stored one (an edit of the list rather than a new computation; see FeedState.tag)
+-- Returns {1, epoch, n, tag} on success, {0, epoch|'' , n} with the stored version on conflict.
 local cur = redis.call('HMGET', KEYS[1], 'e', 'n')
 local cur_e = cur[1] or ''
 local cur_n = tonumber(cur[2] or '0')
 if cur_e ~= ARGV[1] or (ARGV[1] ~= '' and cur_n ~= tonumber(ARGV[2])) then
   return {0, cur_e, cur_n}
+end
+local tag
+if ARGV[17] and string.sub(ARGV[17], 1, 1) == '1' then
+  tag = string.sub(ARGV[17], 2)
+else
+  tag = redis.call('HGET', KEYS[1], 'r') or ''
 end
 local epoch, n
 if ARGV[1] == '' then
@@ -23,10 +31,11 @@ if ARGV[1] == '' then
   redis.call('DEL', KEYS[2])
 else
   epoch, n = cur_e, cur_n + 1
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'n', n, 'd', ARGV[4], 's', ARGV[8])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'n', n, 'd', ARGV[4], 's', ARGV[8],
+             'r', tag)
   redis.call('EXPIRE', KEYS[2], ARGV[6])
 end
-redis.call('HSET', KEYS[1], 'e', epoch, 'n', n, 'b', ARGV[3])
+redis.call('HSET', KEYS[1], 'e', epoch, 'n', n, 'b', ARGV[3], 'r', tag)
 
 -- The index: zset per item, member = user, score = when this write last confirmed the entry.
 -- Items entering the list are added and items leaving it removed on every write; every item of
@@ -58,4 +67,4 @@ if ARGV[9] and ARGV[9] ~= '' then
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[6])
-return {1, epoch, n}
+return {1, epoch, n, tag}

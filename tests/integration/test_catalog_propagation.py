@@ -509,13 +509,16 @@ class RacingStore(FeedStore):
     racer: tuple[str, list[dict[str, Any]]] | None = None
 
     async def write_many(
-        self, writes: Sequence[tuple[str, str, FeedState | None, list[dict[str, Any]]]]
+        self,
+        writes: Sequence[tuple[str, str, FeedState | None, list[dict[str, Any]]]],
+        *,
+        tags: Sequence[str | None] | None = None,
     ) -> list[FeedUpdate | Exception | None]:
         if self.racer is not None and writes:
             user, items = self.racer
             self.racer = None
             await super().write(user, HOME, await self.read(user, HOME), items)
-        return await super().write_many(writes)
+        return await super().write_many(writes, tags=tags)
 
 
 def test_a_lost_race_is_edited_again_on_the_new_version(direct_url: str) -> None:
