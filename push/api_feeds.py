@@ -29,12 +29,13 @@ async def get_feed(request: Request) -> Response:
         known = ", ".join(runtime.served_feeds)
         raise HTTPProblem(404, "unknown_feed", f"unknown feed {feed[:40]!r}; known: {known}")
     state = await runtime.processor.ensure_feed(user, feed)
-    return JSONResponse(
-        {
-            "user": user,
-            "feed": feed,
-            "version": state.version.to_wire(),
-            "items": list(state.items),
-            "sum": state.sum,
-        }
-    )
+    body = {
+        "user": user,
+        "feed": feed,
+        "version": state.version.to_wire(),
+        "items": list(state.items),
+        "sum": state.sum,
+    }
+    if state.tag:  # made by an experiment's variant: the id impressions and clicks quote
+        body["rec"] = state.rec_id
+    return JSONResponse(body)

@@ -122,6 +122,8 @@ class FeedClient:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     #: The item table of docs/PROTOCOL.md: latest payload of every item received.
     table: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: The ``rec`` of the list held (None: made outside any experiment).
+    rec: str | None = None
 
     def apply(self, frame: dict[str, Any]) -> None:
         if frame["type"] not in {"snapshot", "diff"}:
@@ -129,6 +131,7 @@ class FeedClient:
             self.changed.set()
             return
         self.frames.append(frame)
+        self.rec = frame.get("rec")
         if frame["type"] == "snapshot":
             self.items = frame["items"]
             self.version = frame["version"]

@@ -54,7 +54,8 @@ def updates(draw: st.DrawFn) -> FeedUpdate:
     feed = draw(st.sampled_from(["home", "cart", "similar"]))
     with_base = draw(st.booleans())
     diff = make_diff(old, new) if with_base else None
-    state = FeedState(user, feed, draw(versions), tuple(new))
+    tag = draw(st.one_of(st.just(""), st.text(min_size=1, max_size=24)))
+    state = FeedState(user, feed, draw(versions), tuple(new), tag)
     return FeedUpdate(state, draw(versions) if with_base else None, diff)
 
 
@@ -83,6 +84,35 @@ def test_round_trip_keeps_every_part() -> None:
     assert back.state == update.state
     assert back.base == update.base and back.diff == update.diff
     assert back.frames == {}
+
+
+def test_an_untagged_update_keeps_the_first_format_and_a_tagged_one_carries_its_tag() -> None:
+    plain = _update()
+    assert _fields(plain)[0] == 1 and len(_fields(plain)) == 8  # older nodes read it
+    tagged = FeedUpdate(
+        FeedState("u-1", "home", Version("ep", 2), plain.state.items, "ab:0a1b2c3d:b"),
+        plain.base,
+        plain.diff,
+    )
+    fields = _fields(tagged)
+    assert fields[0] == 2 and fields[8] == "ab:0a1b2c3d:b"
+    assert decode_update(encode_update(tagged)).state.tag == "ab:0a1b2c3d:b"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda f: [*f, ""],  # format 1 with a ninth element
+        lambda f: [2, *f],  # format 2 with ten
+        lambda f: [2, *f[1:], ""],  # format 2 with an empty tag
+        lambda f: [2, *f[1:], 7],  # format 2 with a tag that is not text
+        lambda f: [2, *f[1:], "x" * 5000],  # an oversized tag
+    ],
+)
+def test_malformed_tags_are_refused(change: Any) -> None:
+    raw = msgpack.packb(change(_fields(_update())))
+    with pytest.raises(CodecError):
+        decode_update(raw)
 
 
 def test_frames_are_not_encoded() -> None:

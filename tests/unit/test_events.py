@@ -331,3 +331,20 @@ def test_unpack_event_only_ever_raises_invalid_event(obj: dict[Any, Any]) -> Non
         unpack_event(msgpack.packb(obj))
     except InvalidEvent as exc:
         assert exc.reason
+
+
+@pytest.mark.parametrize("etype", ["impression", "click"])
+def test_a_rec_must_be_a_pushed_lists_id(etype: str) -> None:
+    good = parse_event(
+        _event(type=etype, props={"rec": "Zx_9-a.17~ab:0a1b2c3d:b"}), auth_user=None, now_ms=NOW
+    )
+    assert good.props["rec"] == "Zx_9-a.17~ab:0a1b2c3d:b"
+    for bad in ["", "Zx.17", "Zx~ab:1:b", "Zx.x~ab", 17, ["Zx.1~a"], "Zx.1~" + "a" * 3000]:
+        with pytest.raises(InvalidEvent) as info:
+            parse_event(_event(type=etype, props={"rec": bad}), auth_user=None, now_ms=NOW)
+        assert info.value.reason == "bad_rec"
+
+
+def test_other_types_may_carry_any_rec_prop() -> None:
+    event = parse_event(_event(type="view", props={"rec": 5}), auth_user=None, now_ms=NOW)
+    assert event.props == {"rec": 5}
