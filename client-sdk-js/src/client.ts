@@ -19,6 +19,7 @@ import type {
   ClientOptions,
   DiffMessage,
   EventType,
+  FeedEvent,
   Item,
   Message,
   State,
@@ -67,6 +68,8 @@ interface FeedState {
   /** Absent while the list is broken (waiting for a snapshot): nothing to resume from. */
   version?: Version;
   broken?: boolean;
+  /** Recommendation id of the held list (absent: the list was not made by an experiment). */
+  rec?: string;
 }
 
 interface PendingIdentify {
@@ -228,6 +231,31 @@ export class Client extends Emitter<ClientEvents> {
   /** The version held for a feed; undefined before the first snapshot or while resyncing. */
   version(feed: string): Version | undefined {
     return this.feeds.get(feed)?.version;
+  }
+
+  /** The recommendation id of the list held for a feed; undefined when an experiment did not
+   * make that list (or before the first snapshot). */
+  rec(feed: string): string | undefined {
+    return this.feeds.get(feed)?.rec;
+  }
+
+  /**
+   * Track an impression of the list held for `feed`, quoting its `rec`. Returns the `event_id`,
+   * or undefined (nothing sent) when the list has no `rec`. The server counts one impression per
+   * list, so calling this again on a re-render is harmless.
+   */
+  impression(feed: string): string | undefined {
+    const rec = this.rec(feed);
+    return rec && this.track("impression", undefined, { rec });
+  }
+
+  /**
+   * Track a click on item `itemId` of the list held for `feed`, with that list's `rec` (when it
+   * has one) in `props`. Always sent: clicks also feed the visitor's profile. Returns `event_id`.
+   */
+  click(feed: string, itemId: string, props?: Record<string, unknown>): string {
+    const rec = this.rec(feed);
+    return this.track("click", itemId, rec ? { ...props, rec } : props);
   }
 
   /**
@@ -417,7 +445,7 @@ export class Client extends Emitter<ClientEvents> {
     else if (type == "snapshot") {
       const items: Item[] = Array.isArray(m.items) ? m.items : [];
       items.forEach((i) => this.table.put(i));
-      this.setFeed(m.feed, items, m.version);
+      this.setFeed(m.feed, items, m.version, m.rec);
     } else if (type == "diff") this.onDiff(m as DiffMessage);
     else if (type == "ping") {
       // Over SSE there is nothing to answer with (POST /v1/sse/{conn} takes no pong).
@@ -455,12 +483,16 @@ export class Client extends Emitter<ClientEvents> {
     const items = applyDiff(held, d, this.table);
     if (!items) return this.resync(d.feed, held, "diff does not apply");
     if (checksum(items) != d.sum) return this.resync(d.feed, held, "checksum mismatch");
-    this.setFeed(d.feed, items, d.version, d);
+    this.setFeed(d.feed, items, d.version, d.rec, d);
   }
 
-  private setFeed(feed: string, items: Item[], version: Version, diff?: DiffMessage): void {
-    this.feeds.set(feed, { items, version });
-    this.emit("feed", diff ? { feed, items, version, diff } : { feed, items, version });
+  /** Hold a new list; `rec` replaces the previous one (a list without it clears it). */
+  private setFeed(feed: string, items: Item[], version: Version, rec: unknown, diff?: DiffMessage): void {
+    const e: FeedEvent = { feed, items, version };
+    if (diff) e.diff = diff;
+    if (rec && typeof rec == "string") e.rec = rec;
+    this.feeds.set(feed, { items, version, rec: e.rec });
+    this.emit("feed", e);
   }
 
   /**
@@ -469,7 +501,8 @@ export class Client extends Emitter<ClientEvents> {
    * client reconnects, and since a broken feed holds no version, it gets a snapshot.
    */
   private resync(feed: string, items: Item[], why: string): void {
-    this.feeds.set(feed, { items, broken: true });
+    // The last good list stays shown, and with it its rec.
+    this.feeds.set(feed, { items, broken: true, rec: this.rec(feed) });
     const g = this.g;
     void Promise.resolve(this.conn?.send({ type: "resync", feed })).then((ok) => {
       if (!ok && g == this.g) void this.connect();

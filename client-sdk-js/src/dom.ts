@@ -2,7 +2,8 @@
  * Optional DOM helper (separate entry, "pushrec/dom"): keeps an element filled with the items of
  * a feed. Nodes are reused by item id, and an item whose payload object did not change is not
  * re-rendered (the client keeps unchanged items' identity across diffs), so focus, images and
- * CSS transitions survive updates.
+ * CSS transitions survive updates. It also reports what it shows: an `impression` of every list
+ * that carries a `rec` (A/B experiments), and a `click` when an item node is clicked.
  */
 import type { Client } from "./client.js";
 import type { Item } from "./types.js";
@@ -29,7 +30,9 @@ export const defaultRenderItem: RenderItem = (item, node) => {
 
 /**
  * Render `feed` into `element` now and on every change. `element` should be dedicated to the
- * strip: its children are the item nodes, in feed order. Returns a function that stops updates.
+ * strip: its children are the item nodes, in feed order. Each non-empty list rendered with a
+ * `rec` is reported once with `client.impression(feed)`; a click inside an item node is tracked
+ * with `client.click(feed, id)`. Returns a function that stops updates and click tracking.
  */
 export function renderStrip(
   element: HTMLElement,
@@ -38,7 +41,9 @@ export function renderStrip(
   renderItem: RenderItem = defaultRenderItem,
 ): () => void {
   let shown = new Map<string, [HTMLElement, Item]>();
-  const draw = (items: readonly Item[]) => {
+  /** The rec whose impression was sent last: one impression per list, however often drawn. */
+  let seen: string | undefined;
+  const draw = (items: readonly Item[], rec: string | undefined) => {
     const next = new Map<string, [HTMLElement, Item]>();
     items.forEach((item, i) => {
       const prev = shown.get(item.id);
@@ -54,7 +59,23 @@ export function renderStrip(
     });
     shown.forEach(([node], id) => next.has(id) || node.remove());
     shown = next;
+    if (rec && rec != seen && items.length) {
+      seen = rec;
+      client.impression(feed);
+    }
   };
-  draw(client.items(feed));
-  return client.on("feed", (e) => e.feed == feed && draw(e.items));
+  const onClick = (e: Event) => {
+    // The item node is the child of `element` that holds the click's target.
+    let n = e.target as Node | null;
+    while (n && n.parentNode != element) n = n.parentNode;
+    const id = (n as HTMLElement | null)?.dataset?.id;
+    if (id && shown.get(id)?.[0] == n) client.click(feed, id);
+  };
+  draw(client.items(feed), client.rec(feed));
+  element.addEventListener("click", onClick);
+  const off = client.on("feed", (e) => e.feed == feed && draw(e.items, e.rec));
+  return () => {
+    off();
+    element.removeEventListener("click", onClick);
+  };
 }

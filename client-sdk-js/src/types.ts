@@ -29,6 +29,8 @@ export interface DiffMessage {
   items?: Record<string, Item>;
   patch?: Record<string, Record<string, unknown>>;
   sum: string;
+  /** The recommendation id of the list it produces, when an experiment made that list. */
+  rec?: string;
 }
 
 /** Any server message; the SDK narrows on `type`. */
@@ -46,6 +48,11 @@ export interface FeedEvent {
   version: Version;
   /** The diff that produced this list; absent for a snapshot. */
   diff?: DiffMessage;
+  /**
+   * The list's recommendation id (`<epoch>.<n>~<tag>`), present only when the list was made for
+   * the user in an A/B experiment. `impression(feed)` and `click(feed, itemId)` quote it.
+   */
+  rec?: string;
 }
 
 export interface ErrorEvent {

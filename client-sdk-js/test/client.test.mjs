@@ -579,6 +579,101 @@ for (const transport of ["websocket", "sse"]) {
       h.client.close();
     });
   });
+
+  describe(`${transport}: experiments (rec)`, () => {
+    const R1 = "e.1~exp1:r1:b";
+    const R2 = "e.2~exp1:r1:b";
+    const R3 = "e.3~exp1:r1:b,exp2:r4:a";
+    const tracked = async (h) => {
+      h.client.flush();
+      await settle();
+      return isWs ? h.sent("track").flatMap((m) => m.events) : h.posts("/v1/events").flatMap((p) => p.body);
+    };
+
+    test("rec is held from a snapshot, replaced by a diff, cleared by a list without one", async () => {
+      const h = setup(transport);
+      await h.hello();
+      assert.equal(h.client.rec("home"), undefined, "before the first snapshot");
+      h.send({ ...snapshot("home", ["e", 1], [item("a"), item("b")]), rec: R1 });
+      assert.equal(h.client.rec("home"), R1);
+      h.send({ ...diff("home", ["e", 1], ["e", 2], [[1, 1], [0, 1]], { result: ["b", "a"] }), rec: R2 });
+      assert.equal(h.client.rec("home"), R2);
+      h.send(diff("home", ["e", 2], ["e", 3], [[0, 1]], { result: ["b"] }));
+      assert.equal(h.client.rec("home"), undefined, "a diff without rec: not an experiment's list");
+      h.send({ ...diff("home", ["e", 3], ["e", 4], [[0, 1], "a"], { result: ["b", "a"] }), rec: R3 });
+      assert.equal(h.client.rec("home"), R3);
+      h.send(snapshot("home", ["e", 9], [item("c")]));
+      assert.equal(h.client.rec("home"), undefined, "a snapshot without rec clears it");
+      assert.deepEqual(
+        h.events.feed.map((e) => e.rec),
+        [R1, R2, undefined, R3, undefined],
+      );
+      assert.equal("rec" in h.events.feed[2], false, "no rec key when the list has none");
+      assert.equal(h.events.feed[1].diff.rec, R2);
+      assert.deepEqual(h.events.error, []);
+      h.client.close();
+    });
+
+    test("a broken list keeps its rec until the snapshot replaces it", async () => {
+      const h = setup(transport);
+      await h.hello();
+      h.send({ ...snapshot("home", ["e", 1], [item("a")]), rec: R1 });
+      h.send({ ...diff("home", ["e", 0], ["e", 2], [[0, 1]], { result: ["a"] }), rec: R2 }); // wrong base
+      await settle();
+      assert.equal(h.events.error.at(-1).code, "resync");
+      assert.equal(h.client.rec("home"), R1, "the list still shown is the R1 list");
+      h.send({ ...snapshot("home", ["e", 2], [item("a")]), rec: R2 });
+      assert.equal(h.client.rec("home"), R2);
+      h.client.close();
+    });
+
+    test("replayed diffs of a resume carry the rec of the list they produce", async () => {
+      const h = setup(transport);
+      await h.hello();
+      h.send({ ...snapshot("home", ["e", 1], [item("a")]), rec: R1 });
+      await h.close(4001, "slow");
+      await h.timers.advance(250);
+      assert.equal(h.query().get("have"), "home:e:1");
+      assert.equal(h.client.rec("home"), R1, "kept while reconnecting");
+      await h.hello();
+      h.send({ ...diff("home", ["e", 1], ["e", 2], ["b", [0, 1]], { items: { b: item("b") }, result: ["b", "a"] }), rec: R2 });
+      h.send({ ...diff("home", ["e", 2], ["e", 3], [[1, 1]], { result: ["a"] }), rec: R3 });
+      assert.deepEqual(ids(h.client.items("home")), ["a"]);
+      assert.equal(h.client.rec("home"), R3);
+      assert.deepEqual(h.events.feed.map((e) => e.rec), [R1, R2, R3]);
+      h.client.close();
+    });
+
+    test("impression and click quote the held list's rec", async () => {
+      const h = setup(transport);
+      await h.hello();
+      h.send({ ...snapshot("home", ["e", 1], [item("a"), item("b")]), rec: R1 });
+      const imp = h.client.impression("home");
+      const c1 = h.client.click("home", "b");
+      const c2 = h.client.click("home", "a", { slot: 1 });
+      assert.deepEqual(await tracked(h), [
+        { event_id: imp, type: "impression", ts: T0, props: { rec: R1 } },
+        { event_id: c1, type: "click", item_id: "b", ts: T0, props: { rec: R1 } },
+        { event_id: c2, type: "click", item_id: "a", ts: T0, props: { slot: 1, rec: R1 } },
+      ]);
+      h.client.close();
+    });
+
+    test("without a rec: impression sends nothing, click is sent without one", async () => {
+      const h = setup(transport);
+      await h.hello();
+      assert.equal(h.client.impression("home"), undefined, "no list yet");
+      h.send(snapshot("home", ["e", 1], [item("a")]));
+      assert.equal(h.client.impression("home"), undefined, "a list made outside any experiment");
+      const c = h.client.click("home", "a");
+      const c2 = h.client.click("other", "z", { slot: 3 });
+      assert.deepEqual(await tracked(h), [
+        { event_id: c, type: "click", item_id: "a", ts: T0 },
+        { event_id: c2, type: "click", item_id: "z", ts: T0, props: { slot: 3 } },
+      ]);
+      h.client.close();
+    });
+  });
 }
 
 describe("websocket: track acks", () => {

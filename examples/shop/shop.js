@@ -334,14 +334,28 @@
     const img = node('img', 'thumb');
     img.alt = '';
     card.append(img, node('div', 'title'), node('div', 'category'), node('div', 'price'));
-    card.addEventListener('click', () => track('view', card.dataset.id, card));
+    // A click on a card is tracked by renderStrip (see onRecClick); the keyboard clicks too.
     card.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' || e.key === ' ') {
         e.preventDefault();
-        track('view', card.dataset.id, card);
+        card.click();
       }
     });
     return card;
+  }
+
+  /**
+   * renderStrip tracks a click on a strip card as a `click` of that item, quoting the list's
+   * `rec` when an A/B experiment made it (it also sends an `impression` of every such list).
+   * This listener is added after renderStrip's, so it runs once the click is queued: it shows the
+   * click and sends it now.
+   */
+  function onRecClick(e) {
+    const card = e.target instanceof Element ? e.target.closest('.rec') : null;
+    if (!card) return;
+    flash(card, 'clicked');
+    client.flush();
+    notice(`click ${card.dataset.id}: tracked`, 'ok');
   }
 
   /**
@@ -437,6 +451,7 @@
     client.on('state', onState);
     client.on('error', onError);
     PushrecDom.renderStrip(el.recs, client, STRIP_FEED, renderRec);
+    el.recs.addEventListener('click', onRecClick);
     client.on('feed', onFeed);
   }
 
