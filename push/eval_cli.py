@@ -37,6 +37,7 @@ from streams.evaluation.readers import (
     load_dataset,
 )
 from streams.evaluation.report import markdown_table, repeats_table, summary, to_json
+from streams.profile import CONTEXT_FEEDS
 from streams.train import compute_neighbours, load_model
 
 ALGORITHMS = ("engine", *BASELINES)
@@ -73,7 +74,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=Path,
         help="the log file, or a YOOCHOOSE directory with *_train_full.txt and *_test.txt",
     )
-    ev.add_argument("--feed", default="home", choices=("home",), help="feed to evaluate")
+    ev.add_argument(
+        "--feed",
+        default="home",
+        choices=("home", *CONTEXT_FEEDS),
+        help="feed to evaluate: home, or a context feed (similar: neighbours of the item looked"
+        " at; cart: complements of the cart)",
+    )
     ev.add_argument("--k", type=_ks, default=(10, 20), help="cut-offs, e.g. 10,20 (default)")
     ev.add_argument(
         "--split",

@@ -29,7 +29,7 @@ from streams.catalog import Catalog
 from streams.events import Event
 from streams.experiment_stats import ExperimentStats
 from streams.experiments import NO_EXPERIMENTS, Arm, ExperimentSet
-from streams.profile import ProfileStore, ProfileView, ScoringTuning
+from streams.profile import CONTEXT_FEEDS, ProfileStore, ProfileView, ScoringTuning
 from streams.recommender import Recommender
 from streams.triggers import Triggers
 
@@ -113,6 +113,7 @@ class Processor:
         await self._score_missed(lane, applied, arms)
         writes: list[tuple[str, str, FeedState | None, list[dict[str, Any]]]] = []
         owners: list[int] = []
+        tags: list[str] = []
         for i, (event, result) in enumerate(zip(lane, applied, strict=True)):
             if isinstance(result, Exception):
                 log.error("event_failed", event_id=event.event_id, error=str(result)[:200])
@@ -132,20 +133,34 @@ class Processor:
                 continue
             writes.append((event.user_id, HOME, view.feed, items))
             owners.append(i)
-        tags = [_tag(arms.get(user)) for user, _, _, _ in writes]
+            tags.append(_tag(arm))
+            # Context feeds the user has (subscribed to once): in the same write round trip.
+            for feed, context in view.context.items():
+                try:
+                    listed = self._recommender.context(feed, context.candidates)
+                except Exception:
+                    log.exception("recompute_failed", event_id=event.event_id, feed=feed)
+                    continue
+                writes.append((event.user_id, feed, context.feed, listed))
+                owners.append(i)
+                tags.append("")
         stored = await self._feeds.write_many(writes, tags=tags) if writes else []
         updates: list[FeedUpdate] = []
-        for i, (user, _, _, items), tag, written in zip(owners, writes, tags, stored, strict=True):
+        for i, (user, feed, _, items), tag, written in zip(
+            owners, writes, tags, stored, strict=True
+        ):
             if isinstance(written, VersionConflict):  # another writer moved the feed: rebase
-                written = await self._store(user, await self._feeds.read(user, HOME), items, tag)
+                base = await self._feeds.read(user, feed)
+                written = await self._store(user, feed, base, items, tag)
             if isinstance(written, Exception):
                 log.error("store_failed", event_id=lane[i].event_id, error=str(written)[:200])
                 continue
-            if outcomes[i] == "ok":  # a duplicate that scored for coalesced events stays one
+            if feed == HOME and outcomes[i] == "ok":  # a scoring duplicate stays one
                 outcomes[i] = "unchanged" if written is None else "ok"
             if written is not None:
                 updates.append(written)
-                self._known.put(written.state)
+                if feed == HOME:
+                    self._known.put(written.state)
         await self._broker.publish_many(updates)
         if self.triggers is not None:
             # After the profile update, with every event that applied (a duplicate too: a
@@ -219,7 +234,13 @@ class Processor:
 
     async def ensure_feed(self, user: str, feed: str = HOME) -> FeedState:
         """The user's stored ``feed``, storing a first one when there is none: the computed home
-        feed, or an empty list for the offers feed (filled by triggers)."""
+        or context feed, or an empty list for the offers feed (filled by triggers).
+
+        Storing a context feed is what opts the user in: from then on every event of theirs
+        recomputes it (until the feed expires with the profile TTL)."""
+        if feed in CONTEXT_FEEDS:
+            state = await self._feeds.read(user, feed)
+            return state if state is not None else await self._create_context(user, feed)
         if feed != HOME:
             if self.triggers is None:
                 raise ValueError(f"no feed named {feed!r}")
@@ -242,7 +263,7 @@ class Processor:
         if view is None:  # pragma: no cover - refresh always returns a view
             raise RuntimeError("refresh returned no profile view")
         items = self._recommender.home(view, current=None, tuning=arm.feed if arm else None)
-        update = await self._store(user, view.feed, items, _tag(arm))
+        update = await self._store(user, HOME, view.feed, items, _tag(arm))
         if update is not None:
             self._known.put(update.state)
             await self._broker.publish(update)
@@ -252,15 +273,35 @@ class Processor:
             raise RuntimeError("feed vanished while being computed")
         return state
 
+    async def _create_context(self, user: str, feed: str) -> FeedState:
+        """Score, store and publish the user's first ``feed`` (a context feed)."""
+        refresh = Event(event_id="", user_id=user, type="refresh", item_id=None, ts=_now_ms())
+        [result] = await self._profiles.apply_many([(refresh, [], None, True)], context=[feed])
+        if isinstance(result, Exception):
+            raise result
+        view = result[1]
+        if view is None or feed not in view.context:  # pragma: no cover - asked for it
+            raise RuntimeError(f"refresh returned no {feed} candidates")
+        context = view.context[feed]
+        items = self._recommender.context(feed, context.candidates)
+        update = await self._store(user, feed, context.feed, items, "")
+        if update is not None:
+            await self._broker.publish(update)
+            return update.state
+        state = await self._feeds.read(user, feed)
+        if state is None:  # pragma: no cover - unchanged means a stored version exists
+            raise RuntimeError("feed vanished while being computed")
+        return state
+
     async def _store(
-        self, user: str, base: FeedState | None, items: list[dict[str, Any]], tag: str
+        self, user: str, feed: str, base: FeedState | None, items: list[dict[str, Any]], tag: str
     ) -> FeedUpdate | None:
         for _ in range(_CAS_TRIES - 1):
             try:
-                return await self._feeds.write(user, HOME, base, items, tag=tag)
+                return await self._feeds.write(user, feed, base, items, tag=tag)
             except VersionConflict:
-                base = await self._feeds.read(user, HOME)
-        return await self._feeds.write(user, HOME, base, items, tag=tag)
+                base = await self._feeds.read(user, feed)
+        return await self._feeds.write(user, feed, base, items, tag=tag)
 
     def _categories(self, event: Event) -> list[str]:
         if event.item_id is not None:

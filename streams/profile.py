@@ -16,7 +16,7 @@ Caveat: the script derives item-side key names itself, so it needs a single Redi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from string import Template
 from typing import Any
@@ -105,13 +105,28 @@ class ScoringTuning:
     model_fetched: int = 15
 
 
+#: The context feeds the event script can score (see ``lua/event.lua``): ``similar``, the
+#: neighbours of the item being looked at, and ``cart``, the complements of the cart.
+CONTEXT_FEEDS = ("similar", "cart")
+
+
 @dataclass(frozen=True, slots=True)
-class ProfileView:
-    """What the recommender sees of a user right after an event: ranked candidates, and the
-    currently stored feed (the base of the next version)."""
+class ContextView:
+    """A context feed's ranked candidates and its stored state (the base of its next version)."""
 
     candidates: Scored
     feed: FeedState | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileView:
+    """What the recommender sees of a user right after an event: ranked candidates, and the
+    currently stored feed (the base of the next version); ``context`` the same per context feed
+    the user has (or that was asked for)."""
+
+    candidates: Scored
+    feed: FeedState | None
+    context: dict[str, ContextView] = field(default_factory=dict)
 
 
 def user_keys(user: str) -> list[str]:
@@ -173,6 +188,8 @@ class ProfileStore:
         self,
         batch: Sequence[tuple[Event, list[str], FeedState | None, bool]],
         scorings: Sequence[ScoringTuning | None] | None = None,
+        *,
+        context: Sequence[str] = (),
     ) -> list[tuple[str, ProfileView | None] | Exception]:
         """Several :meth:`apply` calls in one pipelined round trip, in order.
 
@@ -184,7 +201,9 @@ class ProfileStore:
         Redis sends back only its version and the view reuses the caller's copy.
 
         ``scorings``: per entry, the tuning its candidates are scored with (an experiment arm's);
-        None (all, or one) means the store's own.
+        None (all, or one) means the store's own. ``context``: context feeds to score for every
+        entry even where the user has none stored yet (to create one); the stored ones always
+        are.
 
         A Redis error reply fails that event alone (returned in its place); connection errors
         raise for all, and a retry is absorbed by dedup.
@@ -197,7 +216,11 @@ class ProfileStore:
             calls.append(
                 (
                     script,
-                    [*user_keys(event.user_id), feed_key(event.user_id, "home")],
+                    [
+                        *user_keys(event.user_id),
+                        feed_key(event.user_id, "home"),
+                        *(feed_key(event.user_id, f) for f in CONTEXT_FEEDS),
+                    ],
                     [
                         event.event_id,
                         event.type,
@@ -211,6 +234,7 @@ class ProfileStore:
                         known.version.n if known else 0,
                         "1" if score else "0",
                         event.user_id,
+                        "\n".join(context),
                     ],
                 )
             )
@@ -231,11 +255,22 @@ class ProfileStore:
 
     @staticmethod
     def _view(user: str, res: list[Any], known: FeedState | None) -> ProfileView:
-        flat, fe, fn, fb, same = res[1:]
-        feed = None
-        if int(same) and known is not None:
-            feed = known
-        elif fe:
-            feed = FeedState(user, "home", Version(fe.decode(), int(fn)), decode_body(fb or None))
-        candidates = [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-        return ProfileView(candidates=candidates, feed=feed)
+        flat, fe, fn, fb, same, context = res[1:]
+        # The caller's copy when Redis says it is still the stored one (no body was sent).
+        feed = known if int(same) and known is not None else _state(user, "home", fe, fn, fb)
+        views = {
+            name.decode(): ContextView(_scored(cands), _state(user, name.decode(), e, n, b))
+            for name, cands, e, n, b in context
+        }
+        return ProfileView(candidates=_scored(flat), feed=feed, context=views)
+
+
+def _scored(flat: list[bytes]) -> Scored:
+    return [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+
+def _state(user: str, feed: str, epoch: bytes, n: bytes, body: bytes) -> FeedState | None:
+    """A stored feed's state from the script's reply (None: no feed stored)."""
+    if not epoch:
+        return None
+    return FeedState(user, feed, Version(epoch.decode(), int(n)), decode_body(body or None))

@@ -17,12 +17,12 @@ no rule for the feed the path above is unchanged.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sessions.feeds import HOME
 from streams.catalog import Catalog, Item
-from streams.profile import ProfileView
+from streams.profile import ProfileView, Scored
 from streams.rules import EMPTY, RuleSet, place_pins
 
 
@@ -63,16 +63,29 @@ class Recommender:
         With rules (docs/RULES.md): catalog filter → exclude / include_only → boost / bury and a
         stable re-sort (the repeat slot stays first) → per-category cap → pins at their slots.
         """
-        tuning = tuning or self.tuning
+        return self._compose(HOME, view.candidates, current, tuning or self.tuning)
+
+    def context(self, feed: str, candidates: Scored) -> list[dict[str, Any]]:
+        """A context feed (``similar``, ``cart``; see :data:`streams.profile.CONTEXT_FEEDS`) from
+        its candidates, which the event script ranked and already cleared of the items they are
+        about (the item looked at, the cart's, the bought ones): the catalog filter, the rules of
+        that feed and the home feed's size and category cap."""
+        return self._compose(feed, candidates, None, replace(self.tuning, repeat=False))
+
+    def _compose(
+        self, feed: str, candidates: Scored, current: str | None, tuning: RecommenderTuning
+    ) -> list[dict[str, Any]]:
         size = tuning.size
-        rules = self.rules.for_feed(HOME)
+        rules = self.rules.for_feed(feed)
         if not rules:
-            eligible = (item for item, _ in self._eligible(view, current, frozenset(), tuning))
+            eligible = (
+                item for item, _ in self._eligible(candidates, current, frozenset(), tuning)
+            )
             return [item.payload for item in self._fill(eligible, size, tuning)]
         hits: set[str] = set()
         pins = rules.resolve_pins(self._catalog.get, size)
         pinned = frozenset(p.item.item_id for p in pins)
-        ranked = list(self._eligible(view, current, pinned, tuning))
+        ranked = list(self._eligible(candidates, current, pinned, tuning))
         head = current if tuning.repeat else None
         items = self._fill(rules.arrange(ranked, head=head, hits=hits), size - len(pins), tuning)
         if pins:
@@ -84,14 +97,14 @@ class Recommender:
 
     def _eligible(
         self,
-        view: ProfileView,
+        candidates: Scored,
         current: str | None,
         pinned: frozenset[str],
         tuning: RecommenderTuning,
     ) -> Iterator[tuple[Item, float]]:
         """The candidates the catalog can show, in rank order, each once (pinned ones aside)."""
         seen: set[str] = set()
-        for item_id, score in view.candidates:
+        for item_id, score in candidates:
             if item_id in seen or (item_id == current and not tuning.repeat):
                 continue
             seen.add(item_id)

@@ -39,7 +39,7 @@ ACTIONS = ("exclude", "include_only", "boost", "bury", "pin")
 FILTERS = frozenset({"exclude", "include_only"})
 WEIGHTS = frozenset({"boost", "bury"})
 #: The feeds a rule may name (``feeds:``); a rule without ``feeds`` applies to all of them.
-KNOWN_FEEDS: tuple[str, ...] = ("home",)
+KNOWN_FEEDS: tuple[str, ...] = ("home", "similar", "cart")
 MAX_RULES = 500
 MAX_TEXT_BYTES = 256 * 1024
 MAX_SLOT = 100

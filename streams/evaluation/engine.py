@@ -28,7 +28,7 @@ from streams.catalog import Catalog, Item
 from streams.evaluation.readers import Interaction
 from streams.events import Event
 from streams.processor import Processor
-from streams.profile import ProfileStore, ProfileTuning, ScoringTuning
+from streams.profile import CONTEXT_FEEDS, ProfileStore, ProfileTuning, ScoringTuning
 from streams.recommender import Recommender, RecommenderTuning
 
 _UPSERT_CHUNK = 1000
@@ -93,8 +93,12 @@ class Engine:
         scoring: ScoringTuning | None = None,
         recommender: RecommenderTuning | None = None,
     ) -> None:
-        if feed != HOME:
-            raise ValueError(f"the engine computes the {HOME!r} feed only")
+        if feed != HOME and feed not in CONTEXT_FEEDS:
+            raise ValueError(f"the engine computes {HOME!r} and {', '.join(CONTEXT_FEEDS)} only")
+        self.feed = feed
+        #: Users whose context feed exists (a context feed is computed only for users who have
+        #: one: each user's is created before their first event, as a subscription would).
+        self._opted_in: set[str] = set()
         profile = profile or ProfileTuning()
         scoring = scoring or ScoringTuning(candidates=2 * size)
         recommender = recommender or RecommenderTuning(size=size, repeat=scoring.repeat_w > 0)
@@ -136,6 +140,10 @@ class Engine:
         for e in events:
             self._seq += 1
             batch.append(Event(f"ev{self._seq}", e.user, e.type, e.item, e.ts_ms))
+        if self.feed != HOME:
+            for user in {e.user for e in events} - self._opted_in:
+                await self.processor.ensure_feed(user, self.feed)
+                self._opted_in.add(user)
         self._timing = timed
         try:
             await self.processor.handle_batch(batch)

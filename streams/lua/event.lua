@@ -5,14 +5,19 @@
 -- when the script is registered (streams/profile.py): fewer arguments to encode per event.
 --
 -- KEYS: 1 dedup zset, 2 recent zset, 3 affinity zset, 4 cart set, 5 bought zset, 6 profile hash,
---       7 home feed hash
+--       7 home feed hash, 8 similar feed hash, 9 cart feed hash
 -- ARGV: 1 event_id, 2 type ('refresh' = no event, only score), 3 item_id ('' = none),
 --       4 categories ('\n'-separated), 5 ts ms, 6 affinity weight, 7 co-visitation weight,
 --       8 trending weight, 9 epoch and 10 n of the feed version the caller holds ('' / 0: none),
---       11 '1' to score the candidates, '0' when a later event of the batch will, 12 the user id
+--       11 '1' to score the candidates, '0' when a later event of the batch will, 12 the user id,
+--       13 context feeds to score even when the user has none stored yet ('\n'-separated)
 -- Returns {0} for a duplicate, {2} when the event cannot change a feed, {3} when applied but not
 -- scored (ARGV[11] = '0'), else
---   {1, candidates (flat id, score, … best first), feed_e, feed_n, feed_b, 1 if feed_b omitted}
+--   {1, candidates (flat id, score, … best first), feed_e, feed_n, feed_b, 1 if feed_b omitted,
+--    context: {{feed name, candidates, e, n, b}, …}}
+-- Context feeds ('similar': neighbours of the item being looked at; 'cart': complements of the
+-- cart) are scored only for users who have one stored (they subscribed to it) or when ARGV[13]
+-- names it: nobody else pays for them.
 local eid, etype, item, ts = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
 local w_aff, w_cov, w_trend = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local me = ARGV[12]
@@ -106,6 +111,23 @@ if item ~= '' then
       redis.call('ZREMRANGEBYRANK', sessions, 0, -${SESSION_INDEX_MAX} - 1)
     end
   end
+  if etype == 'add_to_cart' or etype == 'purchase' then
+    -- Complements: items carted (or bought within the hour) together, a stronger signal of "goes
+    -- with" than co-views, which mostly find alternatives. Bounded: 20 partners per event.
+    local partners = redis.call('SRANDMEMBER', KEYS[4], 20)
+    if etype == 'purchase' then
+      for _, b in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], ts - 3600000, '+inf', 'LIMIT', 0, 20)) do
+        partners[#partners + 1] = b
+      end
+    end
+    local w = etype == 'purchase' and 2 or 1
+    for _, p in ipairs(partners) do
+      if p ~= item then
+        incr('pr:cb:' .. item, w, p, ${NEIGHBOURS_KEPT})
+        incr('pr:cb:' .. p, w, item, ${NEIGHBOURS_KEPT})
+      end
+    end
+  end
   if etype == 'add_to_cart' then
     redis.call('SADD', KEYS[4], item)
     touched[#touched + 1] = KEYS[4]
@@ -152,12 +174,13 @@ end
 -- Scoring, next to the data: each source is normalised by its best score so no source drowns
 -- the others by scale, then weighted. See streams/recommender.py for the sources and weights.
 local scores = {}
-local function add(flat, weight)
+local function add(flat, weight, into)
+  into = into or scores
   local top = tonumber(flat[2])
   if weight <= 0 or not top or top <= 0 then return end
   for i = 1, #flat, 2 do
     local s = tonumber(flat[i + 1])
-    if s > 0 then scores[flat[i]] = (scores[flat[i]] or 0) + weight * s / top end
+    if s > 0 then into[flat[i]] = (into[flat[i]] or 0) + weight * s / top end
   end
 end
 local recent = redis.call('ZREVRANGE', KEYS[2], 0, ${RECENT_FETCHED} - 1)
@@ -249,38 +272,88 @@ if repeat_w > 0 and latest then
 end
 local excluded = repeat_w > 0 and '' or item
 
--- Best first, ties by id; bought items are never candidates (nor the current one, see above). Only
--- the best few need ordering: a plain numeric sort of the eligible scores (no Lua comparator)
--- finds the cut-off, and only the entries at or above it are sorted with the tie-break.
--- (Within each source, Redis itself decides which of several members tied at its fetch limit
--- are fetched: the ones with the greater ids.)
+-- Best first, ties by id; bought items are never candidates (nor `skip`'s). Only the best few
+-- need ordering: a plain numeric sort of the eligible scores (no Lua comparator) finds the
+-- cut-off, and only the entries at or above it are sorted with the tie-break. (Within each
+-- source, Redis itself decides which of several members tied at its fetch limit are fetched:
+-- the ones with the greater ids.)
 local bought = {}
 if redis.call('ZCARD', KEYS[5]) > 0 then  -- most visitors bought nothing: one cheap call
   for _, b in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do bought[b] = true end
 end
-local values = {}
-for id, s in pairs(scores) do
-  if id ~= excluded and not bought[id] then values[#values + 1] = s end
+local function best(sc, skip)
+  local values = {}
+  for id, s in pairs(sc) do
+    if not skip[id] and not bought[id] then values[#values + 1] = s end
+  end
+  table.sort(values)
+  local cut = values[math.max(#values - ${CANDIDATES} + 1, 1)] or 0
+  local ranked = {}
+  for id, s in pairs(sc) do
+    if s >= cut and not skip[id] and not bought[id] then ranked[#ranked + 1] = {id, s} end
+  end
+  table.sort(ranked, function(a, b)
+    if a[2] ~= b[2] then return a[2] > b[2] end
+    return a[1] < b[1]
+  end)
+  local flat = {}
+  for i = 1, math.min(#ranked, ${CANDIDATES}) do
+    flat[#flat + 1] = ranked[i][1]
+    flat[#flat + 1] = tostring(ranked[i][2])  -- a Lua number would reach the client as an integer
+  end
+  return flat
 end
-table.sort(values)
-local cut = values[math.max(#values - ${CANDIDATES} + 1, 1)] or 0
-local ranked = {}
-for id, s in pairs(scores) do
-  if s >= cut and id ~= excluded and not bought[id] then ranked[#ranked + 1] = {id, s} end
+local out = best(scores, {[excluded] = true})
+
+-- Context feeds, for users who have them (or when asked): see the header.
+local forced = {}
+for f in string.gmatch(ARGV[13] or '', '[^\n]+') do forced[f] = true end
+local context = {}
+local function feed_state(key)
+  local st = redis.call('HMGET', key, 'e', 'n', 'b')
+  return st[1] or '', st[2] or '0', st[3] or ''
 end
-table.sort(ranked, function(a, b)
-  if a[2] ~= b[2] then return a[2] > b[2] end
-  return a[1] < b[1]
-end)
-local out = {}
-for i = 1, math.min(#ranked, ${CANDIDATES}) do
-  out[#out + 1] = ranked[i][1]
-  out[#out + 1] = tostring(ranked[i][2])  -- a Lua number would reach the client as an integer
+if forced['similar'] or redis.call('EXISTS', KEYS[8]) == 1 then
+  -- More like the item being looked at: its co-visitation (and offline model) neighbours, then
+  -- trending of its category, then global trending, so the list is never empty.
+  local sim = {}
+  if latest then
+    add(redis.call('ZREVRANGE', 'pr:nb:' .. latest, 0, 2 * ${NEIGHBOURS_FETCHED} - 1,
+                   'WITHSCORES'), 1.0, sim)
+    if ${MODEL_W} > 0 then
+      local version = redis.call('HGET', 'pr:model', 'nb')
+      if version then
+        add(redis.call('ZREVRANGE', 'pr:nbm:' .. version .. ':' .. latest, 0,
+                       ${MODEL_FETCHED} - 1, 'WITHSCORES'), ${MODEL_W}, sim)
+      end
+    end
+  end
+  if cats[1] then
+    add(redis.call('ZREVRANGE', 'pr:trend:c:' .. cats[1], 0, ${TRENDING_FETCHED} - 1,
+                   'WITHSCORES'), 0.3, sim)
+  end
+  add(redis.call('ZREVRANGE', 'pr:trend', 0, ${TRENDING_FETCHED} - 1, 'WITHSCORES'), 0.05, sim)
+  local e, n, b = feed_state(KEYS[8])
+  context[#context + 1] = {'similar', best(sim, latest and {[latest] = true} or {}), e, n, b}
+end
+if forced['cart'] or redis.call('EXISTS', KEYS[9]) == 1 then
+  -- Goes with the cart: items carted or bought together with its items (pr:cb), co-views as a
+  -- weaker fallback; never an item already in it. An empty cart has no complements.
+  local comp, skip = {}, {}
+  for _, c in ipairs(redis.call('SRANDMEMBER', KEYS[4], 20)) do
+    skip[c] = true
+    add(redis.call('ZREVRANGE', 'pr:cb:' .. c, 0, ${NEIGHBOURS_FETCHED} - 1, 'WITHSCORES'), 1.0,
+        comp)
+    add(redis.call('ZREVRANGE', 'pr:nb:' .. c, 0, ${NEIGHBOURS_FETCHED} - 1, 'WITHSCORES'), 0.25,
+        comp)
+  end
+  local e, n, b = feed_state(KEYS[9])
+  context[#context + 1] = {'cart', best(comp, skip), e, n, b}
 end
 -- The stored feed is the base of the next version. The caller usually holds it already (it wrote
 -- it): then only its version comes back, not the body.
 local feed = redis.call('HMGET', KEYS[7], 'e', 'n')
 if feed[1] and feed[1] == ARGV[9] and feed[2] == ARGV[10] then
-  return {1, out, feed[1], feed[2], '', 1}
+  return {1, out, feed[1], feed[2], '', 1, context}
 end
-return {1, out, feed[1] or '', feed[2] or '0', redis.call('HGET', KEYS[7], 'b') or '', 0}
+return {1, out, feed[1] or '', feed[2] or '0', redis.call('HGET', KEYS[7], 'b') or '', 0, context}
