@@ -134,6 +134,26 @@ class Metrics:
             ["action"],
             registry=r,
         )
+        # -- triggers (streams/triggers.py): begin -------------------------------------------
+        # Keyed by the kind the triggers' observer reports, (kind, outcome, n) -> .labels(outcome)
+        self.triggers = {
+            "offers": Counter(
+                "pushrec_trigger_offers",
+                "Trigger offers by outcome: fired_immediate, fired_delayed (entries written),"
+                " suppressed (held back by unless), removed (taken back by an unless event)",
+                ["outcome"],
+                registry=r,
+            ),
+            "timers": Counter(
+                "pushrec_trigger_timers",
+                "Durable trigger timers by outcome: claimed, handled (acknowledged), retried"
+                " (lease ran out, put back), dropped (trigger removed), retargeted (visitor"
+                " merged into a user), failed",
+                ["outcome"],
+                registry=r,
+            ),
+        }
+        # -- triggers: end -------------------------------------------------------------------
         self.bus_backlog = Gauge(
             "pushrec_bus_backlog",
             "Events accepted but not yet processed (in-process bus)",

@@ -34,7 +34,7 @@ from streams.experiments import ExperimentSet
 from streams.experiments_store import EXPERIMENTS
 from streams.processor import Processor
 from streams.producer_kafka import KafkaProducer
-from streams.profile import ProfileStore, ProfileTuning, ScoringTuning
+from streams.profile import CONTEXT_FEEDS, ProfileStore, ProfileTuning, ScoringTuning
 from streams.propagate import Propagator
 from streams.recommender import Recommender, RecommenderTuning
 from streams.rules import RuleSet
@@ -142,7 +142,7 @@ class Runtime:
         self.connections = Connections()
         self.profile_tuning, self._scoring, self._feed_tuning = engine_tunings(settings)
         #: The feeds a connection may subscribe to.
-        self.served_feeds: tuple[str, ...] = ("home", "offers")
+        self.served_feeds: tuple[str, ...] = ("home", "offers", *CONTEXT_FEEDS)
         #: The feeds of a connection that names none (``?feeds=`` absent).
         self.default_feeds: tuple[str, ...] = ("home",)
         self._redis: Redis | None = None
@@ -261,6 +261,7 @@ class Runtime:
             Offers(self._redis, self._feeds, self.broker, self._catalog),
             lambda: recommender.rules,
             interval_s=s.timers_interval_s,
+            observe=lambda kind, outcome, n: self.metrics.triggers[kind].labels(outcome).inc(n),
         )
         self._processor = Processor(
             profiles=profiles,

@@ -21,13 +21,29 @@ One Lua script (``streams/lua/merge.lua``) folds the visitor's profile keys (see
 - ``p`` scalars: ``a0`` as above; ``x`` (when all of the user's keys last had their TTL
   refreshed) the later of the two — never later than the truth, as this merge refreshes them;
   any other field of the visitor's only where the user has none (the user's profile wins).
+- trigger event times (``pr:{u:<id>}:ev:<type>``, :mod:`streams.triggers`): carried over, not
+  deleted, because they are facts about the same person: per item the ``<ts>/<event_id>``
+  entries are united (an event id once) and the newest ``KEEP_PER_ITEM`` kept, as recording
+  keeps them; each hash expires at the later of the two expiries. So a trigger's window counts
+  the visitor's and the user's events together (a view before logging in and one after make a
+  "second look"), and an ``unless`` event of the visitor (a purchase before logging in) still
+  holds back the user's offers of that item; deleting them would offer what was just bought.
+- pending delayed-trigger timers of the visitor (members of the global ``pr:timers`` naming it)
+  are not searched for (that walks the whole zset). When the visitor had event times (so there
+  may be timers), the script sets ``pr:merged:<visitor>`` to the user, for as long as those
+  event times would have lived and at least the profile TTL; the timer handler retargets a due
+  timer of a marked visitor to the user — checked against the user's event times (now both
+  timelines), offered in the user's feed, never in the deleted visitor's. Retargeted rather than
+  dropped for the reason the event times are carried: the delay started with this person's event
+  (a cart reminder reaches them logged in; their purchase after logging in still cancels it).
 
-Every key of the user's profile then gets the profile TTL. The visitor's profile keys and its
+Every key of the user's profile then gets the profile TTL. The visitor's profile keys, event times,
 feeds and feed histories (``feeds``, default ``home``: every feed served) are deleted in the same
-script. With ``sweep=True``, every other key under the visitor's hash tag is found with ``SCAN
-MATCH`` and deleted too; off by default because ``SCAN`` walks the whole keyspace whatever the
-pattern (measured: 0.5 to 0.7 s per million keys on a local Redis), and no other per-user key
-exists today.
+script; its offers are not carried into the user's offers feed. With ``sweep=True``, every other
+key under the visitor's hash tag is found with ``SCAN MATCH`` and deleted too; off by default
+because ``SCAN`` walks the whole keyspace whatever the pattern (measured: 0.5 to 0.7 s per
+million keys on a local Redis), and no other per-user key exists today (the marker is not under
+the visitor's tag).
 
 Cost: one round trip (``EVALSHA``; one more to load the script after a Redis restart), plus the
 ``SCAN`` walk and one ``DEL`` with ``sweep``.
@@ -40,7 +56,8 @@ user's feed after every successful call, even one that merged nothing (a previou
 have merged and crashed before recomputing).
 
 Events still addressed to the visitor's id after the merge (in flight on the bus) build a new
-visitor profile; merging again picks them up.
+visitor profile; merging again picks them up. Delayed timers they schedule go to the marked user
+too (the marker outlives the merge).
 
 Caveat: the script touches two users' keys, which live in different hash slots (``{u:<id>}``
 tags), so it needs a single Redis, not Cluster (like the event script, which derives item-side
@@ -58,7 +75,9 @@ from redis.asyncio import Redis
 from sessions.keys import feed_key, history_key, user_tag
 from sessions.scripts import PipelinedScript
 from sessions.tokens import ANON_PREFIX
+from streams.events import ITEM_TYPES
 from streams.profile import ProfileTuning, user_keys
+from streams.triggers import KEEP_PER_ITEM, events_key, merged_key
 
 _MERGE_LUA = resources.files("streams").joinpath("lua/merge.lua").read_text()
 
@@ -78,11 +97,13 @@ class MergeResult:
     bought: int
     dedup: int
     deleted: int
+    #: (event type, item) fields of trigger event times carried over.
+    events: int = 0
 
     @property
     def merged(self) -> bool:
-        """Whether the visitor had a profile to merge."""
-        return any((self.recent, self.aff, self.cart, self.bought, self.dedup))
+        """Whether the visitor had a profile (or trigger event times) to merge."""
+        return any((self.recent, self.aff, self.cart, self.bought, self.dedup, self.events))
 
 
 async def merge_profiles(
@@ -108,12 +129,22 @@ async def merge_profiles(
         raise ValueError(f"not a user id: {user!r}")
     t = tuning or ProfileTuning()
     extra = [key for feed in feeds for key in (feed_key(anon, feed), history_key(anon, feed))]
+    # Every type an event can be recorded under (whatever the rules now): times recorded under
+    # rules since changed are carried too.
+    types = sorted(ITEM_TYPES)
     script = PipelinedScript(redis, _MERGE_LUA)
     reply = (
         await script.run_many(
             [
                 (
-                    [*user_keys(user), *user_keys(anon), *extra],
+                    [
+                        *user_keys(user),
+                        *user_keys(anon),
+                        *(events_key(user, e) for e in types),
+                        *(events_key(anon, e) for e in types),
+                        merged_key(anon),
+                        *extra,
+                    ],
                     [
                         t.ttl_s,
                         t.dedup_window_ms,
@@ -121,6 +152,9 @@ async def merge_profiles(
                         t.recent_max,
                         BOUGHT_MAX,
                         t.affinity_halflife_ms,
+                        len(types),
+                        KEEP_PER_ITEM,
+                        user,
                     ],
                 )
             ]
@@ -128,10 +162,10 @@ async def merge_profiles(
     )[0]
     if isinstance(reply, Exception):
         raise reply
-    recent, aff, cart, bought, dedup, deleted = (int(n) for n in reply)
+    recent, aff, cart, bought, dedup, deleted, events = (int(n) for n in reply)
     if sweep:
         deleted += await _sweep(redis, anon)
-    return MergeResult(recent, aff, cart, bought, dedup, deleted)
+    return MergeResult(recent, aff, cart, bought, dedup, deleted, events)
 
 
 async def _sweep(redis: Redis, anon: str) -> int:

@@ -1,19 +1,23 @@
 """Catalog propagation: a catalog change reaches every open feed that shows the item.
 
 An item going out of stock (or unknown to the catalog) leaves every stored feed that shows it; an
-item whose feed payload changed (price, title, image, category) is replaced in place. Each edited
-feed gets a normal new version — compare-and-set on the version read, its diff (a removal: runs
-of the base list; a payload change: a ``patch``) in the history stream — and is published like
-the processor publishes a recompute, so connected clients receive a diff within milliseconds and
+item whose feed payload changed (price, title, image, category) is replaced in place. That holds
+for ``home`` and for the ``offers`` feeds (:mod:`streams.triggers`), whose entries keep their
+offer fields (``badge``, ``expires_at``, ``trigger``) around the new payload. Each edited feed
+gets a normal new version — compare-and-set on the version read, its diff (a removal: runs of the
+base list; a payload change: a ``patch``) in the history stream — and is published like the
+processor publishes a recompute, so connected clients receive a diff within milliseconds and
 resuming ones replay it. Nobody's feed is recomputed: a removed item leaves the list one shorter
-until the user's next event recomputes it.
+until the user's next event recomputes it (an offer does not come back).
 
 Design:
 
 - **Who shows what**: the index kept by every feed write (:mod:`sessions.feeds`,
-  ``pr:shown:<feed>:<item>``, maintained atomically with the version in ``feed_write.lua``). It
-  may hold stale users (a feed that expired or was deleted); the edit meets them, and removes
-  their entries only if the feed is still as read (:meth:`FeedStore.unindex_many`).
+  ``pr:shown:<feed>:<item>``, maintained atomically with the version in ``feed_write.lua``; the
+  offers writes go through the same script, so their index is kept too). It may hold stale users
+  (a feed that expired or was deleted); the edit meets them, and removes their entries only if
+  the feed is still as read (:meth:`FeedStore.unindex_many`). Each of the propagator's
+  ``feed_names`` (default :data:`FEEDS`) is handled on its own: its index, edits, settle pass.
 - **Which node**: the one that received ``PUT /v1/items`` (:meth:`Propagator.upsert`), once per
   change; the other nodes only refresh their catalog mirrors. The broker carries the updates to
   whichever nodes hold the sockets.
@@ -25,10 +29,10 @@ Design:
 - **The edit** is computed against each stored list and the catalog mirror as it is now, so it is
   idempotent: a feed already right is not written.
 - **Round trips** per PUT, whatever the number of users (in chunks of :data:`CHUNK` users): mark
-  pending (1), catalog write (1), index read (1), then per chunk: feed reads (1), writes with the
-  stale-entry removals beside them (1, both pipelines concurrently), publish (1); unmark (1). A
-  lost compare-and-set (an event recomputed that user meanwhile) costs one re-read and one write
-  for those users, up to :data:`_CAS_TRIES` times.
+  pending (1), catalog write (1), then per feed an index read (1) and per chunk: feed reads (1),
+  writes with the stale-entry removals beside them (1, both pipelines concurrently), publish (1);
+  unmark (1). A lost compare-and-set (an event recomputed that user meanwhile) costs one re-read
+  and one write for those users, up to :data:`_CAS_TRIES` times.
 - **Settle pass**: a recompute computed from the catalog mirror *before* the change can be stored
   *after* the edit — either its write lost the race to the edit and was rebased, or the item
   entered that user's list after the index was read. So :data:`SETTLE_S` later the users edited
@@ -56,6 +60,8 @@ from sessions.feeds import HOME, FeedState, FeedStore, FeedUpdate
 from sessions.versions import Version
 from streams.catalog import Catalog, Item
 from streams.exceptions import StreamsError
+from streams.rules import OFFER_FEEDS
+from streams.triggers import OFFER_FIELDS
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +77,10 @@ SETTLE_MARGIN_MS = 2000
 _CAS_TRIES = 3
 #: A version no stored feed has: a user whose edit gave up is always checked again.
 _UNKNOWN = Version("", -1)
+#: The feeds propagated by default: ``home`` and the offers feeds.
+FEEDS: tuple[str, ...] = (HOME, *OFFER_FEEDS)
+#: Per feed, the fields an entry has beyond the catalog payload, kept by an edit.
+KEPT_FIELDS: dict[str, tuple[str, ...]] = dict.fromkeys(OFFER_FEEDS, OFFER_FIELDS)
 
 #: Called with (outcome, count): ``edited`` feed versions written, ``conflict`` compare-and-set
 #: races lost (retried), ``unindexed`` stale index entries removed, ``failed`` edits given up.
@@ -103,12 +113,16 @@ def shown_changed(old: Item | None, new: Item) -> bool:
 
 
 def edit_feed(
-    items: Sequence[Payload], targets: Collection[str], lookup: Callable[[str], Item | None]
+    items: Sequence[Payload],
+    targets: Collection[str],
+    lookup: Callable[[str], Item | None],
+    keep: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """``items`` with each item named in ``targets`` dropped or brought up to date.
 
     An item the catalog (``lookup``) does not know or has out of stock is dropped; any other
-    target takes the catalog's payload. Items not in ``targets`` are left as they are.
+    target takes the catalog's payload, plus the fields named in ``keep`` from its entry (an
+    offer's badge, expiry and trigger). Items not in ``targets`` are left as they are.
     """
     out: list[dict[str, Any]] = []
     for payload in items:
@@ -117,8 +131,10 @@ def edit_feed(
             out.append(dict(payload))
             continue
         item = lookup(item_id)
-        if item is not None and item.in_stock:
-            out.append(item.payload)
+        if item is None or not item.in_stock:
+            continue
+        kept = {k: payload[k] for k in keep if k in payload}
+        out.append({**item.payload, **kept} if kept else item.payload)
     return out
 
 
@@ -132,7 +148,7 @@ class Propagator:
         catalog: Catalog,
         feeds: FeedStore,
         broker: Broker,
-        feed: str = HOME,
+        feed_names: Sequence[str] = FEEDS,
         observe: Observer = _ignore,
         settle_s: float | None = SETTLE_S,
         chunk: int = CHUNK,
@@ -142,7 +158,7 @@ class Propagator:
         self._catalog = catalog
         self._feeds = feeds
         self._broker = broker
-        self._feed = feed
+        self._feed_names = tuple(feed_names)
         self._observe = observe
         self._settle_s = settle_s
         self._chunk = chunk
@@ -186,22 +202,27 @@ class Propagator:
         """
         if not item_ids:
             return Propagation(0, 0, 0)
-        started = time.perf_counter()
-        since_ms = int(self._clock() * 1000) - SETTLE_MARGIN_MS
-        targets = self._targets(item_ids, await self._feeds.shown(self._feed, item_ids))
-        edited, unindexed, seen = await self._pass(targets)
-        log.info(
-            "catalog_propagated",
-            items=len(item_ids),
-            users=len(targets),
-            edited=edited,
-            unindexed=unindexed,
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-        if self._settle_s is not None:
-            task = asyncio.create_task(self._settle(item_ids, targets, seen, since_ms))
-            self._settling.add(task)
-            task.add_done_callback(self._settling.discard)
+        edited = unindexed = 0
+        for feed in self._feed_names:
+            started = time.perf_counter()
+            since_ms = int(self._clock() * 1000) - SETTLE_MARGIN_MS
+            targets = self._targets(item_ids, await self._feeds.shown(feed, item_ids))
+            n_edited, n_unindexed, seen = await self._pass(feed, targets)
+            edited += n_edited
+            unindexed += n_unindexed
+            log.info(
+                "catalog_propagated",
+                feed=feed,
+                items=len(item_ids),
+                users=len(targets),
+                edited=n_edited,
+                unindexed=n_unindexed,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+            if self._settle_s is not None:
+                task = asyncio.create_task(self._settle(feed, item_ids, targets, seen, since_ms))
+                self._settling.add(task)
+                task.add_done_callback(self._settling.discard)
         return Propagation(len(item_ids), edited, unindexed)
 
     async def settled(self) -> None:
@@ -225,6 +246,7 @@ class Propagator:
 
     async def _settle(
         self,
+        feed: str,
         item_ids: Sequence[str],
         targets: dict[str, set[str]],
         seen: dict[str, Version | None],
@@ -237,26 +259,32 @@ class Propagator:
             users = list(seen)
             for start in range(0, len(users), self._chunk):
                 chunk = users[start : start + self._chunk]
-                stored = await self._feeds.versions(chunk, self._feed)
+                stored = await self._feeds.versions(chunk, feed)
                 for user, now in zip(chunk, stored, strict=True):
                     if now is not None and now != seen[user]:
                         again[user] = set(targets[user])
-            recent = await self._feeds.shown(self._feed, item_ids, since_ms=since_ms)
+            recent = await self._feeds.shown(feed, item_ids, since_ms=since_ms)
             for user, items in self._targets(item_ids, recent).items():
                 if user not in seen:
                     again.setdefault(user, set()).update(items)
             if again:
-                edited, unindexed, _ = await self._pass(again)
-                log.info("catalog_settled", users=len(again), edited=edited, unindexed=unindexed)
+                edited, unindexed, _ = await self._pass(feed, again)
+                log.info(
+                    "catalog_settled",
+                    feed=feed,
+                    users=len(again),
+                    edited=edited,
+                    unindexed=unindexed,
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("catalog_settle_failed", error=repr(exc)[:200])
 
     async def _pass(
-        self, targets: dict[str, set[str]]
+        self, feed: str, targets: dict[str, set[str]]
     ) -> tuple[int, int, dict[str, Version | None]]:
-        """Edit each user's feed for the items ``targets[user]``; (edited, unindexed, seen).
+        """Edit each user's ``feed`` for the items ``targets[user]``; (edited, unindexed, seen).
 
         ``seen``: per user, the version last read or written (None: no feed).
         """
@@ -265,9 +293,9 @@ class Propagator:
         users = list(targets)
         for start in range(0, len(users), self._chunk):
             chunk = users[start : start + self._chunk]
-            states = await self._feeds.read_many(chunk, self._feed)
+            states = await self._feeds.read_many(chunk, feed)
             for attempt in range(_CAS_TRIES):
-                updates, lost, removed = await self._edit(chunk, states, targets, seen)
+                updates, lost, removed = await self._edit(feed, chunk, states, targets, seen)
                 await self._broker.publish_many(updates)
                 edited += len(updates)
                 unindexed += removed
@@ -282,11 +310,12 @@ class Propagator:
                     seen.update(dict.fromkeys(lost, _UNKNOWN))
                     break
                 chunk = lost
-                states = await self._feeds.read_many(lost, self._feed)
+                states = await self._feeds.read_many(lost, feed)
         return edited, unindexed, seen
 
     async def _edit(
         self,
+        feed: str,
         users: list[str],
         states: list[FeedState | None],
         targets: dict[str, set[str]],
@@ -295,6 +324,7 @@ class Propagator:
         """One round of edits: (updates stored, users whose write lost a race, entries removed)."""
         writes: list[tuple[str, str, FeedState | None, list[dict[str, Any]]]] = []
         stale: list[tuple[str, Version | None, list[str]]] = []
+        keep = KEPT_FIELDS.get(feed, ())
         for user, state in zip(users, states, strict=True):
             wanted = targets[user]
             if state is None:
@@ -304,12 +334,12 @@ class Propagator:
             shown = set(ids_of(state.items))
             if wanted - shown:
                 stale.append((user, state.version, sorted(wanted - shown)))
-            items = edit_feed(state.items, wanted & shown, self._catalog.get)
+            items = edit_feed(state.items, wanted & shown, self._catalog.get, keep)
             seen[user] = state.version
             if items != list(state.items):
-                writes.append((user, self._feed, state, items))
+                writes.append((user, feed, state, items))
         results, removed = await asyncio.gather(
-            self._feeds.write_many(writes), self._feeds.unindex_many(self._feed, stale)
+            self._feeds.write_many(writes), self._feeds.unindex_many(feed, stale)
         )
         updates: list[FeedUpdate] = []
         lost: list[str] = []

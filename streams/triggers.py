@@ -12,39 +12,74 @@ The schema is in :mod:`streams.rules` (``triggers:``) and ``docs/RULES.md``. Her
   nothing.
 - **Offers feed** (:class:`Offers`): a normal versioned feed (``pr:{u:<id>}:feed:offers``, CAS
   writes with diffs and history, published like ``home``). Each entry is the catalog payload plus
-  ``badge``, ``expires_at`` (ms) and ``trigger``; one entry per item (a newer offer of an item
-  replaces the older one), newest first, at most 20. Expired entries go at every write, and an
-  expiry timer per entry makes that write happen when the entry expires.
+  ``badge``, ``expires_at`` (ms) and ``trigger`` (:data:`OFFER_FIELDS`); one entry per item (a
+  newer offer of an item replaces the older one), newest first, at most 20. Expired entries go at
+  every write, and an expiry timer per entry makes that write happen when the entry expires. The
+  writes keep the shown-items index like every feed write, so catalog propagation
+  (:mod:`streams.propagate`) drops an item that goes out of stock from open offers feeds and
+  brings a changed payload in, keeping the entry's offer fields.
 - **Durable timers** (:class:`Triggers`, ``pr:timers`` zset, score = due ms, member
   ``o\\n<trigger>\\n<user>\\n<item>\\n<event ts>\\n<due>`` for a delayed trigger,
   ``x\\n<feed>\\n<user>\\n\\n0\\n<due>`` for an expiry). A poller in every worker claims due members
   with one script (``lua/timer_claim.lua``: moved to ``pr:timers:claimed`` with a lease), handles
   them, then removes them from the claimed set.
 
-**Exactly once, effectively.** The claim is atomic, so of any number of pollers exactly one gets a
-due member. A node dying (or stalling past the lease, 30 s) between claim and acknowledgement
-leaves the member in ``pr:timers:claimed``; once its lease runs out the next claim puts it back
-and another poller handles it again: at least once. The handling is idempotent: the entry it
-writes is fixed by the timer (item, trigger, badge, ``expires_at`` = due + ttl), and an offers
-write that finds the same entry already there leaves the list as it is (no new version), so a
-second run shows the client nothing new. Net: the offer appears once.
+Guarantees:
 
-Caveats: the ``unless`` check of a delayed trigger and the offer write are two steps (a purchase
-landing between them still sees the offer; it expires as set). An expiry timer is scheduled right
-after the write that added the entry; a node dying in between leaves the expired entry until the
-user's next offers write (its ``expires_at`` tells the client anyway). Time is the events' own
-``ts`` for windows and for due times (a replayed old log fires at once, and its offers are already
-expired, so none are made); expiry is wall-clock. The event-time hashes are per user (one slot);
-``pr:timers`` is global (one Redis, like the event script's item-side keys).
+- **Exactly once, effectively.** The claim is atomic, so of any number of pollers exactly one gets
+  a due member. A node dying (or stalling past the lease, 30 s) between claim and acknowledgement
+  leaves the member in ``pr:timers:claimed``; once its lease runs out the next claim puts it back
+  and another poller handles it again: at least once. The handling is idempotent: the entry it
+  writes is fixed by the timer (item, trigger, badge, ``expires_at`` = due + ttl), and an offers
+  write that finds the same entry already there leaves the list as it is (no new version), so a
+  second run shows the client nothing new. Net: the offer appears once.
+- **No offer once its unless event is recorded.** An offer whose trigger has an ``unless`` is
+  written by one script that re-checks that condition against the event-time hash and then makes
+  the compare-and-set write (``lua/offer_guard.lua`` in front of the feed store's own
+  ``feed_write.lua``): a purchase recorded before the write refuses it (nothing is written, not
+  even briefly), whether the offer comes from a delayed trigger's timer or from an immediate
+  trigger whose purchase came later in the same batch.
+- **An unless event takes a shown offer back.** When :meth:`Triggers.record` records an event of
+  a type some trigger names in ``unless``, it removes from that trigger's feed the entry of that
+  item the trigger made, if the event is at or after the time from which it would have held the
+  offer back (the ``after`` event of a delayed trigger; the triggering event minus
+  ``unless.within`` of an immediate one): a new version with its diff, published. Together with
+  the guard, whichever of the offer write and the purchase comes first, the purchase ends with no
+  offer of the item. Idempotent: a retried batch finds the entry gone and writes nothing; an
+  entry made after the event (not held back by it) is kept.
+- **A merged visitor's timers reach the user.** ``identify`` (:mod:`streams.merge`) carries the
+  visitor's event times into the user's and marks the visitor as merged (``pr:merged:<anon>``,
+  :func:`merged_key`); a delayed timer of that visitor is retargeted to the user when it falls
+  due: checked against the user's event times (and the visitor's, for events still in flight)
+  and offered in the user's feed, never in the deleted visitor's. A merge landing between the
+  handler's look at the marker and its write refuses the write (the marker is a guard too), and
+  the timer is retargeted at once.
+
+Counters (``observe(kind, outcome, n)``): kind ``offers`` — ``fired_immediate``,
+``fired_delayed`` (entries written), ``suppressed`` (held back by ``unless``, at evaluation or by
+the guard), ``removed`` (taken back by an unless event); kind ``timers`` — ``claimed``,
+``handled`` (acknowledged), ``retried`` (leases that ran out, put back), ``dropped`` (trigger
+gone from the rules), ``retargeted`` (visitor merged into a user), ``failed`` (non-transient
+error, logged and acknowledged).
+
+Caveats: an expiry timer is scheduled right after the write that added the entry; a node dying in
+between leaves the expired entry until the user's next offers write (its ``expires_at`` tells the
+client anyway). An unless event is guarded against once :meth:`Triggers.record` has recorded it,
+which is right after the event script applied it; an offer written in that gap is taken back by
+the same record call. Time is the events' own ``ts`` for windows and for due times (a replayed old
+log fires at once, and its offers are already expired, so none are made); expiry is wall-clock.
+The event-time hashes are per user (one slot); ``pr:timers`` and the merge marker are global (one
+Redis, like the event script's item-side keys).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -58,6 +93,7 @@ from sessions.exceptions import VersionConflict
 from sessions.feeds import FeedState, FeedStore, FeedUpdate
 from sessions.keys import user_tag
 from sessions.scripts import Call, PipelinedScript
+from sessions.tokens import ANON_PREFIX
 from streams.catalog import Catalog
 from streams.events import Event
 from streams.rules import RuleSet, Trigger
@@ -66,6 +102,13 @@ log = structlog.get_logger(__name__)
 
 _RECORD_LUA = resources.files("streams").joinpath("lua/trigger_record.lua").read_text()
 _CLAIM_LUA = resources.files("streams").joinpath("lua/timer_claim.lua").read_text()
+#: The guarded offers write: the guard in front of the feed store's own write script, read from
+#: the same file the feed store reads, so the write itself (CAS, history, index) is exactly its.
+_GUARDED_WRITE_LUA = (
+    resources.files("streams").joinpath("lua/offer_guard.lua").read_text()
+    + "\n"
+    + resources.files("sessions").joinpath("lua/feed_write.lua").read_text()
+)
 
 TIMERS_KEY = "pr:timers"
 CLAIMED_KEY = "pr:timers:claimed"
@@ -74,8 +117,13 @@ KEEP_PER_ITEM = 16
 MAX_OFFERS = 20
 LEASE_MS = 30_000
 CLAIM_BATCH = 100
+#: The fields an offers entry adds to the catalog payload.
+OFFER_FIELDS = ("badge", "expires_at", "trigger")
 _CAS_TRIES = 3
 _KEY_MARGIN_S = 3600
+
+#: Called with (kind, outcome, count); see the module docstring.
+TriggerObserver = Callable[[str, str, int], None]
 
 
 def events_key(user: str, etype: str) -> str:
@@ -83,32 +131,85 @@ def events_key(user: str, etype: str) -> str:
     return f"{user_tag(user)}ev:{etype}"
 
 
+def merged_key(anon: str) -> str:
+    """The marker naming the user an anonymous visitor was merged into (``identify``)."""
+    return f"pr:merged:{anon}"
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
+class Guard:
+    """A condition checked in the same script as the offers write; when it fails the offer it
+    belongs to is not written. ``since`` set: ``key`` is an event-time hash, and an entry of the
+    offer's item at or after ``since`` (ms) fails it. ``since`` None: ``key`` existing fails it."""
+
+    key: str
+    since: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class OfferEntry:
-    """One offer to make: ``item`` in ``feed`` with ``badge`` until ``expires_at`` (ms)."""
+    """One offer to make: ``item`` in ``feed`` with ``badge`` until ``expires_at`` (ms), unless one
+    of ``guards`` fails at the write."""
 
     feed: str
     item: str
     trigger: str
     badge: str
     expires_at: int
+    guards: tuple[Guard, ...] = ()
 
 
-def _times(raw: object) -> list[int]:
-    out: list[int] = []
-    if raw is None:
-        return out
-    for line in _text(raw).split("\n"):
-        head, _, _ = line.partition("/")
-        try:
-            out.append(int(head))
-        except ValueError:
-            continue
-    return out
+@dataclass(slots=True)
+class OfferChange:
+    """What :meth:`Offers.apply` did."""
+
+    #: The version written and published (None: nothing changed).
+    update: FeedUpdate | None
+    #: Offers written as new entries.
+    added: list[OfferEntry] = field(default_factory=list)
+    #: Offers refused by a guard (nothing of them was written).
+    refused: list[OfferEntry] = field(default_factory=list)
+    #: Entries taken out by ``drop``.
+    removed: int = 0
+
+
+class _GuardedWrite(PipelinedScript):
+    """The feed store's write script, for one write, with guards in front of it.
+
+    Stands in for :class:`FeedStore`'s own script on a copy of the store, so the store builds the
+    write's keys and arguments (and reads its reply) exactly as for any write; the guards' keys
+    and arguments are appended after them (``lua/offer_guard.lua`` reads them from the end). Done
+    this way because the guard must run in the write's own script to be atomic with it, and the
+    write's arguments belong to :mod:`sessions.feeds`, which has no hook for a guard.
+    """
+
+    def __init__(self, redis: Redis, guards: Sequence[tuple[int, str, Guard]]) -> None:
+        super().__init__(redis, _GUARDED_WRITE_LUA)
+        #: (offer index, item, guard).
+        self._guards = guards
+        #: The index of the offer whose guard failed, after a refused write.
+        self.refused: int | None = None
+
+    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
+        guarded: list[Call] = []
+        for keys, args in calls:
+            more_keys: list[str] = []
+            more_args: list[Any] = []
+            for owner, item, guard in self._guards:
+                more_keys.append(guard.key)
+                since = "" if guard.since is None else guard.since
+                more_args += [len(keys) + len(more_keys), item, since, owner + 1]
+            guarded.append(([*keys, *more_keys], [*args, *more_args, len(self._guards)]))
+        replies = await super().run_many(guarded)
+        for reply in replies:
+            # {0, '', -1, owner}: the guard's refusal (see offer_guard.lua), not a conflict.
+            if isinstance(reply, list) and len(reply) > 3 and (reply[0], reply[2]) == (0, -1):
+                self.refused = int(reply[3]) - 1
+        return replies
 
 
 class Offers:
@@ -123,6 +224,10 @@ class Offers:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        # Guarded writes swap the store's write script on a copy (see _GuardedWrite): fail here
+        # rather than write unguarded if the store no longer has one.
+        if not isinstance(getattr(feeds, "_write", None), PipelinedScript):
+            raise TypeError("FeedStore has no write script to guard (see _GuardedWrite)")
         self._redis = redis
         self._feeds = feeds
         self._broker = broker
@@ -149,15 +254,45 @@ class Offers:
         return state
 
     async def add(self, user: str, feed: str, offers: Sequence[OfferEntry]) -> FeedUpdate | None:
-        """Put ``offers`` (items unknown, out of stock or already expired are skipped) into the
-        user's ``feed``, dropping expired entries; publish the new version. Idempotent: an offer
-        whose exact entry is already there changes nothing."""
-        added: list[int] = []
+        """:meth:`apply` with offers only; the version written, if any."""
+        return (await self.apply(user, feed, offers)).update
+
+    async def expire(self, user: str, feed: str) -> FeedUpdate | None:
+        """Drop the expired entries of the user's ``feed`` (publish when one went)."""
+        return (await self.apply(user, feed, ())).update
+
+    async def apply(
+        self,
+        user: str,
+        feed: str,
+        offers: Sequence[OfferEntry],
+        *,
+        drop: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> OfferChange:
+        """One write of the user's ``feed``: expired entries and those ``drop`` selects go, then
+        ``offers`` come in (items unknown, out of stock or already expired are skipped); publish
+        the new version. Idempotent: an offer whose exact entry is already there changes nothing.
+
+        An offer with guards is written only if they all hold, checked in the write's own script;
+        a refused offer is left out and the rest written (see :class:`OfferChange`)."""
+        pending = list(offers)
+        refused: list[OfferEntry] = []
+        added: list[OfferEntry] = []
+        removed = 0
 
         def change(items: list[dict[str, Any]], now: int) -> list[dict[str, Any]]:
+            nonlocal removed
             added.clear()
-            out = [p for p in items if int(p.get("expires_at", 0)) > now]
-            for offer in offers:
+            removed = 0
+            out: list[dict[str, Any]] = []
+            for p in items:
+                if int(p.get("expires_at", 0)) <= now:
+                    continue
+                if drop is not None and drop(p):
+                    removed += 1
+                    continue
+                out.append(p)
+            for offer in pending:
                 if offer.expires_at <= now:
                     continue
                 same = [p for p in out if str(p["id"]) == offer.item]
@@ -177,43 +312,76 @@ class Offers:
                     "trigger": offer.trigger,
                 }
                 out = [payload] + [p for p in out if str(p["id"]) != offer.item]
-                added.append(offer.expires_at)
+                added.append(offer)
             return out[:MAX_OFFERS]
 
-        update = await self._edit(user, feed, change)
-        if added:
-            # An expiry timer per new entry: the write that removes it happens when it expires.
-            member = f"x\n{feed}\n{user}\n\n0\n"
-            await self._redis.zadd(TIMERS_KEY, {f"{member}{t}": t for t in added}, nx=True)
-        return update
-
-    async def expire(self, user: str, feed: str) -> FeedUpdate | None:
-        """Drop the expired entries of the user's ``feed`` (publish when one went)."""
-        return await self._edit(
-            user, feed, lambda items, now: [p for p in items if int(p.get("expires_at", 0)) > now]
-        )
-
-    async def _edit(
-        self,
-        user: str,
-        feed: str,
-        change: Callable[[list[dict[str, Any]], int], list[dict[str, Any]]],
-    ) -> FeedUpdate | None:
-        for attempt in range(_CAS_TRIES):
+        conflicts = 0
+        while True:
             base = await self._feeds.read(user, feed)
             items = change(list(base.items) if base is not None else [], self._now_ms())
             if base is None and not items:
-                return None
+                return OfferChange(None, [], refused, 0)
+            guards = [(i, o.item, g) for i, o in enumerate(added) for g in o.guards]
+            guarded = _GuardedWrite(self._redis, guards) if guards else None
             try:
-                update = await self._feeds.write(user, feed, base, items)
+                update = await self._write(user, feed, base, items, guarded)
             except VersionConflict:
-                if attempt == _CAS_TRIES - 1:
+                if guarded is not None and guarded.refused is not None:
+                    bad = added[guarded.refused]
+                    refused.append(bad)
+                    pending = [o for o in pending if o is not bad]
+                    continue  # the same write without it (each round drops one offer)
+                conflicts += 1
+                if conflicts == _CAS_TRIES:
                     raise
                 continue
             if update is not None:
                 await self._broker.publish(update)
-            return update
-        return None  # pragma: no cover - the loop returns or raises
+            if added:
+                # An expiry timer per new entry: the write that removes it happens when it expires.
+                member = f"x\n{feed}\n{user}\n\n0\n"
+                expiries = {f"{member}{o.expires_at}": o.expires_at for o in added}
+                await self._redis.zadd(TIMERS_KEY, expiries, nx=True)
+            return OfferChange(update, list(added), refused, removed)
+
+    async def _write(
+        self,
+        user: str,
+        feed: str,
+        base: FeedState | None,
+        items: list[dict[str, Any]],
+        guarded: _GuardedWrite | None,
+    ) -> FeedUpdate | None:
+        if guarded is None:
+            return await self._feeds.write(user, feed, base, items)
+        store = copy.copy(self._feeds)  # this write only: the shared store keeps its script
+        store._write = guarded
+        return await store.write(user, feed, base, items)
+
+
+@dataclass(slots=True)
+class _Plan:
+    """What one :meth:`Triggers.record` call does to one user's feed."""
+
+    offers: list[OfferEntry] = field(default_factory=list)
+    #: (item, trigger, event ts) of each unless event recorded.
+    takebacks: list[tuple[str, Trigger, int]] = field(default_factory=list)
+
+    def taken_back(self, entry: dict[str, Any]) -> bool:
+        """Whether an unless event recorded now takes ``entry`` back (see the module docstring)."""
+        item, name = str(entry.get("id")), entry.get("trigger")
+        for it, trigger, ts in self.takebacks:
+            if it == item and trigger.name == name and ts >= _held_back_from(entry, trigger):
+                return True
+        return False
+
+
+def _held_back_from(entry: dict[str, Any], trigger: Trigger) -> int:
+    """From when an unless event would have held ``entry`` (made by ``trigger``) back: the
+    ``after`` event of a delayed trigger, the triggering event minus ``unless.within`` of an
+    immediate one (both derived from ``expires_at``, which is the offer's reference + ttl)."""
+    made = int(entry.get("expires_at", 0)) - trigger.offer.ttl_ms
+    return made - (trigger.delay_ms if trigger.delayed else trigger.unless_within_ms)
 
 
 class Triggers:
@@ -228,7 +396,7 @@ class Triggers:
         clock: Callable[[], float] = time.time,
         lease_ms: int = LEASE_MS,
         interval_s: float = 1.0,
-        observe: Callable[[str], None] | None = None,
+        observe: TriggerObserver | None = None,
     ) -> None:
         self._redis = redis
         self.offers = offers
@@ -240,17 +408,19 @@ class Triggers:
         self._record = PipelinedScript(redis, _RECORD_LUA)
         self._claim = PipelinedScript(redis, _CLAIM_LUA)
 
-    def _seen(self, outcome: str) -> None:
-        if self._observe is not None:
-            self._observe(outcome)
+    def _seen(self, kind: str, outcome: str, n: int = 1) -> None:
+        if self._observe is not None and n:
+            self._observe(kind, outcome, n)
 
     async def record(self, events: Sequence[Event]) -> int:
         """Record the times of ``events`` that triggers look at, evaluate the immediate triggers
-        and schedule the delayed ones; write the offers that fired. Returns how many fired.
+        and schedule the delayed ones; write the offers that fired and take back the offers the
+        recorded unless events cancel. Returns how many offers were written.
 
         One pipelined round trip (none when no trigger looks at these events), plus one offers
-        write per user with a fired trigger. Redis connection errors raise (the batch is retried;
-        recording is idempotent)."""
+        write per user with a fired trigger or an unless event (a read only, when it changes
+        nothing). Redis connection errors raise (the batch is retried; recording and taking back
+        are idempotent)."""
         rules = self._rules()
         if not rules.triggers:
             return 0
@@ -259,7 +429,7 @@ class Triggers:
         horizon = rules.trigger_horizon_ms()
         ttl_s = horizon // 1000 + _KEY_MARGIN_S
         calls: list[Call] = []
-        asked: list[tuple[Event, list[Trigger]]] = []
+        asked: list[tuple[Event, list[Trigger], list[Trigger]]] = []
         for event in events:
             if event.type not in index or event.item_id is None:
                 continue
@@ -290,32 +460,56 @@ class Triggers:
                 args += [t.name, t.delay_ms]
             keys = [events_key(event.user_id, t) for t in types] + [TIMERS_KEY]
             calls.append((keys, args))
-            asked.append((event, now))
+            cancels = [t for t in rules.triggers if t.unless_event == event.type]
+            asked.append((event, now, cancels))
         if not calls:
             return 0
-        fired: dict[tuple[str, str], list[OfferEntry]] = defaultdict(list)
-        for (event, now), reply in zip(asked, await self._record.run_many(calls), strict=True):
+        plans: dict[tuple[str, str], _Plan] = defaultdict(_Plan)
+        blocked = 0
+        replies = await self._record.run_many(calls)
+        for (event, now, cancels), reply in zip(asked, replies, strict=True):
             if isinstance(reply, Exception):
                 log.error("trigger_record_failed", event_id=event.event_id, error=str(reply)[:200])
                 continue
-            for position in reply:
+            assert event.item_id is not None
+            positions, held = reply
+            blocked += int(held)
+            for position in positions:
                 t = now[int(position) - 1]
-                assert event.item_id is not None
-                fired[(event.user_id, t.offer.feed)].append(
+                # Re-checked at the write: an unless event recorded after this evaluation (later
+                # in this batch, or a merge) keeps the offer out.
+                guards: tuple[Guard, ...] = ()
+                if t.unless_event is not None:
+                    since = event.ts - t.unless_within_ms
+                    guards = (Guard(events_key(event.user_id, t.unless_event), since),)
+                plans[(event.user_id, t.offer.feed)].offers.append(
                     OfferEntry(
                         t.offer.feed,
                         event.item_id,
                         t.name,
                         t.offer.badge,
                         event.ts + t.offer.ttl_ms,
+                        guards,
                     )
                 )
-                self._seen("fired")
-        if fired:
-            await asyncio.gather(
-                *(self.offers.add(user, feed, entries) for (user, feed), entries in fired.items())
+            for t in cancels:
+                plans[(event.user_id, t.offer.feed)].takebacks.append((event.item_id, t, event.ts))
+        self._seen("offers", "suppressed", blocked)
+        if not plans:
+            return 0
+        changes = await asyncio.gather(
+            *(
+                self.offers.apply(
+                    user, feed, plan.offers, drop=plan.taken_back if plan.takebacks else None
+                )
+                for (user, feed), plan in plans.items()
             )
-        return sum(len(v) for v in fired.values())
+        )
+        made = sum(len(c.added) for c in changes)
+        self._seen("offers", "fired_immediate", made)
+        self._seen("offers", "suppressed", sum(len(c.refused) for c in changes))
+        self._seen("offers", "removed", sum(c.removed for c in changes))
+        return made
 
     async def poll_once(self) -> list[str]:
         """Claim the due timers and handle them; returns the members handled (acknowledged)."""
@@ -331,7 +525,10 @@ class Triggers:
             )
             if isinstance(claimed, Exception):
                 raise claimed
-            members = [_text(m) for m in claimed]
+            due, requeued = claimed
+            members = [_text(m) for m in due]
+            self._seen("timers", "retried", int(requeued))
+            self._seen("timers", "claimed", len(members))
             for member in members:
                 try:
                     await self._handle(member)
@@ -340,7 +537,9 @@ class Triggers:
                 except Exception:
                     # Not a transient failure: retrying would fail the same way every lease.
                     log.exception("timer_failed", timer=member.replace("\n", "|")[:200])
+                    self._seen("timers", "failed")
                 await self._redis.zrem(CLAIMED_KEY, member)
+                self._seen("timers", "handled")
                 done.append(member)
             if len(members) < CLAIM_BATCH:
                 return done
@@ -356,23 +555,43 @@ class Triggers:
             return
         trigger = self._rules().trigger(name)
         if trigger is None or not trigger.delayed:
-            self._seen("dropped")  # the trigger was removed since the timer was set
+            self._seen("timers", "dropped")  # the trigger was removed since the timer was set
             return
         ref = int(ref_raw)
-        if trigger.unless_event is not None:
-            raw = await self._redis.hget(events_key(user, trigger.unless_event), item)
-            if any(t >= ref for t in _times(raw)):
-                self._seen("suppressed")
+        anonymous = user.startswith(ANON_PREFIX)
+        for _ in range(2):  # a second round only when a merge refused the first
+            target, guards = user, list[Guard]()
+            if anonymous:
+                merged = await self._redis.get(merged_key(user))
+                if merged is None:
+                    # A merge landing before the write refuses it; the next round retargets.
+                    guards.append(Guard(merged_key(user), None))
+                else:
+                    target = _text(merged)
+                    self._seen("timers", "retargeted")
+            if trigger.unless_event is not None:
+                # Since the after event, of the user the offer goes to and of the id the event
+                # came under (a visitor's events may still arrive after its merge).
+                for who in dict.fromkeys((target, user)):
+                    guards.append(Guard(events_key(who, trigger.unless_event), ref))
+            entry = OfferEntry(
+                trigger.offer.feed,
+                item,
+                trigger.name,
+                trigger.offer.badge,
+                int(due_raw) + trigger.offer.ttl_ms,
+                tuple(guards),
+            )
+            change = await self.offers.apply(target, trigger.offer.feed, [entry])
+            if change.added:
+                self._seen("offers", "fired_delayed")
                 return
-        entry = OfferEntry(
-            trigger.offer.feed,
-            item,
-            trigger.name,
-            trigger.offer.badge,
-            int(due_raw) + trigger.offer.ttl_ms,
-        )
-        await self.offers.add(user, trigger.offer.feed, [entry])
-        self._seen("fired")
+            if not change.refused:
+                return  # already there (a second run after a lost lease), or not in stock
+            if target == user and anonymous and await self._redis.exists(merged_key(user)):
+                continue  # refused by the merge marker: retarget
+            self._seen("offers", "suppressed")
+            return
 
     async def run(self) -> None:
         """Poll every ``interval_s`` until cancelled; Redis failures are logged and retried."""

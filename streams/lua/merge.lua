@@ -2,14 +2,18 @@
 -- See streams/merge.py for the semantics of each key; streams/lua/event.lua writes them.
 --
 -- KEYS: 1 dedup zset, 2 recent zset, 3 affinity zset, 4 cart set, 5 bought zset, 6 profile hash
---       of the user; 7-12 the same keys of the visitor; 13.. other keys of the visitor, deleted
---       (feeds, histories)
+--       of the user; 7-12 the same keys of the visitor; then, m = ARGV[7] event types:
+--       13..12+m the user's trigger event-time hashes, 13+m..12+2m the visitor's (same types,
+--       same order); 13+2m the visitor's merge marker (pr:merged:<visitor>); 14+2m.. other keys
+--       of the visitor, deleted (feeds, histories)
 -- ARGV: 1 ttl s, 2 dedup window ms, 3 dedup max, 4 recent max, 5 bought max,
---       6 affinity half-life ms
--- Returns {recent, aff, cart, bought, dedup, deleted}: how many members each of the visitor's
--- keys held (what was merged), and how many of the visitor's keys were deleted.
+--       6 affinity half-life ms, 7 m, 8 event-time entries kept per item, 9 the user's id
+-- Returns {recent, aff, cart, bought, dedup, deleted, events}: how many members each of the
+-- visitor's profile keys held (what was merged), how many of the visitor's keys were deleted,
+-- and how many (event type, item) fields of event times were carried over.
 local ttl, window, dedup_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local recent_max, bought_max, hl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local m, keep, me = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
 local u_dedup, u_recent, u_aff, u_cart, u_bought, u_p = KEYS[1], KEYS[2], KEYS[3], KEYS[4],
   KEYS[5], KEYS[6]
 local a_dedup, a_recent, a_aff, a_cart, a_bought, a_p = KEYS[7], KEYS[8], KEYS[9], KEYS[10],
@@ -90,6 +94,57 @@ end
 
 for i = 1, 6 do redis.call('EXPIRE', KEYS[i], ttl) end
 
-local deleted = 0
-for i = 7, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
-return {n_recent, n_aff, n_cart, n_bought, n_dedup, deleted}
+-- Trigger event times (streams/triggers.py): under each item the visitor's "<ts>/<event_id>"
+-- entries join the user's -- union by event id, the newest `keep` kept, as trigger_record.lua
+-- keeps them -- so a trigger's window counts both visitors' events as one timeline would, and an
+-- unless event of the visitor (a purchase before logging in) holds for the user. Each hash then
+-- expires at the later of the two expiries (each was set to the rules' longest window + 1 h
+-- when last recorded), so the bound stays the one recording keeps.
+local function entries(raw, into, seen)
+  for line in string.gmatch(raw, '[^\n]+') do
+    local t, id = string.match(line, '^(%-?%d+)/(.+)$')
+    if t and not seen[id] then
+      seen[id] = true
+      into[#into + 1] = {tonumber(t), id, line}
+    end
+  end
+end
+local n_events, carried_ms, deleted = 0, nil, 0
+for i = 1, m do
+  local dst, src = KEYS[12 + i], KEYS[12 + m + i]
+  local flat = redis.call('HGETALL', src)
+  if #flat > 0 then
+    local src_ms, dst_ms = redis.call('PTTL', src), redis.call('PTTL', dst)
+    for j = 1, #flat, 2 do
+      local item, value = flat[j], flat[j + 1]
+      local mine = redis.call('HGET', dst, item)
+      if mine then
+        local all, seen = {}, {}
+        entries(mine, all, seen)
+        entries(value, all, seen)
+        table.sort(all, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+        local parts = {}
+        for x = math.max(1, #all - keep + 1), #all do parts[#parts + 1] = all[x][3] end
+        value = table.concat(parts, '\n')
+      end
+      redis.call('HSET', dst, item, value)
+      n_events = n_events + 1
+    end
+    local expiry = math.max(src_ms, dst_ms)
+    if expiry > 0 then redis.call('PEXPIRE', dst, expiry) else redis.call('EXPIRE', dst, ttl) end
+    carried_ms = math.max(carried_ms or 0, src_ms)
+    deleted = deleted + redis.call('DEL', src)
+  end
+end
+-- The visitor's delayed triggers are timers in pr:timers naming the visitor; finding them here
+-- would walk the whole zset. Instead a marker names the user the visitor became, and the timer
+-- handler retargets such a timer to that user when it falls due. It lives as long as the
+-- visitor's event times would have (no timer is due later than that) and at least the profile
+-- TTL. Set only when there were event times: no trigger, no timer, no marker.
+if carried_ms then
+  redis.call('SET', KEYS[13 + 2 * m], me, 'PX', math.max(carried_ms, ttl * 1000))
+end
+
+for i = 7, 12 do deleted = deleted + redis.call('DEL', KEYS[i]) end
+for i = 14 + 2 * m, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
+return {n_recent, n_aff, n_cart, n_bought, n_dedup, deleted, n_events}

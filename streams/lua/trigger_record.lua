@@ -10,7 +10,8 @@
 --       8 entries kept per item, 9 n immediate triggers, then 5 per trigger: count key index,
 --       at_least, within ms, unless key index (0: none), unless within ms;
 --       then n delayed triggers and 2 per trigger: name, delay ms
--- Returns the 1-based positions of the immediate triggers whose condition holds.
+-- Returns {fired, blocked}: the 1-based positions of the immediate triggers whose condition holds,
+-- and how many more had their count reached but were held back by their unless (a metric).
 local k = #KEYS - 1
 local key = KEYS[tonumber(ARGV[1])]
 local item, ts, ttl, horizon = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -62,7 +63,7 @@ end
 redis.call('EXPIRE', key, ttl)
 
 -- Immediate triggers.
-local fired = {}
+local fired, blocked = {}, 0
 local n = tonumber(ARGV[9])
 local at = 10
 for i = 1, n do
@@ -78,6 +79,7 @@ for i = 1, n do
     for _, e in ipairs(times(KEYS[ui])) do
       if e[1] >= ts - uwithin then ok = false end
     end
+    if not ok then blocked = blocked + 1 end
   end
   if ok then fired[#fired + 1] = i end
 end
@@ -92,4 +94,4 @@ for _ = 1, d do
   local member = table.concat({'o', name, me, item, tostring(ts), tostring(due)}, '\n')
   redis.call('ZADD', KEYS[k + 1], 'NX', due, member)
 end
-return fired
+return {fired, blocked}

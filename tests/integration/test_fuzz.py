@@ -59,7 +59,7 @@ AUTH_TIMEOUT_S = 4.0  # PUSHREC_AUTH_TIMEOUT_S of the fuzzed server
 MIN_FRAMES = 10_000
 MAX_SERVER_RSS_KIB = 256 * 1024  # peak resident memory of the fuzzed server (~60 MiB seen)
 ANSWER_TIMEOUT_S = 5.0 * SCALE
-SERVED_FEEDS = frozenset({"home", "offers"})
+SERVED_FEEDS = frozenset({"home", "offers", "similar", "cart"})
 CLIENT_TYPES = ("auth", "identify", "ping", "pong", "resync", "subscribe", "track", "unsubscribe")
 MAX_REFUSED = 10
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -548,7 +548,7 @@ class Conn:
         self.greeted = False  # hello received
         self.opened = time.monotonic()
         self.feed = FeedClient()
-        #: Other served feeds (``offers``), each applied on its own.
+        #: Other served feeds (``offers``, ``similar``, ``cart``), each applied on its own.
         self.others: dict[str, FeedClient] = {}
 
     # -- model ----------------------------------------------------------------------------

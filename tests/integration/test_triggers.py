@@ -1,6 +1,9 @@
 """Triggers on the real server and a real Redis (docs/RULES.md, "Triggers"): time-window offers
 reaching a connected client in the ``offers`` feed, expiry, delayed triggers firing once after
-their delay (not after a purchase), across a node restart, and two pollers racing for timers."""
+their delay (not after a purchase), across a node restart, and two pollers racing for timers; a
+purchase taking a shown offer back, and never racing an offer in; catalog changes reaching open
+offers feeds; a visitor's event times and timers following it into the user it identifies as;
+the trigger metrics."""
 
 from __future__ import annotations
 
@@ -8,26 +11,36 @@ import asyncio
 import json
 import textwrap
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import pytest
 import redis
 
 from push.redis_client import connect as redis_connect
 from sessions.broker_memory import MemoryBroker
-from sessions.feeds import FeedStore
+from sessions.feeds import FeedState, FeedStore, shown_key
 from streams.catalog import Catalog, Item
 from streams.events import Event
+from streams.merge import merge_profiles
 from streams.rules import parse_rules
-from streams.triggers import CLAIMED_KEY, TIMERS_KEY, Offers, Triggers
+from streams.triggers import (
+    CLAIMED_KEY,
+    TIMERS_KEY,
+    Offers,
+    Triggers,
+    events_key,
+    merged_key,
+)
 from tests.integration.conftest import redis_database, start_server, stop_server
 from tests.integration.harness import (
     SCALE,
     FeedClient,
     Server,
     api,
+    metric,
     new_id,
     processed_events,
     settle,
@@ -102,12 +115,17 @@ def offers_client(server: Server, user: str) -> AbstractAsyncContextManager[Feed
     return ws_client(server, user, feed="offers")
 
 
-async def post(srv: Server, user: str, *events: tuple[str, str]) -> None:
-    """Post ``(type, item)`` events of ``user`` in order and wait until they are processed."""
+async def post(
+    srv: Server, user: str, *events: tuple[str, str], ids: list[str] | None = None
+) -> None:
+    """Post ``(type, item)`` events of ``user`` in order and wait until they are processed
+    (``ids``: their event ids, default fresh ones)."""
     async with api(srv) as client:
         before = await processed_events(srv, client)
+        event_ids = ids or [new_id("e") for _ in events]
         body = [
-            {"event_id": new_id("e"), "user_id": user, "type": t, "item_id": i} for t, i in events
+            {"event_id": eid, "user_id": user, "type": t, "item_id": i}
+            for eid, (t, i) in zip(event_ids, events, strict=True)
         ]
         r = await client.post("/v1/events", json=body, headers=srv.admin)
         assert r.status_code == 202, r.text
@@ -202,6 +220,120 @@ def test_a_purchase_before_the_delay_cancels_the_delayed_offer(node: Server) -> 
     asyncio.run(main())
 
 
+def test_a_purchase_takes_a_shown_offer_back(node: Server) -> None:
+    """The offer of a purchased item leaves the open offers feed as a diff; the other offer
+    stays; the same purchase again (a retried batch) writes nothing."""
+
+    async def main() -> None:
+        user = new_id("u")
+        async with offers_client(node, user) as feed:
+            await post(node, user, *[("view", "phones-4")] * 2, *[("view", "books-5")] * 2)
+            await feed.wait(lambda s: s.ids == ["books-5", "phones-4"])
+            held = feed.version
+            assert held is not None
+            purchase = [new_id("e")]
+            await post(node, user, ("purchase", "phones-4"), ids=purchase)
+            await feed.wait(lambda s: s.ids == ["books-5"])
+            assert feed.version == [held[0], held[1] + 1]  # one new version of the same epoch
+            stored = await stored_offers(node, user)
+            assert stored["version"] == feed.version and stored["items"] == feed.items
+            frames = len(feed.frames)
+            await post(node, user, ("purchase", "phones-4"), ids=purchase)  # the same event
+            await asyncio.sleep(0.3 * SCALE)
+            assert len(feed.frames) == frames
+            assert (await stored_offers(node, user))["version"] == stored["version"]
+
+    asyncio.run(main())
+
+
+def test_catalog_changes_reach_open_offers(node: Server, redis_url: str) -> None:
+    """A price change arrives as a patch that keeps the offer's fields; out of stock, the offer
+    leaves the open offers feed (streams/propagate.py over the offers feed's index)."""
+
+    async def put_item(item: dict[str, Any]) -> None:
+        async with api(node) as client:
+            r = await client.put("/v1/items", json=[item], headers=node.admin)
+            assert r.status_code == 200, r.text
+
+    async def main() -> None:
+        x = new_id("deal")
+        deal: dict[str, Any] = {"item_id": x, "title": "Deal", "price": 50.0, "category": "deals"}
+        await put_item(deal)
+        user = new_id("u")
+        r = redis.Redis.from_url(redis_url)
+        try:
+            async with offers_client(node, user) as feed:
+                await post(node, user, ("view", x), ("view", x))
+                await feed.wait(lambda s: s.ids == [x])
+                offer = dict(feed.items[0])
+                assert r.zscore(shown_key("offers", x), user) is not None
+                await put_item({**deal, "price": 35.0, "title": "Deal, cheaper"})
+                await feed.wait(lambda s: s.items[0]["price"] == 35.0, within_s=2)
+                frame = feed.frames[-1]
+                assert frame["type"] == "diff"
+                assert frame["patch"] == {x: {"price": 35.0, "title": "Deal, cheaper"}}
+                # badge, expires_at and trigger are the offer's still
+                assert feed.items == [{**offer, "price": 35.0, "title": "Deal, cheaper"}]
+                assert (await stored_offers(node, user))["items"] == feed.items
+                held = feed.version
+                assert held is not None
+                await put_item({**deal, "in_stock": False})
+                await feed.wait(lambda s: s.ids == [], within_s=2)
+                # The next version of the same epoch (an empty list goes as a snapshot: smaller).
+                assert feed.version == [held[0], held[1] + 1]
+                assert r.zscore(shown_key("offers", x), user) is None
+                assert (await stored_offers(node, user))["items"] == []
+        finally:
+            r.close()
+
+    asyncio.run(main())
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within_s: float = 3.0) -> None:
+    """Wait until ``check`` holds (a counter counted right after the frame it waits for)."""
+    async with asyncio.timeout(within_s * SCALE):
+        # Polling: the counter lives in another process, there is no event to await here.
+        while not await check():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+def test_trigger_metrics(node: Server) -> None:
+    async def main() -> None:
+        offers = ("fired_immediate", "fired_delayed", "suppressed", "removed")
+        timers = ("claimed", "handled")
+
+        async def counts() -> dict[str, float]:
+            out = {o: await metric(node, "pushrec_trigger_offers_total", outcome=o) for o in offers}
+            for o in timers:
+                out[o] = await metric(node, "pushrec_trigger_timers_total", outcome=o)
+            return out
+
+        before = await counts()
+        user = new_id("u")
+        async with offers_client(node, user) as feed:
+            await post(node, user, ("view", "books-6"), ("view", "books-6"))
+            await feed.wait(lambda s: s.ids == ["books-6"])
+            await post(node, user, ("purchase", "books-6"))
+            await feed.wait(lambda s: s.ids == [])
+            await post(node, user, ("view", "books-6"))  # counts, but bought: held back
+            await post(node, user, ("add_to_cart", "books-7"))
+            await feed.wait(lambda s: s.ids == ["books-7"], within_s=8)
+
+        async def delayed_counted() -> bool:
+            return (await counts())["fired_delayed"] >= before["fired_delayed"] + 1
+
+        await eventually(delayed_counted)
+        after = await counts()
+        assert after["fired_immediate"] - before["fired_immediate"] == 1
+        assert after["fired_delayed"] - before["fired_delayed"] == 1
+        assert after["suppressed"] - before["suppressed"] == 1
+        assert after["removed"] - before["removed"] == 1
+        assert after["claimed"] - before["claimed"] >= 1
+        assert after["handled"] - before["handled"] >= 1
+
+    asyncio.run(main())
+
+
 def test_a_timer_survives_a_restart() -> None:
     """The node stops before the timer is due; it fires once the node is back."""
     with redis_database(2) as url:
@@ -248,14 +380,66 @@ DELAYED = textwrap.dedent(
 ).lstrip()
 
 
-async def _engine(url: str, clock: Any = time.time) -> tuple[Triggers, Any]:
+GUARDED = textwrap.dedent(
+    """
+    triggers:
+      - name: second-look
+        on: view
+        count: {event: view, at_least: 2, within: 10m}
+        unless: {event: purchase, within: 10m}
+        offer: {feed: offers, badge: "Again?", ttl: 30m}
+      - name: cart-reminder
+        after: {event: add_to_cart, delay: 1s}
+        unless: {event: purchase}
+        offer: {feed: offers, badge: "Your cart", ttl: 1h}
+    """
+).lstrip()
+
+
+class Counts(dict[tuple[str, str], int]):
+    """A trigger observer counting (kind, outcome)."""
+
+    def __call__(self, kind: str, outcome: str, n: int) -> None:
+        self[(kind, outcome)] = self.get((kind, outcome), 0) + n
+
+
+async def _engine(
+    url: str,
+    clock: Any = time.time,
+    *,
+    rules: str = DELAYED,
+    feeds: type[FeedStore] = FeedStore,
+    observe: Counts | None = None,
+) -> tuple[Triggers, Any]:
     client = redis_connect(url)
     catalog = Catalog(client)
     await catalog.load()
-    feeds = FeedStore(client, ttl_s=3600, history_len=50)
-    rules = parse_rules(DELAYED)
-    offers = Offers(client, feeds, MemoryBroker(), catalog, clock=clock)
-    return Triggers(client, offers, lambda: rules, clock=clock), client
+    store = feeds(client, ttl_s=3600, history_len=50)
+    parsed = parse_rules(rules)
+    offers = Offers(client, store, MemoryBroker(), catalog, clock=clock)
+    return Triggers(client, offers, lambda: parsed, clock=clock, observe=observe), client
+
+
+def _store(client: Any) -> FeedStore:
+    return FeedStore(client, ttl_s=3600, history_len=50)
+
+
+async def _offered(client: Any, user: str) -> list[str] | None:
+    """The ids in ``user``'s stored offers feed (None: never written)."""
+    state = await _store(client).read(user, "offers")
+    return None if state is None else [str(p["id"]) for p in state.items]
+
+
+class RacingStore(FeedStore):
+    """A feed store that runs the next queued action right before it reads an offers feed:
+    what lands between a handler's decision and its write."""
+
+    queued: ClassVar[list[Callable[[], Awaitable[Any]]]] = []
+
+    async def read(self, user: str, feed: str) -> FeedState | None:
+        if feed == "offers" and self.queued:
+            await self.queued.pop(0)()
+        return await super().read(user, feed)
 
 
 def test_two_pollers_racing_fire_each_timer_once() -> None:
@@ -301,7 +485,8 @@ def test_a_lost_lease_is_handled_again_without_a_second_offer() -> None:
 
         async def main() -> None:
             now = [time.time()]
-            engine, client = await _engine(url, clock=lambda: now[0])
+            counts = Counts()
+            engine, client = await _engine(url, clock=lambda: now[0], observe=counts)
             try:
                 await Catalog(client).upsert(CATALOG)
                 await engine.offers._catalog.load()
@@ -321,6 +506,9 @@ def test_a_lost_lease_is_handled_again_without_a_second_offer() -> None:
                 again = await store.read("lease", "offers")
                 assert again == first  # same version: nothing written twice
                 assert await client.zcard(CLAIMED_KEY) == 0
+                assert counts[("timers", "retried")] == 1
+                assert counts[("timers", "claimed")] == counts[("timers", "handled")] == 2
+                assert counts[("offers", "fired_delayed")] == 1  # the second run wrote nothing
             finally:
                 await client.aclose()
 
@@ -346,6 +534,177 @@ def test_recording_is_idempotent_per_event() -> None:
                     ["o", "later", "idem", "item-2"]
                 )
             finally:
+                await client.aclose()
+
+        asyncio.run(main())
+
+
+# -- a purchase never racing an offer in -------------------------------------------------------
+
+
+def test_a_purchase_landing_before_the_delayed_offer_write_keeps_it_out() -> None:
+    """The timer is due and nothing held it back when the handler started; the purchase is
+    recorded right before the offers write. The guard in the write refuses it: no version."""
+    with redis_database(3) as url:
+        _clean(url)
+
+        async def main() -> None:
+            now = [time.time()]
+            counts = Counts()
+            engine, client = await _engine(
+                url, clock=lambda: now[0], rules=GUARDED, feeds=RacingStore, observe=counts
+            )
+            try:
+                await Catalog(client).upsert(CATALOG)
+                await engine.offers._catalog.load()
+                ts = int(now[0] * 1000) - 5000
+                await engine.record([Event(new_id("e"), "racer", "add_to_cart", "item-3", ts)])
+                purchase = Event(new_id("e"), "racer", "purchase", "item-3", ts + 500)
+                RacingStore.queued.append(lambda: engine.record([purchase]))
+                assert len(await engine.poll_once()) == 1
+                assert not RacingStore.queued  # the purchase did land in between
+                assert await _offered(client, "racer") is None  # never written, not even once
+                assert counts[("offers", "suppressed")] == 1
+                assert counts.get(("offers", "fired_delayed"), 0) == 0
+            finally:
+                RacingStore.queued.clear()
+                await client.aclose()
+
+        asyncio.run(main())
+
+
+def test_an_offer_and_the_purchase_after_it_in_one_batch_write_nothing() -> None:
+    """The second view fires (the purchase is not recorded yet when it is evaluated); the
+    purchase later in the same batch is recorded before the offers write, which refuses it."""
+    with redis_database(3) as url:
+        _clean(url)
+
+        async def main() -> None:
+            now = time.time()
+            counts = Counts()
+            engine, client = await _engine(url, clock=lambda: now, rules=GUARDED, observe=counts)
+            try:
+                await Catalog(client).upsert(CATALOG)
+                await engine.offers._catalog.load()
+                ts = int(now * 1000)
+                batch = [
+                    Event(new_id("e"), "batch", "view", "item-4", ts),
+                    Event(new_id("e"), "batch", "view", "item-4", ts + 1),
+                    Event(new_id("e"), "batch", "view", "item-8", ts + 2),
+                    Event(new_id("e"), "batch", "view", "item-8", ts + 3),
+                    Event(new_id("e"), "batch", "purchase", "item-4", ts + 4),
+                ]
+                assert await engine.record(batch) == 1
+                assert await _offered(client, "batch") == ["item-8"]
+                state = await _store(client).read("batch", "offers")
+                assert state is not None and state.version.n == 1  # one write, item-4 never in
+                assert counts[("offers", "suppressed")] == 1
+            finally:
+                await client.aclose()
+
+        asyncio.run(main())
+
+
+# -- identify: the visitor's event times and timers follow it ----------------------------------
+
+
+def _anon() -> str:
+    return f"anon:{uuid.uuid4().hex}"
+
+
+def test_identify_carries_event_times_and_retargets_the_visitors_timers() -> None:
+    with redis_database(3) as url:
+        _clean(url)
+
+        async def main() -> None:
+            now = [time.time()]
+            counts = Counts()
+            engine, client = await _engine(url, clock=lambda: now[0], rules=GUARDED, observe=counts)
+            try:
+                await Catalog(client).upsert(CATALOG)
+                await engine.offers._catalog.load()
+                anon, user = _anon(), new_id("u")
+                ts = int(now[0] * 1000) - 5000
+                seen, carted = new_id("e"), new_id("e")
+                await engine.record(
+                    [
+                        Event(seen, anon, "view", "item-5", ts),
+                        Event(carted, anon, "add_to_cart", "item-6", ts),
+                    ]
+                )
+                result = await merge_profiles(client, anon, user, feeds=("home", "offers"))
+                assert result.events == 2 and result.merged
+                raw = await client.hget(events_key(user, "view"), "item-5")
+                assert raw is not None and raw.decode() == f"{ts}/{seen}"
+                for etype in ("view", "add_to_cart"):
+                    assert not await client.exists(events_key(anon, etype))
+                    assert 0 < await client.ttl(events_key(user, etype)) <= 600 + 3600
+                assert await client.get(merged_key(anon)) == user.encode()
+                # One view after logging in is the second look (the first was the visitor's).
+                await engine.record([Event(new_id("e"), user, "view", "item-5", ts + 100)])
+                assert await _offered(client, user) == ["item-5"]
+                # The visitor's cart reminder falls due: it is the user's now.
+                handled = await engine.poll_once()
+                assert len([m for m in handled if m.startswith("o\n")]) == 1
+                assert await _offered(client, user) == ["item-6", "item-5"]
+                assert await _offered(client, anon) is None
+                assert counts[("timers", "retargeted")] == 1
+            finally:
+                await client.aclose()
+
+        asyncio.run(main())
+
+
+def test_a_purchase_after_identify_cancels_the_visitors_delayed_offer() -> None:
+    with redis_database(3) as url:
+        _clean(url)
+
+        async def main() -> None:
+            now = [time.time()]
+            engine, client = await _engine(url, clock=lambda: now[0], rules=GUARDED)
+            try:
+                await Catalog(client).upsert(CATALOG)
+                await engine.offers._catalog.load()
+                anon, user = _anon(), new_id("u")
+                ts = int(now[0] * 1000) - 5000
+                await engine.record([Event(new_id("e"), anon, "add_to_cart", "item-7", ts)])
+                await merge_profiles(client, anon, user, feeds=("home", "offers"))
+                await engine.record([Event(new_id("e"), user, "purchase", "item-7", ts + 200)])
+                assert len(await engine.poll_once()) == 1
+                assert await _offered(client, user) is None
+                assert await _offered(client, anon) is None
+            finally:
+                await client.aclose()
+
+        asyncio.run(main())
+
+
+def test_an_identify_racing_the_timer_write_still_retargets() -> None:
+    """The visitor is merged after the handler looked for the marker, before its write: the
+    marker refuses the write to the visitor's feed, and the timer goes to the user."""
+    with redis_database(3) as url:
+        _clean(url)
+
+        async def main() -> None:
+            now = [time.time()]
+            engine, client = await _engine(
+                url, clock=lambda: now[0], rules=GUARDED, feeds=RacingStore
+            )
+            try:
+                await Catalog(client).upsert(CATALOG)
+                await engine.offers._catalog.load()
+                anon, user = _anon(), new_id("u")
+                ts = int(now[0] * 1000) - 5000
+                await engine.record([Event(new_id("e"), anon, "add_to_cart", "item-9", ts)])
+                RacingStore.queued.append(
+                    lambda: merge_profiles(client, anon, user, feeds=("home", "offers"))
+                )
+                assert len(await engine.poll_once()) == 1
+                assert not RacingStore.queued
+                assert await _offered(client, user) == ["item-9"]
+                assert await _offered(client, anon) is None
+            finally:
+                RacingStore.queued.clear()
                 await client.aclose()
 
         asyncio.run(main())
