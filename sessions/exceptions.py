@@ -5,6 +5,7 @@
     SessionsError
     ├── InvalidToken        a token failed verification (``reason`` says why)
     ├── VersionConflict     a feed write lost a compare-and-set race; re-read and retry
+    ├── WriteRefused        a guarded feed write was refused by its guard (``code`` says which)
     └── CodecError          bytes from another node are not a well-formed feed update
 """
 
@@ -33,3 +34,12 @@ class VersionConflict(SessionsError):
 
 class CodecError(SessionsError):
     """Bytes that are not a well-formed encoded feed update; the message says what was wrong."""
+
+
+class WriteRefused(SessionsError):
+    """A guarded write (:meth:`sessions.feeds.FeedStore.guarded`) was refused by its guard's
+    script; nothing was written. ``code`` is the number the guard returned."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"the write's guard refused it (code {code})")
+        self.code = code

@@ -38,6 +38,7 @@ time (ms) the entry was last confirmed — in the same script, atomically with t
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -49,7 +50,7 @@ import msgpack
 from redis.asyncio import Redis
 
 from sessions.diff import DiffBody, checksum, ids_of, make_diff
-from sessions.exceptions import VersionConflict
+from sessions.exceptions import VersionConflict, WriteRefused
 from sessions.keys import feed_key, history_key
 from sessions.scripts import Call, PipelinedScript
 from sessions.versions import Version, new_epoch
@@ -252,6 +253,19 @@ class FeedStore:
         self._since = PipelinedScript(redis, _SINCE_LUA)
         self._unindex = PipelinedScript(redis, _UNINDEX_LUA)
 
+    def guarded(self, prelude: str) -> FeedStore:
+        """A store on the same Redis and settings whose writes run ``prelude`` (Lua) first, in
+        the write's own script: a condition checked atomically with the compare-and-set.
+
+        The prelude sees the write's KEYS and ARGV in place, followed by what each write passes
+        as ``extra`` (keys, args), and reads those from the end (so it does not depend on how
+        many the write takes). It refuses a write by returning ``{0, '', -1, code}``: nothing is
+        written and the write's result is :class:`WriteRefused` with that ``code``.
+        """
+        store = copy.copy(self)
+        store._write = PipelinedScript(self._redis, prelude + "\n" + _WRITE_LUA)
+        return store
+
     @property
     def index_bound_s(self) -> int:
         """Age (s) past which an index entry is surely stale: the TTL plus the refresh interval."""
@@ -297,16 +311,20 @@ class FeedStore:
         items: list[dict[str, Any]],
         *,
         tag: str | None = None,
+        extra: tuple[Sequence[str], Sequence[Any]] | None = None,
     ) -> FeedUpdate | None:
         """Store ``items`` as the version after ``base`` (or a new epoch when ``base`` is None).
 
         ``tag`` labels the new version (see :attr:`FeedState.tag`); None keeps the stored
-        version's label (an edit of the list, not a new computation).
+        version's label (an edit of the list, not a new computation). ``extra``: the keys and
+        arguments of a guarded store's prelude (:meth:`guarded`), which may refuse the write
+        (:class:`WriteRefused`).
 
         Returns the published-to-be update, or None when ``items`` equals ``base`` (no write, no
         round trip). Raises :class:`VersionConflict` when the stored version is not ``base``.
         """
-        result = (await self.write_many([(user, feed, base, items)], tags=[tag]))[0]
+        extras = [extra] if extra is not None else None
+        result = (await self.write_many([(user, feed, base, items)], tags=[tag], extras=extras))[0]
         if isinstance(result, Exception):
             raise result
         return result
@@ -316,10 +334,12 @@ class FeedStore:
         writes: Sequence[tuple[str, str, FeedState | None, list[dict[str, Any]]]],
         *,
         tags: Sequence[str | None] | None = None,
+        extras: Sequence[tuple[Sequence[str], Sequence[Any]]] | None = None,
     ) -> list[FeedUpdate | Exception | None]:
         """Several :meth:`write` calls in one pipelined round trip (none when nothing changed).
 
         ``tags``: each write's ``tag`` (see :meth:`write`); None (all) keeps every stored label.
+        ``extras``: each write's ``extra`` (see :meth:`write`).
 
         Each result is the update, None (unchanged), or the exception of that write alone
         (:class:`VersionConflict`, or a Redis error reply); connection errors raise for all.
@@ -338,9 +358,10 @@ class FeedStore:
             new_ids = ids_of(items)
             old_ids = ids_of(base.items) if base is not None else []
             new_set, old_set = set(new_ids), set(old_ids)
+            more_keys, more_args = extras[i] if extras is not None else ((), ())
             calls.append(
                 (
-                    [feed_key(user, feed), history_key(user, feed)],
+                    [feed_key(user, feed), history_key(user, feed), *more_keys],
                     [
                         base.version.epoch if base else "",
                         base.version.n if base else 0,
@@ -359,6 +380,7 @@ class FeedStore:
                         "\n".join(i for i in new_ids if i in old_set),
                         "\n".join(i for i in old_ids if i not in new_set),
                         "0" if tags is None or tags[i] is None else "1" + str(tags[i]),
+                        *more_args,
                     ],
                 )
             )
@@ -371,6 +393,9 @@ class FeedStore:
                 out[i] = res
                 continue
             ok, epoch, n = int(res[0]), res[1], int(res[2])
+            if not ok and n == -1 and len(res) > 3:  # a guarded store's prelude said no
+                out[i] = WriteRefused(int(res[3]))
+                continue
             if not ok:
                 out[i] = VersionConflict(f"feed {draft.feed} moved on before our write (n={n})")
                 continue

@@ -75,7 +75,6 @@ Redis, like the event script's item-side keys).
 from __future__ import annotations
 
 import asyncio
-import copy
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -89,7 +88,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessions.broker import Broker
-from sessions.exceptions import VersionConflict
+from sessions.exceptions import VersionConflict, WriteRefused
 from sessions.feeds import FeedState, FeedStore, FeedUpdate
 from sessions.keys import user_tag
 from sessions.scripts import Call, PipelinedScript
@@ -102,13 +101,8 @@ log = structlog.get_logger(__name__)
 
 _RECORD_LUA = resources.files("streams").joinpath("lua/trigger_record.lua").read_text()
 _CLAIM_LUA = resources.files("streams").joinpath("lua/timer_claim.lua").read_text()
-#: The guarded offers write: the guard in front of the feed store's own write script, read from
-#: the same file the feed store reads, so the write itself (CAS, history, index) is exactly its.
-_GUARDED_WRITE_LUA = (
-    resources.files("streams").joinpath("lua/offer_guard.lua").read_text()
-    + "\n"
-    + resources.files("sessions").joinpath("lua/feed_write.lua").read_text()
-)
+#: The prelude of the guarded offers writes (see sessions.feeds.FeedStore.guarded).
+_GUARD_LUA = resources.files("streams").joinpath("lua/offer_guard.lua").read_text()
 
 TIMERS_KEY = "pr:timers"
 CLAIMED_KEY = "pr:timers:claimed"
@@ -177,41 +171,6 @@ class OfferChange:
     removed: int = 0
 
 
-class _GuardedWrite(PipelinedScript):
-    """The feed store's write script, for one write, with guards in front of it.
-
-    Stands in for :class:`FeedStore`'s own script on a copy of the store, so the store builds the
-    write's keys and arguments (and reads its reply) exactly as for any write; the guards' keys
-    and arguments are appended after them (``lua/offer_guard.lua`` reads them from the end). Done
-    this way because the guard must run in the write's own script to be atomic with it, and the
-    write's arguments belong to :mod:`sessions.feeds`, which has no hook for a guard.
-    """
-
-    def __init__(self, redis: Redis, guards: Sequence[tuple[int, str, Guard]]) -> None:
-        super().__init__(redis, _GUARDED_WRITE_LUA)
-        #: (offer index, item, guard).
-        self._guards = guards
-        #: The index of the offer whose guard failed, after a refused write.
-        self.refused: int | None = None
-
-    async def run_many(self, calls: Sequence[Call]) -> list[Any]:
-        guarded: list[Call] = []
-        for keys, args in calls:
-            more_keys: list[str] = []
-            more_args: list[Any] = []
-            for owner, item, guard in self._guards:
-                more_keys.append(guard.key)
-                since = "" if guard.since is None else guard.since
-                more_args += [len(keys) + len(more_keys), item, since, owner + 1]
-            guarded.append(([*keys, *more_keys], [*args, *more_args, len(self._guards)]))
-        replies = await super().run_many(guarded)
-        for reply in replies:
-            # {0, '', -1, owner}: the guard's refusal (see offer_guard.lua), not a conflict.
-            if isinstance(reply, list) and len(reply) > 3 and (reply[0], reply[2]) == (0, -1):
-                self.refused = int(reply[3]) - 1
-        return replies
-
-
 class Offers:
     """Reads and writes of the offers feeds (see the module docstring)."""
 
@@ -224,12 +183,10 @@ class Offers:
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        # Guarded writes swap the store's write script on a copy (see _GuardedWrite): fail here
-        # rather than write unguarded if the store no longer has one.
-        if not isinstance(getattr(feeds, "_write", None), PipelinedScript):
-            raise TypeError("FeedStore has no write script to guard (see _GuardedWrite)")
         self._redis = redis
         self._feeds = feeds
+        #: The same store, its writes run behind offer_guard.lua (atomic with the write).
+        self._guarded = feeds.guarded(_GUARD_LUA)
         self._broker = broker
         self._catalog = catalog
         self._clock = clock
@@ -322,15 +279,14 @@ class Offers:
             if base is None and not items:
                 return OfferChange(None, [], refused, 0)
             guards = [(i, o.item, g) for i, o in enumerate(added) for g in o.guards]
-            guarded = _GuardedWrite(self._redis, guards) if guards else None
             try:
-                update = await self._write(user, feed, base, items, guarded)
+                update = await self._write(user, feed, base, items, guards)
+            except WriteRefused as exc:
+                bad = added[exc.code - 1]  # the guard returns its offer's 1-based index
+                refused.append(bad)
+                pending = [o for o in pending if o is not bad]
+                continue  # the same write without it (each round drops one offer)
             except VersionConflict:
-                if guarded is not None and guarded.refused is not None:
-                    bad = added[guarded.refused]
-                    refused.append(bad)
-                    pending = [o for o in pending if o is not bad]
-                    continue  # the same write without it (each round drops one offer)
                 conflicts += 1
                 if conflicts == _CAS_TRIES:
                     raise
@@ -350,13 +306,18 @@ class Offers:
         feed: str,
         base: FeedState | None,
         items: list[dict[str, Any]],
-        guarded: _GuardedWrite | None,
+        guards: Sequence[tuple[int, str, Guard]],
     ) -> FeedUpdate | None:
-        if guarded is None:
+        """Write the new list; with ``guards`` ((offer index, item, guard)), only if they hold,
+        checked in the write's own script (:class:`WriteRefused` otherwise)."""
+        if not guards:
             return await self._feeds.write(user, feed, base, items)
-        store = copy.copy(self._feeds)  # this write only: the shared store keeps its script
-        store._write = guarded
-        return await store.write(user, feed, base, items)
+        keys = [guard.key for _, _, guard in guards]
+        args: list[Any] = []
+        for owner, item, guard in guards:
+            args += [item, "" if guard.since is None else guard.since, owner + 1]
+        args.append(len(guards))
+        return await self._guarded.write(user, feed, base, items, extra=(keys, args))
 
 
 @dataclass(slots=True)

@@ -513,12 +513,13 @@ class RacingStore(FeedStore):
         writes: Sequence[tuple[str, str, FeedState | None, list[dict[str, Any]]]],
         *,
         tags: Sequence[str | None] | None = None,
+        extras: Sequence[tuple[Sequence[str], Sequence[Any]]] | None = None,
     ) -> list[FeedUpdate | Exception | None]:
         if self.racer is not None and writes:
             user, items = self.racer
             self.racer = None
             await super().write(user, HOME, await self.read(user, HOME), items)
-        return await super().write_many(writes, tags=tags)
+        return await super().write_many(writes, tags=tags, extras=extras)
 
 
 def test_a_lost_race_is_edited_again_on_the_new_version(direct_url: str) -> None:
