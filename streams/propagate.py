@@ -2,8 +2,8 @@
 
 An item going out of stock (or unknown to the catalog) leaves every stored feed that shows it; an
 item whose feed payload changed (price, title, image, category) is replaced in place. That holds
-for ``home`` and for the ``offers`` feeds (:mod:`streams.triggers`), whose entries keep their
-offer fields (``badge``, ``expires_at``, ``trigger``) around the new payload. Each edited feed
+for ``home``, the context feeds (``similar``, ``cart``) and the ``offers`` feeds
+(:mod:`streams.triggers`), whose entries keep their offer fields (``badge``, ``expires_at``, ``trigger``) around the new payload. Each edited feed
 gets a normal new version — compare-and-set on the version read, its diff (a removal: runs of the
 base list; a payload change: a ``patch``) in the history stream — and is published like the
 processor publishes a recompute, so connected clients receive a diff within milliseconds and
@@ -60,6 +60,7 @@ from sessions.feeds import HOME, FeedState, FeedStore, FeedUpdate
 from sessions.versions import Version
 from streams.catalog import Catalog, Item
 from streams.exceptions import StreamsError
+from streams.profile import CONTEXT_FEEDS
 from streams.rules import OFFER_FEEDS
 from streams.triggers import OFFER_FIELDS
 
@@ -77,8 +78,8 @@ SETTLE_MARGIN_MS = 2000
 _CAS_TRIES = 3
 #: A version no stored feed has: a user whose edit gave up is always checked again.
 _UNKNOWN = Version("", -1)
-#: The feeds propagated by default: ``home`` and the offers feeds.
-FEEDS: tuple[str, ...] = (HOME, *OFFER_FEEDS)
+#: The feeds propagated by default: ``home``, the offers feeds and the context feeds.
+FEEDS: tuple[str, ...] = (HOME, *OFFER_FEEDS, *CONTEXT_FEEDS)
 #: Per feed, the fields an entry has beyond the catalog payload, kept by an edit.
 KEPT_FIELDS: dict[str, tuple[str, ...]] = dict.fromkeys(OFFER_FEEDS, OFFER_FIELDS)
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from redis.asyncio import Redis
 
 from push.redis_client import connect
 from sessions.broker_memory import MemoryBroker
@@ -18,6 +19,7 @@ from streams.catalog import Catalog, Item
 from streams.events import Event
 from streams.processor import Processor
 from streams.profile import ProfileStore, ScoringTuning
+from streams.propagate import Propagator
 from streams.recommender import Recommender, RecommenderTuning
 from tests.integration.conftest import redis_database, start_server, stop_server
 from tests.integration.harness import Server, api, new_id, view_settled, ws_client
@@ -33,7 +35,7 @@ def _event(user: str, etype: str, item: str, ts: int) -> Event:
     return Event(new_id("e"), user, etype, item, ts)
 
 
-async def _rig(url: str) -> tuple[Processor, FeedStore]:
+async def _rig(url: str) -> tuple[Processor, FeedStore, Redis, Catalog]:
     r = connect(url)
     await r.flushdb()
     catalog = Catalog(r)
@@ -49,7 +51,7 @@ async def _rig(url: str) -> tuple[Processor, FeedStore]:
         broker=broker,
         catalog=catalog,
     )
-    return processor, feeds
+    return processor, feeds, r, catalog
 
 
 def ids(state: object) -> list[str]:
@@ -59,7 +61,7 @@ def ids(state: object) -> list[str]:
 
 def test_similar_follows_the_item_being_looked_at(direct_url: str) -> None:
     async def scenario() -> None:
-        processor, feeds = await _rig(direct_url)
+        processor, feeds, r, catalog = await _rig(direct_url)
         now = int(time.time() * 1000)
         # Others teach neighbours: p0 goes with p1, q0 with q1.
         await processor.handle_batch(
@@ -86,13 +88,19 @@ def test_similar_follows_the_item_being_looked_at(direct_url: str) -> None:
         # The home feed is computed as before, beside it.
         home = await feeds.read("u", "home")
         assert home is not None and "q0" not in ids(home)
+        # Catalog propagation reaches context feeds like home: out of stock, out of the list.
+        propagator = Propagator(redis=r, catalog=catalog, feeds=feeds, broker=MemoryBroker())
+        await propagator.upsert([Item("q1", "q1", 1.0, "q", "", False, {})])
+        edited = await feeds.read("u", "similar")
+        assert "q1" not in ids(edited) and edited is not None
+        assert edited.version.n == on_q0.version.n + 1
 
     asyncio.run(scenario())
 
 
 def test_cart_shows_what_goes_with_the_cart_and_never_its_items(direct_url: str) -> None:
     async def scenario() -> None:
-        processor, feeds = await _rig(direct_url)
+        processor, feeds, _, _ = await _rig(direct_url)
         now = int(time.time() * 1000)
         # Others cart p0 with q3 (complements), and view p0 then p1 (alternatives).
         for n, other in enumerate(("o1", "o2")):
