@@ -3,12 +3,13 @@
 An item going out of stock (or unknown to the catalog) leaves every stored feed that shows it; an
 item whose feed payload changed (price, title, image, category) is replaced in place. That holds
 for ``home``, the context feeds (``similar``, ``cart``) and the ``offers`` feeds
-(:mod:`streams.triggers`), whose entries keep their offer fields (``badge``, ``expires_at``, ``trigger``) around the new payload. Each edited feed
-gets a normal new version — compare-and-set on the version read, its diff (a removal: runs of the
-base list; a payload change: a ``patch``) in the history stream — and is published like the
-processor publishes a recompute, so connected clients receive a diff within milliseconds and
-resuming ones replay it. Nobody's feed is recomputed: a removed item leaves the list one shorter
-until the user's next event recomputes it (an offer does not come back).
+(:mod:`streams.triggers`), whose entries keep their offer fields (``badge``, ``expires_at``,
+``trigger``) around the new payload. Each edited feed gets a normal new version — compare-and-set
+on the version read, its diff (a removal: runs of the base list; a payload change: a ``patch``) in
+the history stream — and is published like the processor publishes a recompute, so connected
+clients receive a diff within milliseconds and resuming ones replay it. Nobody's feed is
+recomputed: a removed item leaves the list one shorter until the user's next event recomputes it
+(an offer does not come back).
 
 Design:
 
