@@ -1,9 +1,11 @@
 /*
- * pushrec demo shop: a product grid that sends events, and a "Recommended for you" strip kept
- * live by the pushrec SDK (client-sdk-js, browser bundle served at /sdk/ in demo mode; `make sdk`
- * builds it). Plain script, no build step: needs /sdk/pushrec.min.js (global `Pushrec`) and
- * /sdk/pushrec-dom.min.js (global `PushrecDom`) loaded first. Everything from the server is
- * rendered with DOM APIs and textContent.
+ * pushrec demo shop: a product grid that sends events, and recommendation strips kept live by
+ * the pushrec SDK (client-sdk-js, browser bundle served at /sdk/ in demo mode; `make sdk` builds
+ * it): "Recommended for you" (feed `home`), "More like this" (`similar`: neighbours of the item
+ * looked at last, shown once the visitor has looked at one) and "Goes with your cart" (`cart`:
+ * complements of the cart, shown while it has any). Plain script, no build step: needs
+ * /sdk/pushrec.min.js (global `Pushrec`) and /sdk/pushrec-dom.min.js (global `PushrecDom`) loaded
+ * first. Everything from the server is rendered with DOM APIs and textContent.
  *
  * Query parameters (for trying things out, and for tests/browser):
  *   ?ttl=5            demo tokens live 5 s (5 … 86400), to watch the SDK renew them
@@ -17,7 +19,11 @@
 
   const USER_KEY = 'pushrec.demo.user'; // the visitor id, shared by the tabs of this browser
   const PAGE_SIZE = 48;
-  const STRIP_FEED = 'home';
+  const STRIP_FEED = 'home'; // "Recommended for you": the feed #version shows
+  const SIMILAR_FEED = 'similar'; // "More like this"
+  const CART_FEED = 'cart'; // "Goes with your cart"
+  const LOOKED_KEY = 'pushrec.demo.looked'; // the item the visitor looked at last (see lookedAt)
+  const LOOK_WAIT_MS = 3000; // how long "More like this" waits for its list to follow a new look
   const FLASH_MS = 1200;
 
   const $ = (id) => document.getElementById(id);
@@ -27,6 +33,11 @@
     version: $('version'),
     recs: $('recs'),
     recsEmpty: $('recs-empty'),
+    similarStrip: $('similar-strip'),
+    similarOf: $('similar-of'),
+    similarRecs: $('similar-recs'),
+    cartStrip: $('cart-strip'),
+    cartRecs: $('cart-recs'),
     grid: $('grid'),
     more: $('more'),
     category: $('category'),
@@ -174,6 +185,7 @@
     client.track(type, { item_id: id });
     client.flush(); // a click is worth sending now rather than batched
     notice(`${type} ${id}: tracked`, 'ok');
+    lookedAt(id, card && card.querySelector('.title').textContent);
   }
 
   const grid = { offset: 0, total: 0, category: '', loading: false, generation: 0 };
@@ -313,7 +325,12 @@
 
   const SHOWN_FIELDS = ['title', 'price', 'category', 'image', 'in_stock'];
   const shownPayload = new WeakMap(); // strip card -> payload it shows
-  let stripFilled = false; // no "new item" animation for the first list
+  // Per strip: `filled` once it has shown a list (no "new item" animation for the first one).
+  const strips = {
+    [STRIP_FEED]: { filled: false },
+    [SIMILAR_FEED]: { filled: false },
+    [CART_FEED]: { filled: false },
+  };
 
   function fillRec(card, item) {
     const img = card.querySelector('img');
@@ -356,6 +373,7 @@
     flash(card, 'clicked');
     client.flush();
     notice(`click ${card.dataset.id}: tracked`, 'ok');
+    lookedAt(card.dataset.id, card.querySelector('.title').textContent); // a click is a look too
   }
 
   /**
@@ -363,24 +381,101 @@
    * place) and calls this only for new items and for items whose payload changed. A payload that
    * is equal where it shows (e.g. after the snapshot of a reconnect) does not flash.
    */
-  function renderRec(item, card) {
-    if (!card) {
-      card = newRecCard();
-      card.dataset.id = String(item.id);
+  function recRenderer(strip) {
+    return function renderRec(item, card) {
+      if (!card) {
+        card = newRecCard();
+        card.dataset.id = String(item.id);
+        fillRec(card, item);
+        if (strip.filled) flash(card, 'rec-new');
+        return card;
+      }
+      const before = shownPayload.get(card);
       fillRec(card, item);
-      if (stripFilled) flash(card, 'rec-new');
+      if (!before || SHOWN_FIELDS.some((f) => before[f] !== item[f])) flash(card, 'rec-changed');
       return card;
-    }
-    const before = shownPayload.get(card);
-    fillRec(card, item);
-    if (!before || SHOWN_FIELDS.some((f) => before[f] !== item[f])) flash(card, 'rec-changed');
-    return card;
+    };
   }
 
   function showVersion(feed, version) {
     el.version.textContent = `${feed} @ ${version[0]}:${version[1]}`;
     el.version.dataset.epoch = String(version[0]);
     el.version.dataset.n = String(version[1]);
+  }
+
+  // ---------------------------------------------------------------- context strips
+
+  /*
+   * The server's `similar` list is about the item the visitor touched last (viewed, carted,
+   * bought, or clicked in a strip); before any, it is only what is trending, so "More like this"
+   * shows once the page knows of such an item. The page keeps it in localStorage ({user, id,
+   * title}), so a reload and the visitor's other tabs know it too, and names it in the heading
+   * once the list has followed it (the list's update arrives a moment after the event).
+   * "Goes with your cart" shows while its list is not empty (the server's is empty with the cart).
+   */
+  let looked = readLooked(); // the item the shown `similar` list is about
+  let nextLooked = null; // a newer look whose `similar` update has not arrived yet
+  let lookTimer = 0;
+
+  function currentUser() {
+    return debug.user || storedUser();
+  }
+
+  function readLooked() {
+    try {
+      const v = JSON.parse(localStorage.getItem(LOOKED_KEY) || 'null');
+      return v && typeof v.id === 'string' ? v : null;
+    } catch (_) {
+      return null;
+    }
+  }
+
+  function expectLook(entry) {
+    nextLooked = entry;
+    clearTimeout(lookTimer);
+    lookTimer = setTimeout(settleLook, LOOK_WAIT_MS); // in case the list did not change at all
+  }
+
+  /** The `similar` list changed (or waited long enough): it is about the latest look now. */
+  function settleLook() {
+    clearTimeout(lookTimer);
+    if (nextLooked) looked = nextLooked;
+    nextLooked = null;
+    showContext();
+  }
+
+  function lookedAt(id, title) {
+    const entry = { user: currentUser(), id: String(id), title: title || '' };
+    try {
+      localStorage.setItem(LOOKED_KEY, JSON.stringify(entry));
+    } catch (_) {
+      /* this tab still knows */
+    }
+    expectLook(entry);
+  }
+
+  function showContext() {
+    if (!client) return;
+    const about = looked && looked.user === currentUser() ? looked : null;
+    el.similarStrip.hidden = !about || client.items(SIMILAR_FEED).length === 0;
+    if (about) {
+      el.similarStrip.dataset.item = about.id;
+      el.similarOf.textContent = `like ${about.title || 'item'} #${about.id}`;
+    } else {
+      delete el.similarStrip.dataset.item;
+      el.similarOf.textContent = '';
+    }
+    el.cartStrip.hidden = client.items(CART_FEED).length === 0;
+  }
+
+  /** A context strip's feed changed (renderStrip has drawn it): show or hide its section. */
+  function onContextFeed(feed, items, version) {
+    const section = feed === SIMILAR_FEED ? el.similarStrip : el.cartStrip;
+    if (feed === SIMILAR_FEED) settleLook();
+    else showContext();
+    section.dataset.epoch = String(version[0]); // for tests and the curious, as #version
+    section.dataset.n = String(version[1]);
+    strips[feed].filled = strips[feed].filled || (!section.hidden && items.length > 0);
   }
 
   // ---------------------------------------------------------------- the client
@@ -391,9 +486,10 @@
     if (diff && diff.patch && typeof diff.patch === 'object') {
       for (const id of Object.keys(diff.patch)) updateProduct(id, diff.patch[id] || {});
     }
-    if (feed !== STRIP_FEED) return;
+    if (feed === SIMILAR_FEED || feed === CART_FEED) onContextFeed(feed, items, version);
+    if (feed !== STRIP_FEED) return; // #version shows the home feed's version only
     // renderStrip (subscribed before this listener) has already drawn `items`.
-    stripFilled = stripFilled || items.length > 0;
+    strips[STRIP_FEED].filled = strips[STRIP_FEED].filled || items.length > 0;
     el.recsEmpty.hidden = items.length > 0;
     showVersion(feed, version);
   }
@@ -441,7 +537,7 @@
     client = new Pushrec.Client({
       url: location.origin,
       getToken,
-      feeds: [STRIP_FEED],
+      feeds: [STRIP_FEED, SIMILAR_FEED, CART_FEED],
       transports: TRANSPORTS.length ? TRANSPORTS : undefined,
       maxDelay: 10000, // a demo server restarts quickly: do not wait 30 s for it
       WebSocket: ObservedWebSocket,
@@ -450,14 +546,23 @@
     debug.client = client;
     client.on('state', onState);
     client.on('error', onError);
-    PushrecDom.renderStrip(el.recs, client, STRIP_FEED, renderRec);
-    el.recs.addEventListener('click', onRecClick);
+    const shown = [[STRIP_FEED, el.recs], [SIMILAR_FEED, el.similarRecs], [CART_FEED, el.cartRecs]];
+    for (const [feed, element] of shown) {
+      PushrecDom.renderStrip(element, client, feed, recRenderer(strips[feed]));
+      element.addEventListener('click', onRecClick);
+    }
     client.on('feed', onFeed);
   }
 
   // ---------------------------------------------------------------- start
 
   el.more.addEventListener('click', () => loadItems(false));
+  // Another tab of this visitor looked at an item: the `similar` update is on its way here too.
+  window.addEventListener('storage', (e) => {
+    if (e.key !== LOOKED_KEY) return;
+    const entry = readLooked();
+    if (entry) expectLook(entry);
+  });
   el.category.addEventListener('change', () => {
     grid.category = el.category.value;
     loadItems(true);

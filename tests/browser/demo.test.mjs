@@ -1,15 +1,16 @@
 // The demo shop (examples/shop, on the pushrec SDK's browser bundle) in a real headless Chromium
 // (Debian's), against one real `pushrec demo` server: a click changes the strip in place, a
 // blocked WebSocket falls back to SSE, short-lived tokens are renewed without losing updates, two
-// tabs of one visitor stay identical. The server's tokens have no expiry leeway here, so a 5 s
-// token really expires after 5 s. Screenshots of the README go to $PUSHREC_SCREENSHOTS when set;
-// a failed test screenshots its pages to ./failures.
+// tabs of one visitor stay identical, the context strips ("More like this", "Goes with your cart")
+// follow the product looked at and the cart. The server's tokens have no expiry leeway here, so a
+// 5 s token really expires after 5 s. Screenshots of the README go to $PUSHREC_SCREENSHOTS when
+// set; a failed test screenshots its pages to ./failures.
 import { before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import {
-  DemoServer, clickNewProduct, launchBrowser, pageTest, shots, shown, waitLive,
-  waitSynced, waitVersionChange,
+  DemoServer, clickNewProduct, launchBrowser, pageTest, scale, shots, shown, shownContext,
+  waitContextShown, waitContextSynced, waitLive, waitSynced, waitVersionChange,
 } from './harness.mjs';
 
 let server;
@@ -151,3 +152,56 @@ pageTest('two tabs of one visitor stay identical', () => browser, async ({ newPa
     v = again.version;
   }
 });
+
+pageTest('"More like this" follows the product looked at, "Goes with your cart" the cart',
+  () => browser, async ({ newPage }) => {
+    const page = await newPage('/', server.base);
+    await waitLive(page, 'websocket');
+    // A fresh visitor: both context feeds arrive (similar: only what is trending; cart: empty),
+    // and neither strip shows.
+    for (const feed of ['similar', 'cart']) {
+      await page.waitForSelector(`#${feed}-strip[data-n]`, { state: 'attached', timeout: 20_000 * scale });
+    }
+    const similar0 = await shownContext(page, 'similar');
+    const cart0 = await shownContext(page, 'cart');
+    assert.equal(similar0.hidden, true, 'no "More like this" before a product was looked at');
+    assert.equal(cart0.hidden, true, 'no "Goes with your cart" for an empty cart');
+    assert.deepEqual(cart0.ids, []);
+    const home0 = await waitSynced(page, server);
+
+    // View A: the grid's first product, the most popular of the warm-up traffic (so it has
+    // co-viewed neighbours; the server falls back to trending anyway, so the list is never empty).
+    const a = await page.$eval('#grid .product', (c) => c.dataset.id);
+    await page.click(`#grid .product[data-id="${a}"]`, { position: { x: 20, y: 20 } });
+    const similar1 = await waitContextShown(page, 'similar', similar0.version);
+    assert.equal(similar1.item, a, 'the strip says which product it is like');
+    assert.ok(similar1.ids.length <= 12);
+    assert.equal(new Set(similar1.ids).size, similar1.ids.length, 'no item twice');
+    assert.ok(!similar1.ids.includes(a), 'the product looked at is not "like itself"');
+    assert.notDeepEqual(similar1.ids, similar0.ids, 'its neighbours, not just what is trending');
+    await waitContextSynced(page, server, 'similar');
+    assert.equal((await shownContext(page, 'cart')).hidden, true, 'a view fills no cart');
+
+    // Add B (another popular product) to the cart with its card's button.
+    const b = await page.$$eval('#grid .product', (cards, a) => cards
+      .find((c) => c.dataset.id !== a && !c.querySelector('button.add').disabled)?.dataset.id, a);
+    assert.ok(b, 'a product to add to the cart');
+    await page.click(`#grid .product[data-id="${b}"] button.add`);
+    const cart1 = await waitContextShown(page, 'cart', cart0.version);
+    assert.ok(cart1.ids.length <= 12);
+    assert.equal(new Set(cart1.ids).size, cart1.ids.length, 'no item twice');
+    assert.ok(!cart1.ids.includes(b), 'nothing already in the cart');
+    await waitContextSynced(page, server, 'cart');
+    // The cart item is the latest one looked at: "More like this" follows it.
+    const similar2 = await waitContextShown(page, 'similar', similar1.version);
+    assert.equal(similar2.item, b);
+    assert.ok(!similar2.ids.includes(b));
+    await waitContextSynced(page, server, 'similar');
+
+    // The home strip and #version are the home feed's, as before: both events advanced it.
+    const home = await waitSynced(page, server);
+    assert.equal(home.version[0], home0.version[0], 'same epoch');
+    assert.ok(home.version[1] > home0.version[1], 'the home feed advanced');
+    assert.match(await page.textContent('#version'), /^home @ /);
+    assert.deepEqual((await demo(page)).errors, []);
+  });

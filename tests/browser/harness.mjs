@@ -270,3 +270,58 @@ export async function waitSynced(page, server, ms = 15_000) {
     await sleep(100);
   }
 }
+
+// ------------------------------------------------------------------ the context strips
+
+/**
+ * What a context strip ("More like this" = `similar`, "Goes with your cart" = `cart`) shows: its
+ * ids in order, its feed's version (data-epoch / data-n of its section), whether the section is
+ * hidden, and (similar) the item it says it is like.
+ */
+export function shownContext(page, feed) {
+  return page.evaluate((feed) => {
+    const section = document.querySelector(`#${feed}-strip`);
+    const v = section.dataset;
+    return {
+      ids: Array.from(section.querySelectorAll(`#${feed}-recs .rec`), (e) => e.dataset.id),
+      version: v.n === undefined ? null : [v.epoch, Number(v.n)],
+      hidden: section.hidden,
+      item: v.item ?? null,
+    };
+  }, feed);
+}
+
+/**
+ * Waits until the context strip of `feed` is shown, not empty, at a version other than `version`
+ * (null: any), and returns what it shows.
+ */
+export async function waitContextShown(page, feed, version, ms = 15_000) {
+  await page.waitForFunction(
+    ([feed, version]) => {
+      const section = document.querySelector(`#${feed}-strip`);
+      const v = section.dataset;
+      return !section.hidden && v.n !== undefined
+        && section.querySelectorAll('.rec').length > 0
+        && (!version || v.epoch !== version[0] || Number(v.n) !== version[1]);
+    },
+    [feed, version],
+    { timeout: ms * scale, polling: 50 },
+  );
+  return shownContext(page, feed);
+}
+
+/** As waitSynced, for a context strip: its ids and version equal the server's stored feed. */
+export async function waitContextSynced(page, server, feed, ms = 15_000) {
+  const deadline = Date.now() + ms * scale;
+  for (;;) {
+    const user = await page.evaluate(() => window.pushrecDemo.user);
+    const [mine, stored] = await Promise.all([shownContext(page, feed), server.feed(user, feed)]);
+    const have = { ids: mine.ids, version: mine.version };
+    const theirs = { ids: stored.items.map((i) => i.id), version: stored.version };
+    if (JSON.stringify(have) === JSON.stringify(theirs)) return mine;
+    if (Date.now() > deadline) {
+      throw new Error(`page's ${feed} strip never matched the server's feed of ${user}:\n page   ${JSON.stringify(have)}\n server ${JSON.stringify(theirs)}`);
+    }
+    await sleep(100);
+  }
+}
