@@ -252,40 +252,41 @@ class Processor:
 
     async def refresh_feed(self, user: str) -> FeedState:
         """Recompute, store and publish the user's home feed now (first visit, profile merge)."""
-        refresh = Event(event_id="", user_id=user, type="refresh", item_id=None, ts=_now_ms())
-        arm = self._arms(self.experiments, [refresh]).get(user)
-        [result] = await self._profiles.apply_many(
-            [(refresh, [], None, True)], [arm.scoring if arm else None]
-        )
-        if isinstance(result, Exception):
-            raise result
-        _, view = result
-        if view is None:  # pragma: no cover - refresh always returns a view
-            raise RuntimeError("refresh returned no profile view")
+        arm = self._arms(self.experiments, [_refresh(user)]).get(user)
+        view = await self._refreshed(user, arm.scoring if arm else None, ())
         items = self._recommender.home(view, current=None, tuning=arm.feed if arm else None)
-        update = await self._store(user, HOME, view.feed, items, _tag(arm))
-        if update is not None:
-            self._known.put(update.state)
-            await self._broker.publish(update)
-            return update.state
-        state = await self._feeds.read(user, HOME)
-        if state is None:  # pragma: no cover - unchanged means a stored version exists
-            raise RuntimeError("feed vanished while being computed")
-        return state
+        return await self._store_first(user, HOME, view.feed, items, _tag(arm))
 
     async def _create_context(self, user: str, feed: str) -> FeedState:
         """Score, store and publish the user's first ``feed`` (a context feed)."""
-        refresh = Event(event_id="", user_id=user, type="refresh", item_id=None, ts=_now_ms())
-        [result] = await self._profiles.apply_many([(refresh, [], None, True)], context=[feed])
+        view = await self._refreshed(user, None, (feed,))
+        context = view.context.get(feed)
+        if context is None:  # pragma: no cover - the script scores what it is asked for
+            raise RuntimeError(f"refresh returned no {feed} candidates")
+        items = self._recommender.context(feed, context.candidates)
+        return await self._store_first(user, feed, context.feed, items, "")
+
+    async def _refreshed(
+        self, user: str, scoring: ScoringTuning | None, context: Sequence[str]
+    ) -> ProfileView:
+        """The user's view now, without an event (a ``refresh``), scoring ``context`` too."""
+        [result] = await self._profiles.apply_many(
+            [(_refresh(user), [], None, True)], [scoring], context=context
+        )
         if isinstance(result, Exception):
             raise result
-        view = result[1]
-        if view is None or feed not in view.context:  # pragma: no cover - asked for it
-            raise RuntimeError(f"refresh returned no {feed} candidates")
-        context = view.context[feed]
-        items = self._recommender.context(feed, context.candidates)
-        update = await self._store(user, feed, context.feed, items, "")
+        if result[1] is None:  # pragma: no cover - refresh always returns a view
+            raise RuntimeError("refresh returned no profile view")
+        return result[1]
+
+    async def _store_first(
+        self, user: str, feed: str, base: FeedState | None, items: list[dict[str, Any]], tag: str
+    ) -> FeedState:
+        """Store and publish ``items`` as ``feed``'s next version; the stored state after."""
+        update = await self._store(user, feed, base, items, tag)
         if update is not None:
+            if feed == HOME:
+                self._known.put(update.state)
             await self._broker.publish(update)
             return update.state
         state = await self._feeds.read(user, feed)
@@ -318,6 +319,11 @@ def _scorings(arms: dict[str, Arm], events: Sequence[Event]) -> list[ScoringTuni
     if not arms:
         return None
     return [arm.scoring if (arm := arms.get(e.user_id)) else None for e in events]
+
+
+def _refresh(user: str) -> Event:
+    """Not an event: scores the user's candidates without changing anything."""
+    return Event(event_id="", user_id=user, type="refresh", item_id=None, ts=_now_ms())
 
 
 def _tag(arm: Arm | None) -> str:

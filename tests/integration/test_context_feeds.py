@@ -18,11 +18,10 @@ from sessions.keys import feed_key
 from streams.catalog import Catalog, Item
 from streams.events import Event
 from streams.processor import Processor
-from streams.profile import ProfileStore, ScoringTuning
 from streams.propagate import Propagator
-from streams.recommender import Recommender, RecommenderTuning
 from tests.integration.conftest import redis_database, start_server, stop_server
 from tests.integration.harness import Server, api, new_id, view_settled, ws_client
+from tests.integration.rig import plain_items, processor_rig
 
 
 @pytest.fixture
@@ -36,22 +35,12 @@ def _event(user: str, etype: str, item: str, ts: int) -> Event:
 
 
 async def _rig(url: str) -> tuple[Processor, FeedStore, Redis, Catalog]:
-    r = connect(url)
-    await r.flushdb()
-    catalog = Catalog(r)
-    items = [Item(f"{c}{n}", f"{c}{n}", 1.0, c, "", True, {}) for c in "pq" for n in range(6)]
-    await catalog.upsert(items)
-    feeds = FeedStore(r, ttl_s=3600, history_len=10)
-    broker = MemoryBroker()
-    await broker.start(lambda _update: None)
-    processor = Processor(
-        profiles=ProfileStore(r, scoring=ScoringTuning(session_w=0.0, repeat_w=0.0)),
-        recommender=Recommender(catalog, RecommenderTuning(size=4, repeat=False)),
-        feeds=feeds,
-        broker=broker,
-        catalog=catalog,
-    )
-    return processor, feeds, r, catalog
+    items = [
+        *plain_items([f"p{n}" for n in range(6)], "p"),
+        *plain_items([f"q{n}" for n in range(6)], "q"),
+    ]
+    rig = await processor_rig(url, items)
+    return rig.processor, rig.feeds, rig.redis, rig.catalog
 
 
 def ids(state: object) -> list[str]:

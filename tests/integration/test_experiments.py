@@ -19,17 +19,12 @@ import httpx
 import pytest
 import redis
 
-from push.redis_client import connect
-from sessions.broker_memory import MemoryBroker
 from sessions.feeds import FeedStore, FeedUpdate
-from streams.catalog import Catalog, Item
 from streams.events import Event
 from streams.experiment_stats import ExperimentStats
 from streams.experiments import Experiment, ExperimentSet, parse_experiments
 from streams.experiments_store import EXPERIMENTS_KEY
 from streams.processor import Processor
-from streams.profile import ProfileStore, ScoringTuning
-from streams.recommender import Recommender, RecommenderTuning
 from tests.integration.conftest import redis_database, start_server, stop_server
 from tests.integration.harness import (
     Server,
@@ -41,6 +36,7 @@ from tests.integration.harness import (
     view_settled,
     ws_client,
 )
+from tests.integration.rig import plain_items, processor_rig
 
 #: Variant ``lean`` scores nothing but the item being looked at: its lists are that one item,
 #: while the engine's (control) are full lists without it (repeat weight 0 in these tests).
@@ -96,26 +92,10 @@ def _view(user: str, item: str, ts: int) -> Event:
 
 
 async def _rig(url: str) -> tuple[Processor, FeedStore, ExperimentStats, list[FeedUpdate]]:
-    r = connect(url)
-    await r.flushdb()
-    catalog = Catalog(r)
-    await catalog.upsert([Item(i, i, 1.0, "c", "", True, {}) for i in "abcdefgh"])
-    feeds = FeedStore(r, ttl_s=3600, history_len=10)
-    broker = MemoryBroker()
-    published: list[FeedUpdate] = []
-    await broker.start(published.append)
-    stats = ExperimentStats(r, exposure_ttl_s=3600)
-    await broker.watch(_WATCHED)
-    processor = Processor(
-        profiles=ProfileStore(r, scoring=ScoringTuning(session_w=0.0, repeat_w=0.0)),
-        recommender=Recommender(catalog, RecommenderTuning(size=4, repeat=False)),
-        feeds=feeds,
-        broker=broker,
-        catalog=catalog,
-        stats=stats,
-    )
-    processor.experiments = parse_experiments(DOC)
-    return processor, feeds, stats, published
+    rig = await processor_rig(url, plain_items("abcdefgh"), watched=[_WATCHED], stats=True)
+    rig.processor.experiments = parse_experiments(DOC)
+    assert rig.processor.stats is not None
+    return rig.processor, rig.feeds, rig.processor.stats, rig.published
 
 
 def test_each_variant_computes_with_its_parameters_and_tags_its_lists(direct_url: str) -> None:

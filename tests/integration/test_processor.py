@@ -8,15 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from push.redis_client import connect
-from sessions.broker_memory import MemoryBroker
-from sessions.feeds import FeedStore, FeedUpdate
-from streams.catalog import Catalog, Item
 from streams.events import Event
-from streams.processor import Processor
-from streams.profile import ProfileStore, ScoringTuning
-from streams.recommender import Recommender, RecommenderTuning
 from tests.integration.conftest import redis_database
+from tests.integration.rig import plain_items, processor_rig
 
 
 @pytest.fixture
@@ -30,21 +24,8 @@ def _view(n: int, user: str, item: str, ts: int, event_id: str | None = None) ->
 
 
 async def _scenario(url: str) -> None:
-    redis = connect(url)
-    await redis.flushdb()
-    catalog = Catalog(redis)
-    await catalog.upsert([Item(i, i, 1.0, "c", "", True, {}) for i in "abcdefgh"])
-    feeds = FeedStore(redis, ttl_s=3600, history_len=10)
-    broker = MemoryBroker()
-    published: list[FeedUpdate] = []
-    await broker.start(published.append)
-    processor = Processor(
-        profiles=ProfileStore(redis, scoring=ScoringTuning(session_w=0.0, repeat_w=0.0)),
-        recommender=Recommender(catalog, RecommenderTuning(size=3, repeat=False)),
-        feeds=feeds,
-        broker=broker,
-        catalog=catalog,
-    )
+    rig = await processor_rig(url, plain_items("abcdefgh"), size=3)
+    processor, feeds, redis = rig.processor, rig.feeds, rig.redis
     now = int(time.time() * 1000)
     # Others teach neighbours: a→b, c→d.
     await processor.handle_batch([_view(0, "o1", "a", now), _view(1, "o1", "b", now + 1)])
