@@ -21,6 +21,7 @@ from push.api_events import post_events
 from push.api_experiments import get_experiment, get_experiments, put_experiments
 from push.api_feeds import get_feed
 from push.api_rules import get_rules, put_rules
+from push.api_users import delete_user, export
 from push.demo import demo_routes, warm_up
 from push.exceptions import HTTPProblem
 from push.health import healthz, metrics, readyz
@@ -88,6 +89,8 @@ def build_app(runtime: Runtime) -> Starlette:
         Route("/v1/experiments", put_experiments, methods=["PUT"]),
         Route("/v1/experiments/{name}", get_experiment, methods=["GET"]),
         Route("/v1/users/{user}/feeds/{feed}", get_feed, methods=["GET"]),
+        Route("/v1/users/{user}/export", export, methods=["GET"]),
+        Route("/v1/users/{user}", delete_user, methods=["DELETE"]),
         Route("/v1/sse", sse_endpoint, methods=["GET"]),
         Route("/v1/sse/{conn}", sse_message, methods=["POST"]),
         Route("/v1/anonymous", post_anonymous, methods=["POST"]),

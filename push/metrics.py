@@ -111,6 +111,12 @@ class Metrics:
         self.rules_version = Gauge(
             "pushrec_rules_version", "Version of the business rules in force", registry=r
         )
+        self.privacy_requests = Counter(
+            "pushrec_privacy_requests",
+            "Privacy requests served: erase (DELETE /v1/users/{id}) and export",
+            ["op"],
+            registry=r,
+        )
         self.experiments_reloads = Counter(
             "pushrec_experiments_reloads",
             "Experiment documents offered to this node, by source (api, file, redis) and outcome"

@@ -68,6 +68,7 @@ class CloseCode(enum.IntEnum):
     UNAUTHORIZED = 4501  # token missing, invalid or expired: get a new token first
     AUTH_TIMEOUT = 4502  # no auth message in time
     FORBIDDEN = 4503  # the token is valid but may not do this
+    ERASED = 4504  # the user's data was erased (DELETE /v1/users/{id}): do not reconnect
     TOO_BIG = 4509  # a message exceeded the size limit
     PROTOCOL_ERROR = 1002  # malformed WebSocket framing
     INVALID_DATA = 1007  # a text frame that is not UTF-8

@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from push.config import Settings
 from push.connections import Connections
 from push.metrics import Metrics
+from push.protocol import CloseCode
 from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
 from sessions.broker import Broker
@@ -45,6 +46,8 @@ from streams.source_memory import MemoryBus
 from streams.triggers import Offers, Triggers
 
 log = structlog.get_logger(__name__)
+#: Announces erased users to every node (``DELETE /v1/users/{id}``), so each closes their sockets.
+ERASE_CHANNEL = "pr:erase"
 
 
 @dataclass
@@ -314,6 +317,10 @@ class Runtime:
             self._rule_tasks.append(asyncio.create_task(self.rules_file.watch(), name="rules-file"))
         if s.redis_url is not None:  # other nodes may write the rules: follow their changes
             self._rule_tasks.append(asyncio.create_task(self._rules.follow(), name="rules-follow"))
+            # and erase users: their connections here close too (close_user_everywhere).
+            self._rule_tasks.append(
+                asyncio.create_task(self._follow_erasures(), name="erasures-follow")
+            )
 
     async def _start_experiments(self) -> None:
         """Experiments, like the rules: what Redis holds, then the file, before any event is
@@ -343,6 +350,30 @@ class Runtime:
 
     def _observe_experiments(self, source: str, outcome: str) -> None:
         self.metrics.experiments_reloads.labels(source, outcome).inc()
+
+    async def close_user_everywhere(self, user: str) -> None:
+        """Close every connection of an erased ``user`` with 4504: here at once, and on the
+        other nodes through the ``pr:erase`` channel (shared Redis only)."""
+        self.hub.close_user(user, CloseCode.ERASED, "user data erased")
+        if self.settings.redis_url is not None:
+            await self.redis.publish(ERASE_CHANNEL, user)
+
+    async def _follow_erasures(self) -> None:
+        """Close the connections of users erased through another node, until cancelled."""
+        delay = 0.5
+        while True:
+            try:
+                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(ERASE_CHANNEL)
+                    delay = 0.5
+                    async for message in pubsub.listen():
+                        data = message.get("data")
+                        user = data.decode() if isinstance(data, bytes) else str(data)
+                        self.hub.close_user(user, CloseCode.ERASED, "user data erased")
+            except Exception as exc:  # a lost connection or a bug: keep following, loudly
+                log.warning("erasures_follow_lost", error=type(exc).__name__)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def _apply_rules(self, rules: RuleSet) -> None:
         if self._recommender is not None:

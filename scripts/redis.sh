@@ -103,7 +103,7 @@ start() {
   rm -f "$PIDFILE"
   : >"$LOG"
   "$server" --bind 127.0.0.1 --port "$REDIS_PORT" --protected-mode yes \
-    --save '' --appendonly no --dir "$REDIS_DIR" \
+    --save '' --appendonly no --dir "$REDIS_DIR" --databases 32 \
     --daemonize yes --pidfile "$PIDFILE" --logfile "$LOG" \
     || { tail -n 50 "$LOG" >&2 || true; die "redis-server failed to start"; }
   local deadline=$((SECONDS + REDIS_START_TIMEOUT))

@@ -23,6 +23,9 @@ class Receiver(Protocol):
     def resync(self) -> None:
         """Updates may have been missed: recover (resume or snapshot) every feed."""
 
+    def close(self, code: int, reason: str) -> None:
+        """End the connection with a close code of docs/PROTOCOL.md and its reason."""
+
 
 class Hub:
     """Registry of live receivers by user; the broker's delivery target."""
@@ -60,6 +63,13 @@ class Hub:
         for user in users:
             for receiver in self._by_user.get(user, ()):
                 receiver.resync()
+
+    def close_user(self, user: str, code: int, reason: str) -> int:
+        """Close every connection of ``user`` on this node; returns how many."""
+        receivers = list(self._by_user.get(user, ()))
+        for receiver in receivers:
+            receiver.close(code, reason)
+        return len(receivers)
 
     @property
     def users(self) -> int:

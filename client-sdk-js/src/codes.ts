@@ -19,6 +19,8 @@ export const CloseCode = {
   AUTH_TIMEOUT: 4502,
   /** A refreshed token names another user: terminal. */
   FORBIDDEN: 4503,
+  /** The user's data was erased on request (`DELETE /v1/users/{id}`): terminal. */
+  ERASED: 4504,
   /** A message exceeded the server's size limit: terminal. */
   TOO_BIG: 4509,
   /** RFC 6455: malformed framing: terminal. */

@@ -114,6 +114,7 @@ describe("close codes", () => {
       UNAUTHORIZED: 4501,
       AUTH_TIMEOUT: 4502,
       FORBIDDEN: 4503,
+      ERASED: 4504,
       TOO_BIG: 4509,
       PROTOCOL_ERROR: 1002,
       INVALID_DATA: 1007,
@@ -122,7 +123,7 @@ describe("close codes", () => {
 
   test("closeAction", () => {
     for (const c of [4000, 4001, 4002, 4003, 4499]) assert.equal(closeAction(c), "reconnect");
-    for (const c of [4500, 4501, 4502, 4503, 4509, 4999, 1002, 1007]) assert.equal(closeAction(c), "terminal");
+    for (const c of [4500, 4501, 4502, 4503, 4504, 4509, 4999, 1002, 1007]) assert.equal(closeAction(c), "terminal");
     for (const c of [1000, 1001, 1005, 1006, 1011]) assert.equal(closeAction(c), "network");
   });
 });
