@@ -120,6 +120,12 @@ class Settings:
     experiments_file: Path | None = None
     #: How often (s) a worker claims due timers of delayed triggers (docs/RULES.md).
     timers_interval_s: float = 1.0
+    #: On SIGTERM: how long (s) to keep serving with readiness false before closing push
+    #: connections, so a load balancer stops sending new ones (0: close at once).
+    drain_delay_s: float = 0.0
+    #: On SIGTERM: the 4000 closes are spread evenly over this many seconds, so the fleet's
+    #: clients do not all reconnect in the same instant (0: all at once).
+    shutdown_window_s: float = 5.0
 
     def algorithms(self) -> tuple[str, ...]:
         """The accepted token algorithms of ``token_algorithms``, upper-cased, without duplicates.
@@ -245,6 +251,10 @@ class Settings:
             value = getattr(self, name)
             if not value >= 0 or (name != "token_leeway_s" and value == 0):  # `not >=` catches NaN
                 raise ConfigError(f"PUSHREC_{name.upper()} must be a positive number of seconds")
+        for name in ("drain_delay_s", "shutdown_window_s"):
+            value = getattr(self, name)
+            if not 0 <= value <= 600:  # also refuses NaN
+                raise ConfigError(f"PUSHREC_{name.upper()} must be between 0 and 600 seconds")
         for name in ("ws_deflate_min_bytes", "max_per_category"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"PUSHREC_{name.upper()} must be at least 0")

@@ -85,14 +85,24 @@ class Connections:
             for conn in list(self._by_conn.values()):
                 conn.tick(now, wall)
 
-    async def shutdown(self, code: int, reason: str) -> None:
-        """Close every connection with ``code`` and wait for their background work."""
+    async def shutdown(self, code: int, reason: str, *, window_s: float = 0.0) -> None:
+        """Close every connection with ``code`` and wait for their background work.
+
+        With ``window_s`` the closes are spread evenly over that window (the i-th of n at about
+        i x window / n), so their clients' reconnects spread over the fleet too; connections
+        opened meanwhile are closed at its end.
+        """
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        for conn in list(self._by_conn.values()):
+        conns = list(self._by_conn.values())
+        for i, conn in enumerate(conns):
+            if window_s > 0 and i > 0:
+                await asyncio.sleep(window_s / len(conns))
+            conn.close(code, reason)
+        for conn in list(self._by_conn.values()):  # arrived during the window
             conn.close(code, reason)
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)

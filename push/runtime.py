@@ -143,6 +143,8 @@ class Runtime:
         self.broker: Broker = MemoryBroker()
         self.hub = Hub(self.broker)
         self.connections = Connections()
+        #: Set on SIGTERM (push/server.py): readiness turns false before connections close.
+        self.draining = False
         self.profile_tuning, self._scoring, self._feed_tuning = engine_tunings(settings)
         #: The feeds a connection may subscribe to.
         self.served_feeds: tuple[str, ...] = ("home", "offers", *CONTEXT_FEEDS)
@@ -208,8 +210,9 @@ class Runtime:
         return _started(self._catalog)
 
     def readiness(self) -> dict[str, bool]:
-        """The non-Redis readiness checks of this node's roles."""
-        checks: dict[str, bool] = {}
+        """The non-Redis readiness checks of this node's roles (``accepting``: false once the
+        node is shutting down, see push/server.py)."""
+        checks: dict[str, bool] = {"accepting": not self.draining}
         if self.source is not None:
             checks["consumer"] = self.source.running
         if self.kafka_producer is not None:

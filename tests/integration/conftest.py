@@ -69,6 +69,8 @@ def start_server(
         # assert; session kNN and the repeat slot are tested in test_profile.py and test_eval.py.
         "PUSHREC_SESSION_WEIGHT": "0",
         "PUSHREC_REPEAT_WEIGHT": "0",
+        # Stopping a test server closes its sockets at once (test_graceful.py spreads them).
+        "PUSHREC_SHUTDOWN_WINDOW_S": "0",
         **(extra_env or {}),
     }
     redis_url = os.environ.get("PUSHREC_TEST_REDIS_URL")

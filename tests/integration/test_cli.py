@@ -80,7 +80,10 @@ def test_catalog_load_reports_a_bad_item_and_stores_nothing(server: Server, tmp_
 def test_probes_and_metrics(server: Server) -> None:
     assert httpx.get(f"{server.http}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{server.http}/readyz").json()
-    assert ready == {"ready": True, "checks": {"consumer": True, "redis": True}}
+    assert ready == {
+        "ready": True,
+        "checks": {"accepting": True, "consumer": True, "redis": True},
+    }
     text = httpx.get(f"{server.http}/metrics").text
     for family in (
         "pushrec_collector_accepted_total",
