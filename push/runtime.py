@@ -29,7 +29,7 @@ from sessions.broker_redis import RedisBroker
 from sessions.feeds import FeedStore
 from sessions.hub import Hub
 from streams.catalog import Catalog, load_items
-from streams.docstore import DocumentFile, DocumentStore
+from streams.docstore import DocumentFile, DocumentStore, follow_channel
 from streams.experiment_stats import ExperimentStats
 from streams.experiments import ExperimentSet
 from streams.experiments_store import EXPERIMENTS
@@ -363,20 +363,12 @@ class Runtime:
 
     async def _follow_erasures(self) -> None:
         """Close the connections of users erased through another node, until cancelled."""
-        delay = 0.5
-        while True:
-            try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(ERASE_CHANNEL)
-                    delay = 0.5
-                    async for message in pubsub.listen():
-                        data = message.get("data")
-                        user = data.decode() if isinstance(data, bytes) else str(data)
-                        self.hub.close_user(user, CloseCode.ERASED, "user data erased")
-            except Exception as exc:  # a lost connection or a bug: keep following, loudly
-                log.warning("erasures_follow_lost", error=type(exc).__name__)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+
+        async def erased(data: bytes | str | None) -> None:
+            user = data.decode() if isinstance(data, bytes) else str(data)
+            self.hub.close_user(user, CloseCode.ERASED, "user data erased")
+
+        await follow_channel(self.redis, ERASE_CHANNEL, erased, name="erasures")
 
     def _apply_rules(self, rules: RuleSet) -> None:
         if self._recommender is not None:

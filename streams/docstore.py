@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
@@ -142,21 +142,43 @@ class DocumentStore(Generic[D]):
     async def follow(self) -> None:
         """Apply every other node's writes until cancelled (subscribe, reload, then one reload per
         announcement; after a lost connection, again)."""
-        delay = 0.5
-        while True:
-            try:
-                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.kind.channel)
-                    await self.refresh()
-                    delay = 0.5
-                    async for _message in pubsub.listen():
-                        await self.refresh()
-            except (RedisConnectionError, RedisTimeoutError) as exc:
-                log.warning(f"{self.kind.name}_follow_lost", error=type(exc).__name__)
-            except Exception:  # a bug or an unexpected reply: keep following, loudly
-                log.exception(f"{self.kind.name}_follow_failed")
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+
+        async def reload(_data: bytes | str | None) -> None:
+            await self.refresh()
+
+        await follow_channel(
+            self._redis, self.kind.channel, reload, name=self.kind.name, subscribed=self.refresh
+        )
+
+
+async def follow_channel(
+    redis: Redis,
+    channel: str,
+    on_message: Callable[[bytes | str | None], Awaitable[object]],
+    *,
+    name: str,
+    subscribed: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Call ``on_message`` with each message's data on ``channel`` until cancelled; after each
+    (re)subscription ``subscribed`` first (what was missed while unsubscribed). A lost connection
+    or an unexpected error is logged (``<name>_follow_lost`` / ``_failed``) and the subscription
+    is made again, backing off from 0.5 s to 10 s."""
+    delay = 0.5
+    while True:
+        try:
+            async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                await pubsub.subscribe(channel)
+                if subscribed is not None:
+                    await subscribed()
+                delay = 0.5
+                async for message in pubsub.listen():
+                    await on_message(message.get("data"))
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning(f"{name}_follow_lost", error=type(exc).__name__)
+        except Exception:  # a bug or an unexpected reply: keep following, loudly
+            log.exception(f"{name}_follow_failed")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 class DocumentFile(Generic[D]):
