@@ -14,6 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp
 
 from push.api_auth import post_anonymous
 from push.api_catalog import get_categories, get_items, put_items
@@ -26,6 +27,7 @@ from push.demo import demo_routes, warm_up
 from push.exceptions import HTTPProblem
 from push.health import healthz, metrics, readyz
 from push.http import problem_response
+from push.logs import RequestContext
 from push.protocol import CloseCode
 from push.runtime import Runtime
 from push.sse import sse_endpoint, sse_message
@@ -33,8 +35,9 @@ from push.sse import sse_endpoint, sse_message
 log = structlog.get_logger(__name__)
 
 
-def build_app(runtime: Runtime) -> Starlette:
-    """The ASGI app serving ``runtime``; starting the app starts the runtime."""
+def build_app(runtime: Runtime) -> ASGIApp:
+    """The ASGI app serving ``runtime``; starting the app starts the runtime. Outermost is the
+    request context (push/logs.py), so even a 500's log line carries its ``request_id``."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -114,4 +117,4 @@ def build_app(runtime: Runtime) -> Starlette:
         exception_handlers={HTTPProblem: on_problem, HTTPException: on_http, Exception: on_error},
     )
     app.state.runtime = runtime
-    return app
+    return RequestContext(app)

@@ -1,17 +1,24 @@
 """structlog set-up: JSON when not on a terminal (or when asked), readable on a terminal.
 
-Context (``user``, ``conn``, ``event_id``, ``node``) is bound once per connection or event with
-structlog's contextvars. Callers never log tokens, API keys or event props.
+Context is bound once, not repeated at each call: ``node`` for the process (:func:`set_node`),
+``request_id`` per HTTP request (:class:`RequestContext`, structlog's contextvars), ``conn`` and
+``transport`` per push connection (a bound logger on the session). Nothing personal is logged:
+no tokens, API keys, user ids, event props or search queries — a log line names a connection or
+a request, and counts.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import secrets
 import sys
 import time
+from collections.abc import MutableMapping
+from typing import Any
 
 import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _TOKEN = re.compile(r"((?:token|access_token)=)[^&\s\"']+", re.IGNORECASE)
 
@@ -55,6 +62,47 @@ class Throttle(logging.Filter):
         return True
 
 
+_STATIC: dict[str, str] = {}
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def set_node(node: str) -> None:
+    """Name this process in every log line from now on (set once, at start-up)."""
+    _STATIC["node"] = node
+
+
+def _add_static(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+    for key, value in _STATIC.items():
+        event.setdefault(key, value)
+    return event
+
+
+class RequestContext:
+    """ASGI middleware: binds ``request_id`` for the request's log lines and answers it in
+    ``X-Request-ID``. A well-formed incoming ``X-Request-ID`` (a proxy's) is kept, so one id
+    follows the request through the fleet; anything else is replaced by a random one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else secrets.token_hex(8)
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        # Each HTTP request runs in its own task under uvicorn: the binding cannot leak.
+        with structlog.contextvars.bound_contextvars(request_id=request_id):
+            await self.app(scope, receive, send_with_id)
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the stdlib root logger (uvicorn logs through it)."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -65,6 +113,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _add_static,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             # The console renderer formats exceptions itself (prettier); JSON needs them as text.

@@ -5,7 +5,17 @@ Every refusal of bad input is counted here by reason, so an operator sees abuse 
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import contextlib
+
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+)
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -22,6 +32,10 @@ _LATENCY_BUCKETS = (
     0.25,
     1.0,
 )
+#: Event→push spans a Kafka hop and queues: the tail matters up to seconds (lag, a rebalance).
+_PUSH_BUCKETS = (*_LATENCY_BUCKETS, 2.5, 5.0, 10.0, 30.0)
+_REDIS_BUCKETS = (0.0001, 0.00025, *_LATENCY_BUCKETS)
+_LANE_EVENTS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 class Metrics:
@@ -30,6 +44,11 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # CPU, memory, descriptors, GC: the registry is private (one per app in tests), so the
+        # default collectors are registered on it rather than on prometheus-client's global one.
+        ProcessCollector(registry=r)
+        r.register(PLATFORM_COLLECTOR)
+        r.register(GC_COLLECTOR)
         self.events_accepted = Counter(
             "pushrec_collector_accepted", "Events accepted by POST /v1/events", registry=r
         )
@@ -46,9 +65,39 @@ class Metrics:
             registry=r,
         )
         self.recompute_seconds = Histogram(
-            "pushrec_event_process_seconds",
-            "Time to apply one event and store its new feed version",
+            "pushrec_recompute_seconds",
+            "Time for one processor lane to apply its events, recompute, store and publish its"
+            " users' feeds (one observation per lane; a batch runs up to 4 lanes at once)",
             buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.recompute_events = Histogram(
+            "pushrec_recompute_lane_events",
+            "Events per processor lane (what one recompute observation covered)",
+            buckets=_LANE_EVENTS,
+            registry=r,
+        )
+        self.push_latency = Histogram(
+            "pushrec_event_to_push_seconds",
+            "From an event entering the pipeline (collector accept / Kafka record time) to the"
+            " update frame written to a client connection, by transport; one observation per"
+            " frame (an update carries the oldest of the events it includes)",
+            ["transport"],
+            buckets=_PUSH_BUCKETS,
+            registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "pushrec_redis_seconds",
+            "Redis round trips of this process (command, or pipeline), send to reply",
+            ["command"],
+            buckets=_REDIS_BUCKETS,
+            registry=r,
+        )
+        self.kafka_lag = Gauge(
+            "pushrec_kafka_consumer_lag",
+            "Records on the partition not yet consumed by this node (high watermark - position),"
+            " for the partitions it owns; refreshed after every poll",
+            ["topic", "partition"],
             registry=r,
         )
         self.connections = Gauge(
@@ -166,8 +215,28 @@ class Metrics:
             registry=r,
         )
 
-    def observe_event(self, event_type: str, outcome: str, seconds: float) -> None:
-        """The processor's observer: count the outcome, time the work."""
+    def observe_event(self, event_type: str, outcome: str) -> None:
+        """The processor's per-event observer: count the outcome."""
         self.events_processed.labels(event_type, outcome).inc()
-        if outcome in {"ok", "unchanged"}:
-            self.recompute_seconds.observe(seconds)
+
+    def observe_lane(self, seconds: float, events: int) -> None:
+        """The processor's per-lane observer: time the recompute."""
+        self.recompute_seconds.observe(seconds)
+        self.recompute_events.observe(events)
+
+    def redis_observed(self, command: str, seconds: float) -> None:
+        """The Redis client's observer: one round trip."""
+        self.redis_seconds.labels(command).observe(seconds)
+
+    def kafka_lag_observed(self, topic: str, partition: int, lag: int | None) -> None:
+        """The Kafka source's lag observer; None drops a partition this node no longer owns."""
+        if lag is None:
+            with contextlib.suppress(KeyError):  # never reported: nothing to drop
+                self.kafka_lag.remove(topic, str(partition))
+        else:
+            self.kafka_lag.labels(topic, str(partition)).set(lag)
+
+    def dead_lettered(self, reason: str) -> None:
+        """A record went to the dead-letter topic (its type is unknown: it did not parse)."""
+        self.dead_letters.labels(reason).inc()
+        self.events_processed.labels("unparsed", "dead_lettered").inc()

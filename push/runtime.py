@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 
 from push.config import Settings
 from push.connections import Connections
+from push.logs import set_node
 from push.metrics import Metrics
 from push.protocol import CloseCode
 from push.redis_client import connect
@@ -114,6 +115,7 @@ class Runtime:
         self.settings = settings
         self.credentials = credentials
         self.node = f"{socket.gethostname()}-{secrets.token_hex(3)}"
+        set_node(self.node)
         self.metrics = Metrics()
         self.verifier = settings.build_verifier(credentials.secret)
         self.embedded: EmbeddedRedis | None = None
@@ -138,7 +140,8 @@ class Runtime:
                     group=settings.kafka_group,
                     client_id=self.node,
                     max_batch=settings.kafka_max_batch,
-                    on_dead=lambda reason: self.metrics.dead_letters.labels(reason).inc(),
+                    on_dead=self.metrics.dead_lettered,
+                    on_lag=self.metrics.kafka_lag_observed,
                 )
         self.broker: Broker = MemoryBroker()
         self.hub = Hub(self.broker)
@@ -239,7 +242,7 @@ class Runtime:
             # It blocks start-up for the few ms redis-server takes to answer; nothing runs yet.
             self.embedded = EmbeddedRedis(s.data_dir).start()
             url = self.embedded.url
-        self._redis = connect(url, health_check_interval=30)
+        self._redis = connect(url, observe=self.metrics.redis_observed, health_check_interval=30)
         await self._redis.ping()
         if s.kafka_bootstrap is not None:
             self.broker = RedisBroker(self._redis, on_gap=lambda users: self.hub.resync(users))
@@ -276,6 +279,7 @@ class Runtime:
             broker=self.broker,
             catalog=self._catalog,
             observe=self.metrics.observe_event,
+            observe_lane=self.metrics.observe_lane,
             triggers=self._triggers,
             stats=self._experiment_stats,
         )

@@ -121,6 +121,13 @@ class Session:
         self.opened = False
         self._deferred: list[Callable[[], None]] | None = None
 
+    @property
+    def log(self) -> Any:
+        """This connection's logger: ``conn`` and ``transport`` bound in one place (never the
+        user: the connection id ties a line to the hello the client saw, without naming them).
+        Built on use: log lines are rare, sessions many (an idle socket's memory counts)."""
+        return log.bind(conn=self.conn, transport=self.sink.transport)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def open(self, feeds: tuple[str, ...], have: Mapping[str, Version]) -> None:
@@ -158,6 +165,7 @@ class Session:
         if self.closed:
             return
         self.runtime.metrics.closes.labels(protocol.close_name(code)).inc()
+        self.log.debug("connection_closed", code=code)
         self.sink.end(code, reason)
         self.lost()
 
@@ -251,8 +259,13 @@ class Session:
                 # A gap in the chain (a version stored but never published, e.g. by a worker
                 # killed in between): replay it from history rather than jump by snapshot.
                 self._load(update.feed, held)
-            else:
-                self._snapshot(update.state, protocol.cached_snapshot(update, self.sink.codec))
+                return
+            self._snapshot(update.state, protocol.cached_snapshot(update, self.sink.codec))
+        else:
+            return
+        if update.entered_ms and not self.closed:
+            latency = time.time() - update.entered_ms / 1000
+            self.runtime.metrics.push_latency.labels(self.sink.transport).observe(max(0.0, latency))
 
     def _send_diff(self, update: FeedUpdate) -> None:
         assert update.diff is not None and update.base is not None
@@ -338,7 +351,7 @@ class Session:
             self.close(CloseCode.UNAVAILABLE, "feed store unreachable; reconnect")
             return
         except Exception as exc:  # a bug must not leave the feed loading forever
-            log.error("feed_load_failed", conn=self.conn, error=type(exc).__name__)
+            self.log.error("feed_load_failed", error=type(exc).__name__)
             self.close(CloseCode.UNAVAILABLE, "feed could not be loaded; reconnect")
             return
         if self.closed or not self.client.subscribed(feed):
@@ -516,10 +529,10 @@ class Session:
             self.close(CloseCode.UNAVAILABLE, "feed store unreachable; reconnect")
             return
         except Exception as exc:  # e.g. a lost race on the feed: the client must hear of it
-            log.error("identify_failed", conn=self.conn, error=type(exc).__name__)
+            self.log.error("identify_failed", error=type(exc).__name__)
             self.close(CloseCode.UNAVAILABLE, "identify failed; reconnect and try again")
             return
-        log.info("identified", conn=self.conn, merged=merged.merged)
+        self.log.info("identified", merged=merged.merged)
         if self.closed:
             return
         await rt.hub.detach(anon, self)

@@ -4,13 +4,18 @@ One message is a msgpack array::
 
     [1, user, feed, epoch, n, base, diff, items]
     [2, user, feed, epoch, n, base, diff, items, tag]
+    [3, user, feed, epoch, n, base, diff, items, tag, entered_ms]
 
-``1``/``2`` is the format number (a node refuses formats it does not know), ``base`` is
+``1``/``2``/``3`` is the format number (a node refuses formats it does not know), ``base`` is
 ``[epoch, n]`` or nil, ``diff`` is the diff body (``order``/``items``/``patch``, see
 :mod:`sessions.diff`) or nil, ``items`` the full item payloads of the new state, ``tag`` the
-state's label (:attr:`~sessions.feeds.FeedState.tag`). An untagged update is sent in format 1, so
-nodes of the previous release still read every update that carries nothing new to them. The
-update's ``frames`` cache is never encoded.
+state's label (:attr:`~sessions.feeds.FeedState.tag`, may be empty in format 3),
+``entered_ms`` when the oldest event behind the version entered the pipeline
+(:attr:`~sessions.feeds.FeedUpdate.entered_ms`, a positive integer). An update is sent in the
+oldest format that carries it, so nodes of an older release still read every update that
+carries nothing new to them; a rolling upgrade updates web nodes before workers (an older web
+node refuses format 3, counted as a broker decode error). The update's ``frames`` cache is never
+encoded.
 
 Guarantee: :func:`decode_update` accepts only what :func:`encode_update` can produce for a well
 formed update, and raises :class:`CodecError` — and nothing else — for any other input (bytes
@@ -33,6 +38,9 @@ from sessions.versions import Version
 
 FORMAT = 1
 TAGGED_FORMAT = 2
+TIMED_FORMAT = 3
+_LENGTHS = {FORMAT: 8, TAGGED_FORMAT: 9, TIMED_FORMAT: 10}
+MAX_ENTERED_MS = 1 << 53
 MAX_TAG_LEN = 1024
 MAX_BYTES = 1 << 20
 """Messages larger than this are refused without being parsed (a feed update is a few KiB)."""
@@ -44,9 +52,14 @@ def encode_update(update: FeedUpdate) -> bytes:
     """The msgpack bytes of ``update`` (without its ``frames`` cache)."""
     state = update.state
     base = update.base.to_wire() if update.base is not None else None
-    fmt = TAGGED_FORMAT if state.tag else FORMAT
+    tail: list[object]
+    if update.entered_ms > 0:
+        fmt, tail = TIMED_FORMAT, [state.tag, update.entered_ms]
+    elif state.tag:
+        fmt, tail = TAGGED_FORMAT, [state.tag]
+    else:
+        fmt, tail = FORMAT, []
     body = [fmt, state.user, state.feed, *state.version.to_wire(), base, update.diff]
-    tail = [state.tag] if state.tag else []
     packed: bytes = msgpack.packb([*body, list(state.items), *tail], use_bin_type=True)
     return packed
 
@@ -64,14 +77,21 @@ def decode_update(raw: bytes) -> FeedUpdate:
     if not isinstance(obj, list) or not obj:
         raise CodecError("not an array")
     fmt = obj[0]
-    if isinstance(fmt, bool) or fmt not in (FORMAT, TAGGED_FORMAT):
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt not in _LENGTHS:
         raise CodecError(f"unknown format {fmt!r}")
-    if len(obj) != (8 if fmt == FORMAT else 9):
-        raise CodecError(f"format {fmt} is an array of {8 if fmt == FORMAT else 9}")
+    if len(obj) != _LENGTHS[fmt]:
+        raise CodecError(f"format {fmt} is an array of {_LENGTHS[fmt]}")
     _, user, feed, epoch, n, base, diff, items = obj[:8]
-    tag = obj[8] if fmt == TAGGED_FORMAT else ""
+    tag = obj[8] if fmt != FORMAT else ""
     if not isinstance(tag, str) or len(tag) > MAX_TAG_LEN or (fmt == TAGGED_FORMAT and not tag):
         raise CodecError("the tag must be a non-empty string of at most 1024 characters")
+    entered = obj[9] if fmt == TIMED_FORMAT else 0
+    if fmt == TIMED_FORMAT and (
+        not isinstance(entered, int)
+        or isinstance(entered, bool)
+        or not 0 < entered < MAX_ENTERED_MS
+    ):
+        raise CodecError("entered_ms must be a positive integer")
     if not isinstance(user, str) or not user or not isinstance(feed, str) or not feed:
         raise CodecError("user and feed must be non-empty strings")
     version = Version.from_wire([epoch, n])
@@ -83,7 +103,8 @@ def decode_update(raw: bytes) -> FeedUpdate:
     if not isinstance(items, list) or not all(_is_payload(p) for p in items):
         raise CodecError("items must be an array of payloads with an id")
     state = FeedState(user, feed, version, tuple(items), tag)
-    return FeedUpdate(state, base_version, None if diff is None else _diff_body(diff))
+    body = None if diff is None else _diff_body(diff)
+    return FeedUpdate(state, base_version, body, entered_ms=entered)
 
 
 def _diff_body(value: object) -> DiffBody:

@@ -128,13 +128,16 @@ class FeedUpdate:
 
     ``base`` is None when the change starts a new epoch (then ``diff`` is None and clients take a
     snapshot of ``state``). ``frames`` caches the encoded frame per codec, so an update is
-    serialised once however many connections receive it.
+    serialised once however many connections receive it. ``entered_ms`` is when the oldest
+    event behind this version entered the pipeline (epoch ms; 0: no event, e.g. a catalog edit):
+    the start of the event→push latency that the nodes measure when they write the frame.
     """
 
     state: FeedState
     base: Version | None
     diff: DiffBody | None
     frames: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
+    entered_ms: int = field(default=0, compare=False)
 
     @property
     def user(self) -> str:

@@ -33,7 +33,13 @@ MIN_TS_MS = 946_684_800_000  # 2000-01-01
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A validated user-activity event. ``ts`` is epoch milliseconds."""
+    """A validated user-activity event. ``ts`` is epoch milliseconds.
+
+    ``entered_ms`` is when the event entered pushrec's pipeline (epoch milliseconds): the
+    collector's accept time, or the Kafka record's timestamp. It is not part of the wire form
+    (the record carries it) and 0 means unknown; the event→push latency is measured from it,
+    not from ``ts``, which the client sets and may be hours old (a replay) or skewed.
+    """
 
     event_id: str
     user_id: str
@@ -41,6 +47,7 @@ class Event:
     item_id: str | None
     ts: int
     props: dict[str, Any] = field(default_factory=dict)
+    entered_ms: int = field(default=0, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The wire form (JSON/msgpack)."""
@@ -74,12 +81,14 @@ def _check_id(obj: dict[str, Any], name: str, *, required: bool) -> str | None:
     return value
 
 
-def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
+def parse_event(
+    obj: object, *, auth_user: str | None, now_ms: int, entered_ms: int | None = None
+) -> Event:
     """Validate one decoded JSON value as an event.
 
     ``auth_user`` is the verified subject of the poster's token (None for an API-key poster, who
     may post for any user). A token holder may omit ``user_id``; naming another user is refused.
-    ``ts`` defaults to ``now_ms``.
+    ``ts`` defaults to ``now_ms``; so does the event's ``entered_ms`` unless given.
     """
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", "an event must be a JSON object")
@@ -130,4 +139,5 @@ def parse_event(obj: object, *, auth_user: str | None, now_ms: int) -> Event:
         )
     if event_id is None or user_id is None:  # unreachable: both were required above
         raise InvalidEvent("missing_user_id", "user_id is required")
-    return Event(event_id, user_id, str(etype), item_id, ts, props)
+    entered = now_ms if entered_ms is None else entered_ms
+    return Event(event_id, user_id, str(etype), item_id, ts, props, entered)

@@ -349,7 +349,7 @@ class Propagator:
             if isinstance(result, VersionConflict):
                 lost.append(user)
             elif isinstance(result, Exception):
-                log.error("catalog_edit_failed", user=user, error=str(result)[:200])
+                log.error("catalog_edit_failed", feed=feed, error=str(result)[:200])
                 self._observe("failed", 1)
                 seen[user] = _UNKNOWN
             elif result is not None:

@@ -63,7 +63,7 @@ def decode_record(
     now_ms = (
         max(record_ts_ms, ts) if isinstance(ts, int) and not isinstance(ts, bool) else record_ts_ms
     )
-    return parse_event(obj, auth_user=None, now_ms=now_ms)
+    return parse_event(obj, auth_user=None, now_ms=now_ms, entered_ms=record_ts_ms)
 
 
 def unpack_event(data: bytes) -> Event:

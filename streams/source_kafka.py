@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from streams.deadletter import DeadLetters
 from streams.events import Event
@@ -31,6 +32,11 @@ from streams.records import decode_record
 from streams.source import BatchHandler
 
 log = structlog.get_logger(__name__)
+
+#: (topic, partition, lag in records, or None when the partition is no longer owned).
+LagObserver = Callable[[str, int, int | None], None]
+#: How often the lag is reported (it costs a position lookup per owned partition).
+LAG_EVERY_S = 1.0
 
 
 class _Abandoned(Exception):
@@ -50,6 +56,8 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
                 pass
         finally:
             self._source.revoking = False
+        for tp in revoked:  # another node reports these now
+            self._source.on_lag(tp.topic, tp.partition, None)
         log.info("partitions_revoked", partitions=len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
@@ -68,6 +76,7 @@ class KafkaSource:
         client_id: str,
         max_batch: int = 500,
         on_dead: Callable[[str], None] = lambda _reason: None,
+        on_lag: LagObserver = lambda _topic, _partition, _lag: None,
     ) -> None:
         self._bootstrap = bootstrap
         self._topic = topic
@@ -75,6 +84,10 @@ class KafkaSource:
         self._client_id = client_id
         self._max_batch = max_batch
         self._on_dead = on_dead
+        #: Told each owned partition's lag after polls (at most once per LAG_EVERY_S), and None
+        #: for a partition that is no longer owned.
+        self.on_lag = on_lag
+        self._lag_at = 0.0
         self._handler: BatchHandler | None = None
         self._task: asyncio.Task[None] | None = None
         self._consumer: AIOKafkaConsumer | None = None
@@ -144,6 +157,7 @@ class KafkaSource:
     async def _consume(self, consumer: AIOKafkaConsumer, dlq: DeadLetters) -> None:
         while True:
             polled = await consumer.getmany(timeout_ms=200, max_records=self._max_batch)
+            await self._report_lag(consumer)
             if not polled:
                 continue
             async with self.in_flight:
@@ -157,6 +171,24 @@ class KafkaSource:
                 except CommitFailedError:
                     # The group moved on (we were too slow); the new owner replays, dedup absorbs.
                     log.warning("commit_failed_rebalanced")
+
+    async def _report_lag(self, consumer: AIOKafkaConsumer) -> None:
+        """Report high watermark - position of every owned partition whose high watermark the
+        last fetch told (position is local once fetching; bounded wait in case it is not)."""
+        now = time.monotonic()
+        if now - self._lag_at < LAG_EVERY_S:
+            return
+        self._lag_at = now
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                async with asyncio.timeout(0.05):
+                    position = await consumer.position(tp)
+            except (TimeoutError, KafkaError, IllegalStateError):
+                continue
+            self.on_lag(tp.topic, tp.partition, max(0, high - position))
 
     async def _process(self, polled: dict[TopicPartition, list[Any]], dlq: DeadLetters) -> None:
         events: list[Event] = []

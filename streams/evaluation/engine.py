@@ -107,7 +107,8 @@ class Engine:
         self.size = size
         self.catalog = Catalog(redis)
         self.screens = ScreenRecorder(feed)
-        #: Recompute seconds per event applied with ``timed=True`` (the processor's observer).
+        #: Recompute seconds per processor lane applied with ``timed=True`` (the lane observer:
+        #: a lane's events are applied, scored, stored and published together).
         self.latencies: list[float] = []
         #: Outcome counts of every applied event (``ok``, ``unchanged``, ``failed`` …).
         self.outcomes: Counter[str] = Counter()
@@ -120,10 +121,13 @@ class Engine:
             broker=self.screens,
             catalog=self.catalog,
             observe=self._observe,
+            observe_lane=self._observe_lane,
         )
 
-    def _observe(self, _type: str, outcome: str, seconds: float) -> None:
+    def _observe(self, _type: str, outcome: str) -> None:
         self.outcomes[outcome] += 1
+
+    def _observe_lane(self, seconds: float, _events: int) -> None:
         if self._timing:
             self.latencies.append(seconds)
 

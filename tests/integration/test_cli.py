@@ -88,7 +88,7 @@ def test_probes_and_metrics(server: Server) -> None:
     for family in (
         "pushrec_collector_accepted_total",
         "pushrec_events_processed_total",
-        "pushrec_event_process_seconds_bucket",
+        "pushrec_recompute_seconds_bucket",
         "pushrec_connections",
         "pushrec_bus_backlog",
     ):

@@ -56,7 +56,8 @@ def updates(draw: st.DrawFn) -> FeedUpdate:
     diff = make_diff(old, new) if with_base else None
     tag = draw(st.one_of(st.just(""), st.text(min_size=1, max_size=24)))
     state = FeedState(user, feed, draw(versions), tuple(new), tag)
-    return FeedUpdate(state, draw(versions) if with_base else None, diff)
+    entered = draw(st.one_of(st.just(0), st.integers(1, 2**53 - 1)))
+    return FeedUpdate(state, draw(versions) if with_base else None, diff, entered_ms=entered)
 
 
 def _update(n: int = 2) -> FeedUpdate:
@@ -74,7 +75,9 @@ def _fields(update: FeedUpdate) -> list[Any]:
 
 @given(updates())
 def test_round_trip(update: FeedUpdate) -> None:
-    assert decode_update(encode_update(update)) == update
+    back = decode_update(encode_update(update))
+    assert back == update
+    assert back.entered_ms == update.entered_ms  # not part of ==: compared here
 
 
 def test_round_trip_keeps_every_part() -> None:
@@ -99,10 +102,30 @@ def test_an_untagged_update_keeps_the_first_format_and_a_tagged_one_carries_its_
     assert decode_update(encode_update(tagged)).state.tag == "ab:0a1b2c3d:b"
 
 
+def test_a_timed_update_goes_in_format_3_with_or_without_a_tag() -> None:
+    timed = _update()
+    timed.entered_ms = 1_763_700_000_123
+    fields = _fields(timed)
+    assert fields[0] == 3 and fields[8] == "" and fields[9] == 1_763_700_000_123
+    back = decode_update(encode_update(timed))
+    assert back.entered_ms == 1_763_700_000_123 and back.state.tag == ""
+
+
+@pytest.mark.parametrize(
+    "entered",
+    [0, -5, 2**53, 1.5, "1763700000123", True, None],
+)
+def test_malformed_entry_times_are_refused(entered: object) -> None:
+    raw = msgpack.packb([3, *_fields(_update())[1:], "", entered])
+    with pytest.raises(CodecError):
+        decode_update(raw)
+
+
 @pytest.mark.parametrize(
     "change",
     [
         lambda f: [*f, ""],  # format 1 with a ninth element
+        lambda f: [3, *f[1:], ""],  # format 3 without its entry time
         lambda f: [2, *f],  # format 2 with ten
         lambda f: [2, *f[1:], ""],  # format 2 with an empty tag
         lambda f: [2, *f[1:], 7],  # format 2 with a tag that is not text
