@@ -28,6 +28,7 @@ import redis
 from websockets.asyncio.client import ClientConnection, connect
 
 from benchmarks._plot import figure, latency_cdf, save
+from benchmarks._prom import delta, histogram, quantile
 from benchmarks._server import ADMIN_KEY, ROOT, SECRET, running_server
 from sessions.diff import DiffBody, apply_diff
 from sessions.tokens import TokenVerifier
@@ -221,8 +222,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--plot", type=Path, default=ROOT / "docs/benchmarks/event_latency.png")
     args = parser.parse_args()
+    push_seconds = "pushrec_event_to_push_seconds"
     with running_server() as srv:
+        before = histogram(srv.address, push_seconds, transport="websocket")
         res = asyncio.run(measure(srv.address, args.events, args.users, args.seed))
+        server_side = delta(histogram(srv.address, push_seconds, transport="websocket"), before)
         rt, commands = count_round_trips(srv.address, srv.redis_url, args.rt_events)
     lat = res["latencies"]
     ratio = [d / s for d, s in zip(res["diff"], res["snap"], strict=True)]
@@ -234,6 +238,11 @@ def main() -> None:
     for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
         print(f"| latency {name} | {pct(lat, q):.2f} ms |")
     print(f"| latency max | {max(lat):.2f} ms |")
+    # The node's own view of the same frames: accept → frame written (no client read, no POST
+    # answer), bucketed, so only good to the bucket bounds (0.5, 1, 2, 3, 5, 7.5, 10, 15 ms …).
+    for name, q in (("p50", 0.5), ("p99", 0.99)):
+        value = quantile(server_side, q) * 1000
+        print(f"| server-side {push_seconds} {name} | {value:.2f} ms |")
     calls = ", ".join(f"{k} {v}" for k, v in sorted(commands.items()))
     print(f"| Redis round trips per event | {rt:.2f} ({calls} over {args.rt_events} events) |")
     print(f"| updates sent as snapshot (no larger than the diff) | {res['as_snapshot']} |")
