@@ -43,6 +43,9 @@ class Visitor:
         self.user = user
         self.ws = ws
         self.items: list[dict[str, Any]] = []
+        #: Every payload this connection received: the server omits those it sent before
+        #: (the item table, docs/PROTOCOL.md).
+        self.seen: dict[str, dict[str, Any]] = {}
         self.frames: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
 
     async def pump(self) -> None:
@@ -52,6 +55,7 @@ class Visitor:
             frame = json.loads(text)
             if frame["type"] == "snapshot":
                 self.items = frame["items"]
+                self.seen.update((str(p["id"]), p) for p in frame["items"])
             if frame["type"] in {"snapshot", "diff"}:
                 self.frames.put_nowait((now, text))
 
@@ -142,10 +146,12 @@ async def measure(address: str, events: int, users: int, seed: int) -> dict[str,
             latencies.append((t1 - t0) * 1000)
             frame = json.loads(text)
             if frame["type"] == "diff":
+                known = {**v.seen, **frame["items"]}
+                payloads = {op: known[op] for op in frame["order"] if isinstance(op, str)}
                 v.items = apply_diff(
-                    v.items,
-                    DiffBody(order=frame["order"], items=frame["items"], patch=frame["patch"]),
+                    v.items, DiffBody(order=frame["order"], items=payloads, patch=frame["patch"])
                 )
+                v.seen.update((str(p["id"]), p) for p in v.items)
             else:  # the server sends a snapshot when it is no larger than the diff
                 v.items = frame["items"]
                 as_snapshot += 1
