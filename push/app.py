@@ -18,6 +18,7 @@ from starlette.types import ASGIApp
 
 from push.api_auth import post_anonymous
 from push.api_catalog import get_categories, get_items, put_items
+from push.api_consent import get_consent, put_consent
 from push.api_events import post_events
 from push.api_experiments import get_experiment, get_experiments, put_experiments
 from push.api_feeds import get_feed
@@ -72,7 +73,8 @@ def build_app(runtime: Runtime) -> ASGIApp:
         )
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        log.error("request_failed", path=request.url.path, error=type(exc).__name__)
+        # Not the path: /v1/users/{id}/… carries a user id. The request_id ties the line to it.
+        log.error("request_failed", method=request.method, error=type(exc).__name__)
         runtime.metrics.http_errors.labels("500", "internal").inc()
         return JSONResponse({"error": "internal", "message": "internal error"}, status_code=500)
 
@@ -93,6 +95,8 @@ def build_app(runtime: Runtime) -> ASGIApp:
         Route("/v1/experiments/{name}", get_experiment, methods=["GET"]),
         Route("/v1/users/{user}/feeds/{feed}", get_feed, methods=["GET"]),
         Route("/v1/users/{user}/export", export, methods=["GET"]),
+        Route("/v1/users/{user}/consent", get_consent, methods=["GET"]),
+        Route("/v1/users/{user}/consent", put_consent, methods=["PUT"]),
         Route("/v1/users/{user}", delete_user, methods=["DELETE"]),
         Route("/v1/sse", sse_endpoint, methods=["GET"]),
         Route("/v1/sse/{conn}", sse_message, methods=["POST"]),

@@ -23,6 +23,7 @@ from sessions.tokens import (
     TokenVerifier,
     load_public_key,
 )
+from streams.consent import POLICIES
 
 PREFIX = "PUSHREC_"
 #: ``scheme://host[:port]`` as browsers send it in ``Origin`` (host: name, IPv4 or [IPv6]).
@@ -126,6 +127,9 @@ class Settings:
     #: On SIGTERM: the 4000 closes are spread evenly over this many seconds, so the fleet's
     #: clients do not all reconnect in the same instant (0: all at once).
     shutdown_window_s: float = 5.0
+    #: Personalization consent policy (streams/consent.py): ``implied`` personalizes everyone
+    #: who did not deny; ``required`` only users with a recorded grant.
+    consent: str = "implied"
 
     def algorithms(self) -> tuple[str, ...]:
         """The accepted token algorithms of ``token_algorithms``, upper-cased, without duplicates.
@@ -215,6 +219,10 @@ class Settings:
             raise ConfigError("PUSHREC_ADMIN_KEY must be at least 16 characters long")
         if self.log_format not in {"json", "console", "auto"}:
             raise ConfigError("PUSHREC_LOG_FORMAT must be json, console or auto")
+        if self.consent not in POLICIES:
+            raise ConfigError(
+                f"PUSHREC_CONSENT must be {' or '.join(POLICIES)}, got {self.consent[:20]!r}"
+            )
         if self.kafka_bootstrap is None and not (self.web and self.worker):
             raise ConfigError(
                 "separate web and worker processes need Kafka (PUSHREC_KAFKA_BOOTSTRAP); "

@@ -17,6 +17,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from streams.events import CONSENT
+
 _LATENCY_BUCKETS = (
     0.0005,
     0.001,
@@ -166,6 +168,15 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        # Events skipped for lack of consent: pushrec_events_processed{outcome="no_consent"}.
+        self.consent_changes = Counter(
+            "pushrec_consent_changes",
+            "Personalization decisions recorded, by outcome (granted, denied, withdrawn: denied"
+            " with personal data to erase, unchanged, stale: older than the recorded one,"
+            " failed) and source (event, api)",
+            ["outcome", "source"],
+            registry=r,
+        )
         self.experiments_reloads = Counter(
             "pushrec_experiments_reloads",
             "Experiment documents offered to this node, by source (api, file, redis) and outcome"
@@ -218,6 +229,8 @@ class Metrics:
     def observe_event(self, event_type: str, outcome: str) -> None:
         """The processor's per-event observer: count the outcome."""
         self.events_processed.labels(event_type, outcome).inc()
+        if event_type == CONSENT:  # its outcome is what recording the decision did
+            self.consent_changes.labels(outcome, "event").inc()
 
     def observe_lane(self, seconds: float, events: int) -> None:
         """The processor's per-lane observer: time the recompute."""

@@ -30,6 +30,7 @@ from sessions.broker_redis import RedisBroker
 from sessions.feeds import FeedStore
 from sessions.hub import Hub
 from streams.catalog import Catalog, load_items
+from streams.consent import REQUIRED
 from streams.docstore import DocumentFile, DocumentStore, follow_channel
 from streams.experiment_stats import ExperimentStats
 from streams.experiments import ExperimentSet
@@ -85,7 +86,7 @@ def engine_tunings(
         model_w=settings.model_weight,
     )
     return (
-        ProfileTuning(ttl_s=settings.profile_ttl_s),
+        ProfileTuning(ttl_s=settings.profile_ttl_s, consent_required=settings.consent == REQUIRED),
         scoring,
         RecommenderTuning(
             size=size, repeat=scoring.repeat_w > 0, max_per_category=settings.max_per_category

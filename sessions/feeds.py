@@ -41,7 +41,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, TypeGuard
@@ -315,19 +315,26 @@ class FeedStore:
         *,
         tag: str | None = None,
         extra: tuple[Sequence[str], Sequence[Any]] | None = None,
+        indexed: bool = True,
     ) -> FeedUpdate | None:
         """Store ``items`` as the version after ``base`` (or a new epoch when ``base`` is None).
 
         ``tag`` labels the new version (see :attr:`FeedState.tag`); None keeps the stored
         version's label (an edit of the list, not a new computation). ``extra``: the keys and
         arguments of a guarded store's prelude (:meth:`guarded`), which may refuse the write
-        (:class:`WriteRefused`).
+        (:class:`WriteRefused`). ``indexed=False``: the write leaves the shown-items index alone
+        (a user without personalization consent: no item-side key may name them).
 
         Returns the published-to-be update, or None when ``items`` equals ``base`` (no write, no
         round trip). Raises :class:`VersionConflict` when the stored version is not ``base``.
         """
         extras = [extra] if extra is not None else None
-        result = (await self.write_many([(user, feed, base, items)], tags=[tag], extras=extras))[0]
+        unindexed = () if indexed else (user,)
+        result = (
+            await self.write_many(
+                [(user, feed, base, items)], tags=[tag], extras=extras, unindexed=unindexed
+            )
+        )[0]
         if isinstance(result, Exception):
             raise result
         return result
@@ -338,11 +345,13 @@ class FeedStore:
         *,
         tags: Sequence[str | None] | None = None,
         extras: Sequence[tuple[Sequence[str], Sequence[Any]]] | None = None,
+        unindexed: Collection[str] = (),
     ) -> list[FeedUpdate | Exception | None]:
         """Several :meth:`write` calls in one pipelined round trip (none when nothing changed).
 
         ``tags``: each write's ``tag`` (see :meth:`write`); None (all) keeps every stored label.
-        ``extras``: each write's ``extra`` (see :meth:`write`).
+        ``extras``: each write's ``extra`` (see :meth:`write`). ``unindexed``: users whose
+        writes leave the shown-items index alone (see ``indexed`` of :meth:`write`).
 
         Each result is the update, None (unchanged), or the exception of that write alone
         (:class:`VersionConflict`, or a Redis error reply); connection errors raise for all.
@@ -374,7 +383,7 @@ class FeedStore:
                         self._ttl_s,
                         new_epoch(),
                         draft.sum,
-                        shown_prefix(feed),
+                        "" if user in unindexed else shown_prefix(feed),
                         user,
                         now_ms,
                         self._index_refresh_s * 1000,

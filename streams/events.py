@@ -16,8 +16,19 @@ import msgpack
 from sessions.feeds import parse_rec_id
 from streams.exceptions import InvalidEvent
 
+#: A user's decision about personalization (``props.personalization``), see streams/consent.py.
+CONSENT = "consent"
 EVENT_TYPES = frozenset(
-    {"view", "click", "add_to_cart", "remove_from_cart", "purchase", "search", "impression"}
+    {
+        "view",
+        "click",
+        "add_to_cart",
+        "remove_from_cart",
+        "purchase",
+        "search",
+        "impression",
+        CONSENT,
+    }
 )
 #: Types that are about one item and so must name it.
 ITEM_TYPES = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "purchase"})
@@ -136,6 +147,15 @@ def parse_event(
     ):
         raise InvalidEvent(
             "bad_rec", "props.rec must be the rec of a pushed list (<epoch>.<n>~<tag>)"
+        )
+    if etype == CONSENT and (
+        item_id is not None
+        or set(props) != {"personalization"}
+        or not isinstance(props["personalization"], bool)
+    ):
+        raise InvalidEvent(
+            "bad_consent",
+            'a consent event names no item and has exactly props {"personalization": true|false}',
         )
     if event_id is None or user_id is None:  # unreachable: both were required above
         raise InvalidEvent("missing_user_id", "user_id is required")

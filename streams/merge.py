@@ -37,13 +37,20 @@ One Lua script (``streams/lua/merge.lua``) folds the visitor's profile keys (see
   dropped for the reason the event times are carried: the delay started with this person's event
   (a cart reminder reaches them logged in; their purchase after logging in still cancels it).
 
+**Consent** (:mod:`streams.consent`): only a user with personalization consent (under the
+policy in ``tuning``) receives the visitor's profile and event times; for any other user the
+visitor's keys are deleted and nothing is merged, so no profile exists for them. Consent is per
+id: the visitor's own record is not carried to the user (the user's record and the policy rule
+the account).
+
 Every key of the user's profile then gets the profile TTL. The visitor's profile keys, event times,
 feeds and feed histories (``feeds``, default ``home``: every feed served) are deleted in the same
 script; its offers are not carried into the user's offers feed. With ``sweep=True``, every other
 key under the visitor's hash tag is found with ``SCAN MATCH`` and deleted too; off by default
 because ``SCAN`` walks the whole keyspace whatever the pattern (measured: 0.5 to 0.7 s per
-million keys on a local Redis), and no other per-user key exists today (the marker is not under
-the visitor's tag).
+million keys on a local Redis), and no other per-user key exists today but the visitor's consent
+record, which stays (it expires like the visitor's profile; the marker is not under the
+visitor's tag).
 
 Cost: one round trip (``EVALSHA``; one more to load the script after a Redis restart), plus the
 ``SCAN`` walk and one ``DEL`` with ``sweep``.
@@ -75,6 +82,7 @@ from redis.asyncio import Redis
 from sessions.keys import feed_key, history_key, user_tag
 from sessions.scripts import PipelinedScript
 from sessions.tokens import ANON_PREFIX
+from streams.consent import consent_key
 from streams.events import ITEM_TYPES
 from streams.profile import ProfileTuning, user_keys
 from streams.triggers import KEEP_PER_ITEM, events_key, merged_key
@@ -143,6 +151,7 @@ async def merge_profiles(
                         *(events_key(user, e) for e in types),
                         *(events_key(anon, e) for e in types),
                         merged_key(anon),
+                        consent_key(user),
                         *extra,
                     ],
                     [
@@ -155,6 +164,7 @@ async def merge_profiles(
                         len(types),
                         KEEP_PER_ITEM,
                         user,
+                        "1" if t.consent_required else "0",
                     ],
                 )
             ]

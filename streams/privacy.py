@@ -3,7 +3,8 @@
 What mentions a user in Redis:
 
 - **Per-user keys**, all under the user's hash tag ``pr:{u:<id>}:`` (profile, dedup, feeds and
-  their histories, trigger event times, experiment marks and exposures): found by ``SCAN``.
+  their histories, trigger event times, experiment marks and exposures, the consent record):
+  found by ``SCAN``.
 - **Item-side indexes** with the user as a member: ``pr:is:<item>`` (session kNN) and
   ``pr:shown:<feed>:<item>`` (catalog propagation). Their members can outlive the user's own
   keys (an item dropped from the user's recent list, an expired feed), so every such key is
@@ -23,7 +24,7 @@ not a hot path.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import msgpack
@@ -65,12 +66,17 @@ def _timer_user(member: str) -> str | None:
     return fields[2] if len(fields) > 2 else None
 
 
-async def erase_user(redis: Redis, user: str) -> dict[str, int]:
-    """Remove everything stored about ``user`` (see the module docstring); returns counts of
-    what went: ``keys`` (per-user keys), ``index_entries``, ``timers``, ``markers``."""
+async def erase_user(
+    redis: Redis, user: str, *, keep: Collection[str] = frozenset()
+) -> dict[str, int]:
+    """Remove everything stored about ``user`` (see the module docstring) but the per-user keys
+    named in ``keep`` (a withdrawal of consent keeps the consent record); returns counts of what
+    went: ``keys`` (per-user keys), ``index_entries``, ``timers``, ``markers``."""
     counts = {"keys": 0, "index_entries": 0, "timers": 0, "markers": 0}
-    async for keys in _scan(redis, _glob(user_tag(user)) + "*"):
-        counts["keys"] += int(await redis.unlink(*keys))
+    async for found in _scan(redis, _glob(user_tag(user)) + "*"):
+        keys = [k for k in found if k not in keep]
+        if keys:
+            counts["keys"] += int(await redis.unlink(*keys))
     for prefix in USER_INDEXES:
         async for keys in _scan(redis, prefix + "*"):
             pipe = redis.pipeline(transaction=False)

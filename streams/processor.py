@@ -6,7 +6,10 @@ one more publishes them — whatever the number of events. No write when a list 
 lost race (another writer moved the feed) costs one read and one retry for that user.
 
 Guarantees: events of one user are handled in the order given (callers keep per-user order); a
-duplicate ``event_id`` has no effect; a feed version is published only after it is stored. Redis
+duplicate ``event_id`` has no effect; a feed version is published only after it is stored. An
+event of a user without personalization consent changes nothing but that user's feeds, which are
+non-personal (outcome ``no_consent``); a withdrawal of consent is completed in the user's lane,
+after everything earlier of theirs (:mod:`streams.consent`). Redis
 being unreachable raises out of :meth:`Processor.handle_batch` so the source retries the batch
 (dedup makes the retry harmless); any other failure of one event is logged and counted, and does
 not stop the batch.
@@ -21,15 +24,18 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessions.broker import Broker
 from sessions.exceptions import VersionConflict
 from sessions.feeds import HOME, FeedCache, FeedState, FeedStore, FeedUpdate
 from streams.catalog import Catalog
+from streams.consent import NO_CONSENT
 from streams.events import Event
 from streams.experiment_stats import ExperimentStats
 from streams.experiments import NO_EXPERIMENTS, Arm, ExperimentSet
-from streams.profile import CONTEXT_FEEDS, ProfileStore, ProfileView, ScoringTuning
+from streams.profile import CONTEXT_FEEDS, USER_FEEDS, ProfileStore, ProfileView, ScoringTuning
 from streams.recommender import Recommender
 from streams.triggers import Triggers
 
@@ -111,29 +117,35 @@ class Processor:
         # Each user's feed is scored on the user's last event that can change it (impressions
         # cannot); the earlier ones are applied unscored ("coalesced").
         last = {e.user_id: i for i, e in enumerate(lane) if e.type != "impression"}
+        withdrawals: dict[str, str] = {}  # user → marker: consent withdrawn, erasure pending
         applied = await self._profiles.apply_many(
             [
                 (e, self._categories(e), self._known.get(e.user_id), last.get(e.user_id) == i)
                 for i, e in enumerate(lane)
             ],
             _scorings(arms, lane),
+            withdrawals=withdrawals,
         )
         await self._score_missed(lane, applied, arms)
         writes: list[tuple[str, str, FeedState | None, list[dict[str, Any]]]] = []
         owners: list[int] = []
         tags: list[str] = []
+        unindexed: set[str] = set()  # users without consent: no item-side index names them
         for i, (event, result) in enumerate(zip(lane, applied, strict=True)):
             if isinstance(result, Exception):
                 log.error("event_failed", event_id=event.event_id, error=str(result)[:200])
                 continue
             status, view = result
             outcomes[i] = status
-            if view is None:
+            if view is None or event.user_id in withdrawals:  # rebuilt after the erasure
                 continue
-            arm = arms.get(event.user_id)
+            arm = arms.get(event.user_id) if view.personal else None  # no consent: no experiment
+            current = event.item_id if view.personal else None  # no consent: nothing of theirs
+            if not view.personal:
+                unindexed.add(event.user_id)
             try:
                 items = self._recommender.home(
-                    view, current=event.item_id, tuning=arm.feed if arm else None
+                    view, current=current, tuning=arm.feed if arm else None
                 )
             except Exception:
                 log.exception("recompute_failed", event_id=event.event_id)
@@ -152,14 +164,16 @@ class Processor:
                 writes.append((event.user_id, feed, context.feed, listed))
                 owners.append(i)
                 tags.append("")
-        stored = await self._feeds.write_many(writes, tags=tags) if writes else []
+        stored = (
+            await self._feeds.write_many(writes, tags=tags, unindexed=unindexed) if writes else []
+        )
         updates: list[FeedUpdate] = []
         for i, (user, feed, _, items), tag, written in zip(
             owners, writes, tags, stored, strict=True
         ):
             if isinstance(written, VersionConflict):  # another writer moved the feed: rebase
                 base = await self._feeds.read(user, feed)
-                written = await self._store(user, feed, base, items, tag)
+                written = await self._store(user, feed, base, items, tag, user not in unindexed)
             if isinstance(written, Exception):
                 log.error("store_failed", event_id=lane[i].event_id, error=str(written)[:200])
                 continue
@@ -174,20 +188,23 @@ class Processor:
         # The recompute time: a lane's events are applied, scored, stored and published
         # together, so the time is the lane's (per event it would repeat one figure n times).
         self._observe_lane(time.perf_counter() - started, len(lane))
+        kept = _kept(lane, applied, withdrawals)
         if self.triggers is not None:
             # After the profile update, with every event that applied (a duplicate too: a
             # retried batch must still record what a failed attempt did not; recording is
             # idempotent per event id). Connection errors raise: the batch is retried.
-            await self.triggers.record(
-                [e for e, r in zip(lane, applied, strict=True) if not isinstance(r, Exception)]
-            )
+            await self.triggers.record(kept)
         if self.stats is not None and experiments:
             # Like the triggers: duplicates too (counting is idempotent per list), so a retried
             # batch counts what a failed attempt did not.
-            await self.stats.record(
-                [e for e, r in zip(lane, applied, strict=True) if not isinstance(r, Exception)],
-                experiments,
-            )
+            await self.stats.record(kept, experiments)
+        for user, marker in withdrawals.items():  # rare: a user withdrew consent
+            try:
+                await self._complete_withdrawal(user, marker)
+            except (RedisConnectionError, RedisTimeoutError):
+                raise  # the batch is retried, and the marker makes it erase again
+            except Exception as exc:  # the marker stays: the user's next event tries again
+                log.error("withdrawal_failed", error=type(exc).__name__)
         for event, outcome in zip(lane, outcomes, strict=True):
             self._observe(event.type, outcome)
         return outcomes
@@ -243,6 +260,11 @@ class Processor:
             if isinstance(result, tuple) and result[1] is not None:
                 applied[i] = ("duplicate", result[1])
 
+    @property
+    def profiles(self) -> ProfileStore:
+        """The profile store, through which consent decisions are recorded and read."""
+        return self._profiles
+
     async def ensure_feed(self, user: str, feed: str = HOME) -> FeedState:
         """The user's stored ``feed``, storing a first one when there is none: the computed home
         or context feed, or an empty list for the offers feed (filled by triggers).
@@ -265,8 +287,9 @@ class Processor:
         """Recompute, store and publish the user's home feed now (first visit, profile merge)."""
         arm = self._arms(self.experiments, [_refresh(user)]).get(user)
         view = await self._refreshed(user, arm.scoring if arm else None, ())
+        arm = arm if view.personal else None  # no consent: outside experiments
         items = self._recommender.home(view, current=None, tuning=arm.feed if arm else None)
-        return await self._store_first(user, HOME, view.feed, items, _tag(arm))
+        return await self._store_first(user, HOME, view.feed, items, _tag(arm), view.personal)
 
     async def _create_context(self, user: str, feed: str) -> FeedState:
         """Score, store and publish the user's first ``feed`` (a context feed)."""
@@ -275,7 +298,7 @@ class Processor:
         if context is None:  # pragma: no cover - the script scores what it is asked for
             raise RuntimeError(f"refresh returned no {feed} candidates")
         items = self._recommender.context(feed, context.candidates)
-        return await self._store_first(user, feed, context.feed, items, "")
+        return await self._store_first(user, feed, context.feed, items, "", view.personal)
 
     async def _refreshed(
         self, user: str, scoring: ScoringTuning | None, context: Sequence[str]
@@ -291,10 +314,16 @@ class Processor:
         return result[1]
 
     async def _store_first(
-        self, user: str, feed: str, base: FeedState | None, items: list[dict[str, Any]], tag: str
+        self,
+        user: str,
+        feed: str,
+        base: FeedState | None,
+        items: list[dict[str, Any]],
+        tag: str,
+        indexed: bool = True,
     ) -> FeedState:
         """Store and publish ``items`` as ``feed``'s next version; the stored state after."""
-        update = await self._store(user, feed, base, items, tag)
+        update = await self._store(user, feed, base, items, tag, indexed)
         if update is not None:
             if feed == HOME:
                 self._known.put(update.state)
@@ -306,14 +335,38 @@ class Processor:
         return state
 
     async def _store(
-        self, user: str, feed: str, base: FeedState | None, items: list[dict[str, Any]], tag: str
+        self,
+        user: str,
+        feed: str,
+        base: FeedState | None,
+        items: list[dict[str, Any]],
+        tag: str,
+        indexed: bool = True,
     ) -> FeedUpdate | None:
         for _ in range(_CAS_TRIES - 1):
             try:
-                return await self._feeds.write(user, feed, base, items, tag=tag)
+                return await self._feeds.write(user, feed, base, items, tag=tag, indexed=indexed)
             except VersionConflict:
                 base = await self._feeds.read(user, feed)
-        return await self._feeds.write(user, feed, base, items, tag=tag)
+        return await self._feeds.write(user, feed, base, items, tag=tag, indexed=indexed)
+
+    async def _complete_withdrawal(self, user: str, marker: str) -> None:
+        """A withdrawal of consent reached the user's lane: erase what is stored about them but
+        the consent record, then store and publish fresh versions of the feeds they had (not
+        personal, unless a grant followed). New epochs: the old histories are gone, so clients
+        take a snapshot; sockets stay open. The marker is cleared last, so a crash before that
+        means the user's next event does it all again."""
+        consent = self._profiles.consent
+        had = await consent.erase_for_withdrawal(user, USER_FEEDS)
+        for feed in had:
+            if feed == HOME:
+                await self.refresh_feed(user)
+            elif feed in CONTEXT_FEEDS:
+                await self._create_context(user, feed)
+            else:  # offers: what triggers made of the erased event times
+                await self._store_first(user, feed, None, [], "", indexed=False)
+        await consent.clear_withdrawal(user, marker)
+        log.info("consent_withdrawal_erased", feeds=len(had))  # no user id: personal data
 
     def _categories(self, event: Event) -> list[str]:
         if event.item_id is not None:
@@ -330,6 +383,20 @@ def _scorings(arms: dict[str, Arm], events: Sequence[Event]) -> list[ScoringTuni
     if not arms:
         return None
     return [arm.scoring if (arm := arms.get(e.user_id)) else None for e in events]
+
+
+def _kept(
+    lane: list[Event],
+    applied: list[tuple[str, ProfileView | None] | Exception],
+    withdrawals: dict[str, str],
+) -> list[Event]:
+    """The events whose effects are kept beyond the profile (trigger times, experiment counts):
+    applied, of a user with personalization consent and no erasure pending."""
+    return [
+        e
+        for e, r in zip(lane, applied, strict=True)
+        if not isinstance(r, Exception) and r[0] != NO_CONSENT and e.user_id not in withdrawals
+    ]
 
 
 def _refresh(user: str) -> Event:

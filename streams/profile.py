@@ -9,7 +9,9 @@ The same script scores the user's candidates right after the update (see
 :class:`ScoringTuning`), so what crosses the wire is a short ranked list, not the raw inputs.
 
 Guarantees: the update is atomic (one Lua script); an event id seen within the dedup window
-changes nothing and is reported as a duplicate; every per-user key carries the profile TTL.
+changes nothing and is reported as a duplicate; every per-user key carries the profile TTL. The
+user's consent record is read in the same script: for a user without personalization consent
+nothing is written and the candidates are a visitor's with no profile (:mod:`streams.consent`).
 Caveat: the script derives item-side key names itself, so it needs a single Redis (not Cluster).
 """
 
@@ -27,7 +29,19 @@ from sessions.feeds import FeedState, decode_body
 from sessions.keys import feed_key, user_tag
 from sessions.scripts import PipelinedScript, run_scripts
 from sessions.versions import Version
-from streams.events import Event
+from streams.consent import (
+    DENIED,
+    GRANTED,
+    NO_CONSENT,
+    ConsentChange,
+    ConsentStore,
+    consent_key,
+    feed_prefixes,
+    parse_record,
+    withdrawal_keys,
+)
+from streams.events import CONSENT, Event
+from streams.rules import OFFER_FEEDS
 
 _EVENT_LUA = resources.files("streams").joinpath("lua/event.lua").read_text()
 
@@ -41,6 +55,7 @@ WEIGHTS: dict[str, tuple[float, float, float]] = {
     "search": (2.0, 0.0, 0.0),
     "impression": (0.0, 0.0, 0.0),
     "refresh": (0.0, 0.0, 0.0),  # not an event: score the candidates without changing anything
+    CONSENT: (0.0, 0.0, 0.0),  # recorded (streams/consent.py), then scored like a refresh
 }
 
 Scored = list[tuple[str, float]]
@@ -62,6 +77,9 @@ class ProfileTuning:
     covisit_window: int = 5
     #: Latest users kept per item in the session-kNN index (``pr:is:<item>``).
     session_index_max: int = 200
+    #: Consent policy (``PUSHREC_CONSENT``, streams/consent.py): personalize only users with a
+    #: recorded grant (True, ``required``), or everyone who did not deny (False, ``implied``).
+    consent_required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +126,8 @@ class ScoringTuning:
 #: The context feeds the event script can score (see ``lua/event.lua``): ``similar``, the
 #: neighbours of the item being looked at, and ``cart``, the complements of the cart.
 CONTEXT_FEEDS = ("similar", "cart")
+#: Every feed a user can have (what a withdrawal of consent unindexes, erases and rebuilds).
+USER_FEEDS = ("home", *CONTEXT_FEEDS, *OFFER_FEEDS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +147,9 @@ class ProfileView:
     candidates: Scored
     feed: FeedState | None
     context: dict[str, ContextView] = field(default_factory=dict)
+    #: False: the user has no personalization consent; the candidates are those of a visitor
+    #: with no profile, and the lists made of them are stored without index or experiment tag.
+    personal: bool = True
 
 
 def user_keys(user: str) -> list[str]:
@@ -141,7 +164,9 @@ def script_source(profile: ProfileTuning, scoring: ScoringTuning) -> str:
     for tuning in (profile, scoring):
         for f in fields(tuning):
             value = getattr(tuning, f.name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool):  # a flag is 1 or 0 in Lua ("true" would not compile)
+                value = int(value)
+            if not isinstance(value, int | float):
                 raise TypeError(f"tuning {f.name} must be a number")
             values[f.name.upper()] = value
     return Template(_EVENT_LUA).substitute(values)
@@ -163,6 +188,8 @@ class ProfileStore:
         #: arm's): the tuning is compiled into the script's constants.
         self._scripts: dict[ScoringTuning, PipelinedScript] = {}
         self._script = self._script_for(self.scoring)
+        #: Consent records and the erasure completing a withdrawal (streams/consent.py).
+        self.consent = ConsentStore(redis, required=self.tuning.consent_required)
 
     def _script_for(self, scoring: ScoringTuning) -> PipelinedScript:
         script = self._scripts.get(scoring)
@@ -190,6 +217,7 @@ class ProfileStore:
         scorings: Sequence[ScoringTuning | None] | None = None,
         *,
         context: Sequence[str] = (),
+        withdrawals: dict[str, str] | None = None,
     ) -> list[tuple[str, ProfileView | None] | Exception]:
         """Several :meth:`apply` calls in one pipelined round trip, in order.
 
@@ -205,6 +233,12 @@ class ProfileStore:
         entry even where the user has none stored yet (to create one); the stored ones always
         are.
 
+        Consent (:mod:`streams.consent`): an event of a user without personalization consent
+        stores nothing and is ``("no_consent", view or None)``, its view not ``personal``. A
+        ``consent`` event's status is what recording it did (``granted``, ``withdrawn`` …).
+        ``withdrawals`` (when given) receives, per user whose record asks for the erasure that
+        completes a withdrawal, its marker (see :meth:`ConsentStore.erase_for_withdrawal`).
+
         A Redis error reply fails that event alone (returned in its place); connection errors
         raise for all, and a retry is absorbed by dedup.
         """
@@ -212,57 +246,98 @@ class ProfileStore:
         for i, (event, categories, known, score) in enumerate(batch):
             chosen = scorings[i] if scorings is not None else None
             script = self._script if chosen is None else self._script_for(chosen)
-            w_aff, w_cov, w_trend = WEIGHTS[event.type]
-            calls.append(
-                (
-                    script,
-                    [
-                        *user_keys(event.user_id),
-                        feed_key(event.user_id, "home"),
-                        *(feed_key(event.user_id, f) for f in CONTEXT_FEEDS),
-                    ],
-                    [
-                        event.event_id,
-                        event.type,
-                        event.item_id or "",
-                        "\n".join(categories),
-                        event.ts,
-                        w_aff,
-                        w_cov,
-                        w_trend,
-                        known.version.epoch if known else "",
-                        known.version.n if known else 0,
-                        "1" if score else "0",
-                        event.user_id,
-                        "\n".join(context),
-                    ],
-                )
-            )
+            calls.append((script, *self._call(event, categories, known, score, context)))
         replies = await run_scripts(self._redis, calls)
         out: list[tuple[str, ProfileView | None] | Exception] = []
         for (event, _, known, _), res in zip(batch, replies, strict=True):
             if isinstance(res, Exception):
                 out.append(res)
-            elif int(res[0]) == 0:
-                out.append(("duplicate", None))
-            elif int(res[0]) == 2:
-                out.append(("noop", None))
-            elif int(res[0]) == 3:
-                out.append(("coalesced", None))
-            else:
-                out.append(("ok", self._view(event.user_id, res, known)))
+                continue
+            code = int(res[0])
+            scored = code in (1, 5)
+            tail = res[7:] if scored else res[1:]
+            status = _STATUS[code]
+            if tail:  # a consent event, or a withdrawal awaiting its erasure
+                marker, change = _text(tail[0]), _text(tail[1])
+                if marker and withdrawals is not None:
+                    withdrawals[event.user_id] = marker
+                status = change or status
+            view = self._view(event.user_id, res, known, personal=code == 1) if scored else None
+            out.append((status, view))
         return out
 
+    def _call(
+        self,
+        event: Event,
+        categories: list[str],
+        known: FeedState | None,
+        score: bool,
+        context: Sequence[str],
+        source: str = "event",
+    ) -> tuple[list[str], list[Any]]:
+        """The event script's keys and arguments for one entry (see ``lua/event.lua``)."""
+        user = event.user_id
+        w_aff, w_cov, w_trend = WEIGHTS[event.type]
+        keys = [
+            *user_keys(user),
+            feed_key(user, "home"),
+            *(feed_key(user, f) for f in CONTEXT_FEEDS),
+            consent_key(user),
+        ]
+        args: list[Any] = [
+            event.event_id,
+            event.type,
+            event.item_id or "",
+            "\n".join(categories),
+            event.ts,
+            w_aff,
+            w_cov,
+            w_trend,
+            known.version.epoch if known else "",
+            known.version.n if known else 0,
+            "1" if score else "0",
+            user,
+            "\n".join(context),
+        ]
+        if event.type == CONSENT:
+            granted = event.props.get("personalization") is True
+            # The script's feeds: KEYS[7..9], then the offers feed.
+            keys += [feed_key(user, OFFER_FEEDS[0]), *withdrawal_keys(user)]
+            args += [GRANTED if granted else DENIED, source, *feed_prefixes(USER_FEEDS)]
+        return keys, args
+
+    async def record_consent(self, user: str, granted: bool, *, source: str) -> ConsentChange:
+        """Record ``user``'s decision now, from ``source`` (``api``), as a ``consent`` event
+        would: the same script, so the same rules (see :mod:`streams.consent`); then the record
+        is read back. A withdrawal's erasure is left to the user's lane (``ConsentChange.marker``).
+        """
+        event = Event("", user, CONSENT, None, 0, {"personalization": granted})
+        keys, args = self._call(event, [], None, False, (), source)
+        [res] = await run_scripts(self._redis, [(self._script, keys, args)])
+        if isinstance(res, Exception):
+            raise res
+        marker, change, _ = (_text(x) for x in res[1:4])
+        fields = await self._redis.hmget(consent_key(user), ["state", "at", "source", "erase"])
+        return ConsentChange(change, parse_record(list(fields)), marker or None)
+
     @staticmethod
-    def _view(user: str, res: list[Any], known: FeedState | None) -> ProfileView:
-        flat, fe, fn, fb, same, context = res[1:]
+    def _view(user: str, res: list[Any], known: FeedState | None, *, personal: bool) -> ProfileView:
+        flat, fe, fn, fb, same, context = res[1:7]
         # The caller's copy when Redis says it is still the stored one (no body was sent).
         feed = known if int(same) and known is not None else _state(user, "home", fe, fn, fb)
         views = {
             name.decode(): ContextView(_scored(cands), _state(user, name.decode(), e, n, b))
             for name, cands, e, n, b in context
         }
-        return ProfileView(candidates=_scored(flat), feed=feed, context=views)
+        return ProfileView(_scored(flat), feed, views, personal)
+
+
+#: The event script's status codes (``lua/event.lua``).
+_STATUS = {0: "duplicate", 1: "ok", 2: "noop", 3: "coalesced", 4: NO_CONSENT, 5: NO_CONSENT}
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _scored(flat: list[bytes]) -> Scored:

@@ -259,6 +259,14 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   /**
+   * Record the visitor's decision about personalization (a `consent` event; without consent
+   * the server stores nothing about them and sends non-personal lists). Returns `event_id`.
+   */
+  consent(personalization: boolean): string {
+    return this.track("consent", undefined, { personalization });
+  }
+
+  /**
    * Record an event: `track("view", "123")`, `track("view", {item_id: "123", slot: 2})` or
    * `track("search", {query: "tv"})`. `item_id` becomes the event's field, the rest its `props`.
    * Returns the generated `event_id`.

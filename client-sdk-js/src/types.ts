@@ -85,7 +85,8 @@ export type EventType =
   | "remove_from_cart"
   | "purchase"
   | "search"
-  | "impression";
+  | "impression"
+  | "consent";
 
 /** An event as sent to `POST /v1/events` or in a `track` message. */
 export interface TrackEvent {

@@ -659,6 +659,18 @@ for (const transport of ["websocket", "sse"]) {
       h.client.close();
     });
 
+    test("consent sends the visitor's decision as a consent event", async () => {
+      const h = setup(transport);
+      await h.hello();
+      const no = h.client.consent(false);
+      const yes = h.client.consent(true);
+      assert.deepEqual(await tracked(h), [
+        { event_id: no, type: "consent", ts: T0, props: { personalization: false } },
+        { event_id: yes, type: "consent", ts: T0, props: { personalization: true } },
+      ]);
+      h.client.close();
+    });
+
     test("without a rec: impression sends nothing, click is sent without one", async () => {
       const h = setup(transport);
       await h.hello();

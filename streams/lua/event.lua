@@ -5,16 +5,24 @@
 -- when the script is registered (streams/profile.py): fewer arguments to encode per event.
 --
 -- KEYS: 1 dedup zset, 2 recent zset, 3 affinity zset, 4 cart set, 5 bought zset, 6 profile hash,
---       7 home feed hash, 8 similar feed hash, 9 cart feed hash
+--       7 home feed hash, 8 similar feed hash, 9 cart feed hash, 10 consent hash;
+--       consent events only: 11 offers feed hash, 12.. the user's other keys a withdrawal deletes
 -- ARGV: 1 event_id, 2 type ('refresh' = no event, only score), 3 item_id ('' = none),
 --       4 categories ('\n'-separated), 5 ts ms, 6 affinity weight, 7 co-visitation weight,
 --       8 trending weight, 9 epoch and 10 n of the feed version the caller holds ('' / 0: none),
 --       11 '1' to score the candidates, '0' when a later event of the batch will, 12 the user id,
---       13 context feeds to score even when the user has none stored yet ('\n'-separated)
+--       13 context feeds to score even when the user has none stored yet ('\n'-separated);
+--       consent events only: 14 the decision ('granted' / 'denied'), 15 its source ('event' /
+--       'api'), 16-19 the pr:shown prefixes of the feeds KEYS[7], [8], [9], [11]
 -- Returns {0} for a duplicate, {2} when the event cannot change a feed, {3} when applied but not
--- scored (ARGV[11] = '0'), else
+-- scored (ARGV[11] = '0'), {4} for a user without personalization consent (nothing stored), else
 --   {1, candidates (flat id, score, … best first), feed_e, feed_n, feed_b, 1 if feed_b omitted,
 --    context: {{feed name, candidates, e, n, b}, …}}
+-- or the same with 5 for a user without consent (scored as a visitor with no profile).
+-- When the consent record holds a pending withdrawal, or for a consent event, every reply ends
+-- with {withdrawal marker or '', what recording the decision did or '', the record's time or ''}.
+-- Consent (streams/consent.py): the policy constant CONSENT_REQUIRED (1: only after a recorded
+-- grant) and the record decide whether the user is personalized, in this same atomic step.
 -- Context feeds ('similar': neighbours of the item being looked at; 'cart': complements of the
 -- cart) are scored only for users who have one stored (they subscribed to it) or when ARGV[13]
 -- names it: nobody else pays for them.
@@ -23,9 +31,79 @@ local w_aff, w_cov, w_trend = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARG
 local me = ARGV[12]
 local ttl = ${TTL_S}
 
+local consent = redis.call('HMGET', KEYS[10], 'state', 'at', 'erase')
+local change  -- what a consent event did to the record
+if etype == 'consent' then
+  -- A grant older than the recorded decision changes nothing (a replayed or late grant cannot
+  -- undo a newer denial); a denial always takes effect, and the record's time never goes back
+  -- (so no older grant can follow it): clients' clocks only ever err on the private side. A
+  -- future stamp counts as now. Consent events are not deduplicated: equal decisions are
+  -- idempotent, and a denied user must have no dedup window.
+  local decision = ARGV[14]
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local at = (ts > 0 and ts < now) and ts or now
+  local recorded = tonumber(consent[2] or '')
+  if consent[1] == decision then
+    change = 'unchanged'
+  elseif decision == 'granted' and recorded and at < recorded then
+    change = 'stale'
+  else
+    if recorded and at < recorded then at = recorded end
+    change = decision
+    consent[1], consent[2] = decision, string.format('%d', at)
+    redis.call('HSET', KEYS[10], 'state', decision, 'at', consent[2], 'source', ARGV[15])
+    if decision == 'denied' then
+      -- A withdrawal: the profile goes now (so a grant that follows starts empty), the rest of
+      -- the user's data at the processor's erasure, which this marker asks for.
+      local data = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}
+      for i = 12, #KEYS do data[#data + 1] = KEYS[i] end
+      if redis.call('EXISTS', unpack(data)) > 0 then
+        redis.call('DEL', unpack(data))
+        consent[3] = t[1] .. '.' .. t[2]
+        redis.call('HSET', KEYS[10], 'erase', consent[3])
+        change = 'withdrawn'
+      end
+      -- Stored lists leave the index naming the user (pr:shown, sessions/feeds.py: its entries
+      -- are exactly the items of the stored lists); later writes do not index them.
+      local feeds = {KEYS[7], KEYS[8], KEYS[9], KEYS[11]}
+      for j, key in ipairs(feeds) do
+        local body = redis.call('HGET', key, 'b')
+        if body and body ~= '' then
+          for _, p in ipairs(cmsgpack.unpack(body)) do
+            if type(p) == 'table' and p['id'] then
+              redis.call('ZREM', ARGV[15 + j] .. tostring(p['id']), me)
+            end
+          end
+          redis.call('HDEL', key, 'x')  -- a later indexed write confirms every item again
+        end
+      end
+    end
+  end
+  etype = 'refresh'  -- otherwise like a refresh: scored when asked, nothing else stored
+end
+-- Anonymous visitors' records live as long as their profile would (streams/consent.py).
+if consent[1] and string.sub(me, 1, 5) == 'anon:' then redis.call('EXPIRE', KEYS[10], ttl) end
+local personal = consent[1] == 'granted' or (not consent[1] and ${CONSENT_REQUIRED} == 0)
+local function reply(r)
+  if consent[3] or change then
+    r[#r + 1] = consent[3] or ''
+    r[#r + 1] = change or ''
+    r[#r + 1] = consent[2] or ''
+  end
+  return r
+end
+if not personal then
+  -- Nothing of this event is stored, not even its id; scored as a visitor with no profile.
+  if etype == 'impression' or ARGV[11] == '0' then
+    return reply({4})
+  end
+  etype, item = 'refresh', ''
+end
+
 if etype ~= 'refresh' then
   if redis.call('ZSCORE', KEYS[1], eid) then
-    return {0}
+    return reply({0})
   end
   redis.call('ZADD', KEYS[1], ts, eid)
   -- Trims cost a call each; an id older than the window does no harm for a while, so expire
@@ -37,11 +115,13 @@ if etype ~= 'refresh' then
   redis.call('EXPIRE', KEYS[1], ttl)
 end
 if etype == 'impression' then
-  return {2}
+  return reply({2})
 end
 
 local cats = {}
-for c in string.gmatch(ARGV[4], '[^\n]+') do cats[#cats + 1] = c end
+if personal then
+  for c in string.gmatch(ARGV[4], '[^\n]+') do cats[#cats + 1] = c end
+end
 
 -- Decay by time-scaled increments: an increment at time t weighs 2^((t - t0)/half-life), so older
 -- increments shrink relative to newer ones without rewriting them.
@@ -168,7 +248,7 @@ if etype ~= 'refresh' then
 end
 for _, key in ipairs(touched) do redis.call('EXPIRE', key, ttl) end
 if ARGV[11] == '0' then
-  return {3}  -- a later event of this user in the same batch will score (coalesced)
+  return reply({3})  -- a later event of this user in the same batch will score (coalesced)
 end
 
 -- Scoring, next to the data: each source is normalised by its best score so no source drowns
@@ -183,7 +263,8 @@ local function add(flat, weight, into)
     if s > 0 then into[flat[i]] = (into[flat[i]] or 0) + weight * s / top end
   end
 end
-local recent = redis.call('ZREVRANGE', KEYS[2], 0, ${RECENT_FETCHED} - 1)
+-- A user without consent: none of their keys is read (left over, e.g. after the policy changed).
+local recent = personal and redis.call('ZREVRANGE', KEYS[2], 0, ${RECENT_FETCHED} - 1) or {}
 local w = ${NEIGHBOUR_W}
 for _, r in ipairs(recent) do
   add(redis.call('ZREVRANGE', 'pr:nb:' .. r, 0, ${NEIGHBOURS_FETCHED} - 1, 'WITHSCORES'), w)
@@ -203,7 +284,8 @@ if ${MODEL_W} > 0 then
     end
   end
 end
-local top = redis.call('ZREVRANGE', KEYS[3], 0, ${CATEGORIES_FETCHED} - 1, 'WITHSCORES')
+local top = personal and redis.call('ZREVRANGE', KEYS[3], 0, ${CATEGORIES_FETCHED} - 1,
+                                     'WITHSCORES') or {}
 local total = 0
 for i = 2, #top, 2 do total = total + math.max(tonumber(top[i]), 0) end
 for i = 1, #top, 2 do
@@ -219,7 +301,7 @@ add(redis.call('ZREVRANGE', 'pr:trend', 0, ${TRENDING_FETCHED} - 1, 'WITHSCORES'
 -- ones are neighbours, each shared item counting by how recent it is here (position decay) and
 -- how rare it is (idf); the best neighbours' items score by their distance, in that user's
 -- order, to the last item shared with this user.
-local mine = redis.call('ZRANGE', KEYS[2], -${SESSION_ITEMS}, -1)  -- oldest first
+local mine = personal and redis.call('ZRANGE', KEYS[2], -${SESSION_ITEMS}, -1) or {}  -- oldest 1st
 local L = #mine
 if ${SESSION_W} > 0 and L > 0 then
   local users = tonumber(redis.call('HGET', 'pr:meta', 'users') or '1')
@@ -278,7 +360,7 @@ local excluded = repeat_w > 0 and '' or item
 -- source, Redis itself decides which of several members tied at its fetch limit are fetched:
 -- the ones with the greater ids.)
 local bought = {}
-if redis.call('ZCARD', KEYS[5]) > 0 then  -- most visitors bought nothing: one cheap call
+if personal and redis.call('ZCARD', KEYS[5]) > 0 then  -- most bought nothing: one cheap call
   for _, b in ipairs(redis.call('ZRANGE', KEYS[5], 0, -1)) do bought[b] = true end
 end
 local function best(sc, skip)
@@ -340,7 +422,7 @@ if forced['cart'] or redis.call('EXISTS', KEYS[9]) == 1 then
   -- Goes with the cart: items carted or bought together with its items (pr:cb), co-views as a
   -- weaker fallback; never an item already in it. An empty cart has no complements.
   local comp, skip = {}, {}
-  for _, c in ipairs(redis.call('SRANDMEMBER', KEYS[4], 20)) do
+  for _, c in ipairs(personal and redis.call('SRANDMEMBER', KEYS[4], 20) or {}) do
     skip[c] = true
     add(redis.call('ZREVRANGE', 'pr:cb:' .. c, 0, ${NEIGHBOURS_FETCHED} - 1, 'WITHSCORES'), 1.0,
         comp)
@@ -352,8 +434,10 @@ if forced['cart'] or redis.call('EXISTS', KEYS[9]) == 1 then
 end
 -- The stored feed is the base of the next version. The caller usually holds it already (it wrote
 -- it): then only its version comes back, not the body.
+local status = personal and 1 or 5
 local feed = redis.call('HMGET', KEYS[7], 'e', 'n')
 if feed[1] and feed[1] == ARGV[9] and feed[2] == ARGV[10] then
-  return {1, out, feed[1], feed[2], '', 1, context}
+  return reply({status, out, feed[1], feed[2], '', 1, context})
 end
-return {1, out, feed[1] or '', feed[2] or '0', redis.call('HGET', KEYS[7], 'b') or '', 0, context}
+return reply({status, out, feed[1] or '', feed[2] or '0', redis.call('HGET', KEYS[7], 'b') or '', 0,
+              context})

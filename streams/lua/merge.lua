@@ -4,13 +4,16 @@
 -- KEYS: 1 dedup zset, 2 recent zset, 3 affinity zset, 4 cart set, 5 bought zset, 6 profile hash
 --       of the user; 7-12 the same keys of the visitor; then, m = ARGV[7] event types:
 --       13..12+m the user's trigger event-time hashes, 13+m..12+2m the visitor's (same types,
---       same order); 13+2m the visitor's merge marker (pr:merged:<visitor>); 14+2m.. other keys
---       of the visitor, deleted (feeds, histories)
+--       same order); 13+2m the visitor's merge marker (pr:merged:<visitor>); 14+2m the user's
+--       consent record (streams/consent.py); 15+2m.. other keys of the visitor, deleted (feeds,
+--       histories)
 -- ARGV: 1 ttl s, 2 dedup window ms, 3 dedup max, 4 recent max, 5 bought max,
---       6 affinity half-life ms, 7 m, 8 event-time entries kept per item, 9 the user's id
+--       6 affinity half-life ms, 7 m, 8 event-time entries kept per item, 9 the user's id,
+--       10 '1' when the consent policy requires a recorded grant
 -- Returns {recent, aff, cart, bought, dedup, deleted, events}: how many members each of the
 -- visitor's profile keys held (what was merged), how many of the visitor's keys were deleted,
--- and how many (event type, item) fields of event times were carried over.
+-- and how many (event type, item) fields of event times were carried over. A user without
+-- personalization consent gets nothing: the visitor's keys are only deleted (zeros merged).
 local ttl, window, dedup_max = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local recent_max, bought_max, hl = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local m, keep, me = tonumber(ARGV[7]), tonumber(ARGV[8]), ARGV[9]
@@ -18,6 +21,16 @@ local u_dedup, u_recent, u_aff, u_cart, u_bought, u_p = KEYS[1], KEYS[2], KEYS[3
   KEYS[5], KEYS[6]
 local a_dedup, a_recent, a_aff, a_cart, a_bought, a_p = KEYS[7], KEYS[8], KEYS[9], KEYS[10],
   KEYS[11], KEYS[12]
+
+-- No profile may be stored for a user without personalization consent: the visitor's goes.
+local state = redis.call('HGET', KEYS[14 + 2 * m], 'state')
+if not (state == 'granted' or (not state and ARGV[10] ~= '1')) then
+  local deleted = 0
+  for i = 7, 12 do deleted = deleted + redis.call('DEL', KEYS[i]) end
+  for i = 13 + m, 12 + 2 * m do deleted = deleted + redis.call('DEL', KEYS[i]) end
+  for i = 15 + 2 * m, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
+  return {0, 0, 0, 0, 0, deleted, 0}
+end
 
 local n_recent = redis.call('ZCARD', a_recent)
 local n_aff = redis.call('ZCARD', a_aff)
@@ -146,5 +159,5 @@ if carried_ms then
 end
 
 for i = 7, 12 do deleted = deleted + redis.call('DEL', KEYS[i]) end
-for i = 14 + 2 * m, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
+for i = 15 + 2 * m, #KEYS do deleted = deleted + redis.call('DEL', KEYS[i]) end
 return {n_recent, n_aff, n_cart, n_bought, n_dedup, deleted, n_events}

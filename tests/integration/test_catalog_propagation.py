@@ -12,7 +12,7 @@ import asyncio
 import statistics
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -514,12 +514,13 @@ class RacingStore(FeedStore):
         *,
         tags: Sequence[str | None] | None = None,
         extras: Sequence[tuple[Sequence[str], Sequence[Any]]] | None = None,
+        unindexed: Collection[str] = (),
     ) -> list[FeedUpdate | Exception | None]:
         if self.racer is not None and writes:
             user, items = self.racer
             self.racer = None
             await super().write(user, HOME, await self.read(user, HOME), items)
-        return await super().write_many(writes, tags=tags, extras=extras)
+        return await super().write_many(writes, tags=tags, extras=extras, unindexed=unindexed)
 
 
 def test_a_lost_race_is_edited_again_on_the_new_version(direct_url: str) -> None:

@@ -195,8 +195,10 @@ def test_every_field_is_read_from_its_variable(tmp_path: Path) -> None:
     env["PUSHREC_TOKEN_ALGORITHMS"] = "HS256,RS256"
     env["PUSHREC_TOKEN_PUBLIC_KEY_FILE"] = str(pem)
     env["PUSHREC_ALLOWED_ORIGINS"] = "https://shop.example"
+    env["PUSHREC_CONSENT"] = "required"
     settings = Settings.from_env(env)
     assert settings.port == 7
+    assert settings.consent == "required"
     assert settings.token_leeway_s == 1.5
     assert settings.demo is True
     assert settings.data_dir == Path("/srv/pushrec-data")
