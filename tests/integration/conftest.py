@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from push.redis_client import connect
@@ -99,10 +100,14 @@ def start_server(
 @contextlib.contextmanager
 def redis_database(db: int) -> Iterator[str]:
     """URL of a real Redis database for one test: database ``db`` of
-    ``PUSHREC_TEST_REDIS_URL`` when set, else a private embedded server."""
+    ``PUSHREC_TEST_REDIS_URL`` when set (emptied first: a rerun on the same Redis must not see
+    the last run's trending and neighbours), else a private embedded server."""
     external = os.environ.get("PUSHREC_TEST_REDIS_URL")
     if external:
-        yield f"{external.rsplit('/', 1)[0]}/{db}"
+        url = f"{external.rsplit('/', 1)[0]}/{db}"
+        with SyncRedis.from_url(url) as client:
+            client.flushdb()
+        yield url
         return
     with EmbeddedRedis() as server:
         yield server.url
