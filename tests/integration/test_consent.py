@@ -37,7 +37,7 @@ from tests.integration.harness import (
     view_settled,
     ws_peer,
 )
-from tests.integration.test_privacy import mentions
+from tests.integration.test_privacy import EXPERIMENTS, mentions
 
 RULES = textwrap.dedent(
     """
@@ -48,23 +48,13 @@ RULES = textwrap.dedent(
         offer: {feed: offers, badge: "Still interested?", ttl: 30m}
     """
 )
-EXPERIMENTS = textwrap.dedent(
-    """
-    experiments:
-      - name: everyone
-        variants: [{name: a}, {name: b}]
-    """
-)
 
 
 @pytest.fixture(scope="module")
 def node_url() -> Iterator[str]:
     """Database 17 of ``PUSHREC_TEST_REDIS_URL`` (scripts/redis.sh starts 32), or a private
     Redis: the tests scan the whole database."""
-    with redis_database(17) as url:
-        client = redis.Redis.from_url(url)
-        client.flushdb()
-        client.close()
+    with redis_database(17) as url:  # emptied first
         yield url
 
 
