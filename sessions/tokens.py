@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -116,6 +116,8 @@ class TokenVerifier:
         leeway_s: float = 30.0,
         algorithms: Iterable[str] = ("HS256",),
         public_key: str | None = None,
+        cache_size: int = 4096,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if len(secret) < MIN_SECRET_LEN:
             raise ValueError(f"the token secret must be at least {MIN_SECRET_LEN} characters long")
@@ -139,6 +141,13 @@ class TokenVerifier:
         self._public_key: Any = (
             None if public_key is None else load_public_key(public_key, asymmetric)
         )
+        # Tokens verified before, by their exact text: a visitor's token is presented on every
+        # REST read and reconnect, and the signature check was a quarter of a feed read's CPU
+        # (docs/benchmarks.md, REST feed reads). Only the identical string hits, so a changed
+        # signature or payload is verified afresh; expiry is checked again on every hit.
+        self._verified: dict[str, Claims] = {}
+        self._cache_size = cache_size
+        self._clock = clock
 
     @property
     def algorithms(self) -> frozenset[str]:
@@ -150,7 +159,23 @@ class TokenVerifier:
         return self.verify_claims(token).sub
 
     def verify_claims(self, token: str) -> Claims:
-        """The token's :class:`Claims`; raises :class:`InvalidToken` otherwise."""
+        """The token's :class:`Claims`; raises :class:`InvalidToken` otherwise.
+
+        A token verified before is answered from a bounded cache, its expiry checked again.
+        """
+        known = self._verified.get(token)
+        if known is not None:
+            if self._clock() > known.exp + self._leeway_s:
+                del self._verified[token]
+                raise InvalidToken("expired", "token expired: get a new one")
+            return known
+        claims = self._verify(token)
+        if len(self._verified) >= self._cache_size:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[token] = claims
+        return claims
+
+    def _verify(self, token: str) -> Claims:
         if not token or len(token) > MAX_TOKEN_LEN:
             raise InvalidToken("malformed", "token missing or too long")
         if not token.isascii():  # a JWT is base64url and dots; PyJWT would raise on surrogates

@@ -589,3 +589,35 @@ def test_hs256_token_whose_anon_claim_and_subject_disagree_is_refused(
 def test_mint_refuses_anon_subjects() -> None:
     with pytest.raises(ValueError, match="mint_anonymous"):
         _verifier().mint("anon:abc")
+
+
+def test_a_verified_token_is_answered_from_the_cache_until_it_expires() -> None:
+    now = [time.time()]
+    verifier = TokenVerifier(SECRET, leeway_s=30, clock=lambda: now[0])
+    token = _signed({"sub": "u-1", "exp": int(now[0]) + 60})
+    first = verifier.verify_claims(token)
+    assert verifier.verify_claims(token) is first  # no second signature check
+    now[0] += 60 + 29
+    assert verifier.verify(token) == "u-1"  # within the leeway
+    now[0] += 2
+    assert _refusal(token, verifier).reason == "expired"
+
+
+def test_the_cache_never_vouches_for_a_different_string() -> None:
+    verifier = _verifier()
+    token = _signed({"sub": "u-1", "exp": _exp()})
+    verifier.verify(token)
+    header = token.split(".")[0]
+    forged = f"{header}.{_b64(json.dumps({'sub': 'u-1', 'exp': _exp()}).encode())}.{token[-10:]}"
+    assert _refusal(forged, verifier).reason in {"signature", "malformed"}
+    other = _signed({"sub": "u-2", "exp": _exp()}, OTHER_SECRET)
+    assert _refusal(other, verifier).reason == "signature"
+
+
+def test_the_cache_is_bounded_oldest_first() -> None:
+    verifier = TokenVerifier(SECRET, cache_size=2)
+    tokens = [_signed({"sub": f"u-{i}", "exp": _exp()}) for i in range(3)]
+    claims = [verifier.verify_claims(t) for t in tokens]
+    assert verifier.verify_claims(tokens[2]) is claims[2]
+    assert verifier.verify_claims(tokens[1]) is claims[1]
+    assert verifier.verify_claims(tokens[0]) is not claims[0]  # evicted, verified again
