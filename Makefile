@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 
 CHROMIUM ?= /usr/bin/chromium
 
-.PHONY: demo serve test unit integration lint sdk sdk-test browser-test chromium bench clean \
+.PHONY: demo serve test unit integration lint sdk sdk-test browser-test chromium bench \
+        bench-feed-read clean \
         services-install services-up services-down
 
 $(BIN)/.runtime: pyproject.toml
@@ -78,6 +79,12 @@ test: lint unit integration sdk-test browser-test
 bench: $(BIN)/.dev
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python -m benchmarks.event_latency
+
+# REST feed reads under open-loop load (needs Go: the load generator is built into .cache/;
+# --profile needs py-spy)
+bench-feed-read: $(BIN)/.dev
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python -m benchmarks.feed_read
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

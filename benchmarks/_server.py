@@ -29,6 +29,7 @@ class Running:
     address: str
     redis_url: str
     pid: int = 0  # the server process, for /proc readings
+    redis_pid: int = 0  # the embedded redis-server (running_server only)
 
 
 def _free_port() -> int:
@@ -51,6 +52,14 @@ def processed_total(address: str) -> float:
         if line.startswith("pushrec_events_processed_total{"):
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def websocket_connections(address: str) -> int:
+    """Open WebSocket connections counted by the server's gauge (pushrec_connections)."""
+    for line in metrics_text(address).splitlines():
+        if line.startswith('pushrec_connections{transport="websocket"}'):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
 
 
 def seed_events(address: str, events: int) -> None:
@@ -119,19 +128,38 @@ def running_server(*, warmup: bool = True, env: dict[str, str] | None = None) ->
                 lines = sum(1 for _ in (ROOT / "examples/catalog/rees46-events.tsv").open()) - 1
                 while processed_total(address) < lines:
                     time.sleep(0.2)
-            yield Running(address, redis_server.url, proc.pid)
+            yield Running(address, redis_server.url, proc.pid, redis_server.pid)
         finally:
             proc.terminate()
-            proc.wait(15)
+            proc.wait(30)  # a graceful stop closing thousands of sockets (5 s window) and more
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Restrict every thread of process ``pid`` to ``cpus`` (as ``taskset -a -p``); threads it
+    starts later inherit the mask."""
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(int(task), cpus)
 
 
 @contextlib.contextmanager
 def node_process(
-    bootstrap: str, redis_url: str, command: tuple[str, ...], env: dict[str, str]
-) -> Iterator[str]:
-    """One pushrec process on Kafka and ``redis_url``; yields its address once it answers."""
-    with _node(bootstrap, redis_url, command, env) as (address, _cpu):
-        yield address
+    bootstrap: str,
+    redis_url: str,
+    command: tuple[str, ...],
+    env: dict[str, str],
+    log: Path | None = None,
+) -> Iterator[Running]:
+    """One pushrec process on Kafka and ``redis_url``; yields its address and pid once it
+    answers. Its output goes to ``log`` (appended) when given."""
+    with _node(bootstrap, redis_url, command, env, log) as (address, pid):
+        yield Running(address, redis_url, pid)
 
 
 @contextlib.contextmanager
@@ -140,14 +168,18 @@ def worker_process(
 ) -> Iterator[tuple[str, Callable[[], float]]]:
     """One `pushrec worker` on ``topic``; yields its address and a CPU-seconds reader."""
     env = {"PUSHREC_KAFKA_TOPIC": topic, "PUSHREC_KAFKA_GROUP": f"g-{topic}"}
-    with _node(bootstrap, redis_url, ("worker",), env) as node:
-        yield node
+    with _node(bootstrap, redis_url, ("worker",), env) as (address, pid):
+        yield address, lambda: cpu_seconds(pid)
 
 
 @contextlib.contextmanager
 def _node(
-    bootstrap: str, redis_url: str, command: tuple[str, ...], extra: dict[str, str]
-) -> Iterator[tuple[str, Callable[[], float]]]:
+    bootstrap: str,
+    redis_url: str,
+    command: tuple[str, ...],
+    extra: dict[str, str],
+    log: Path | None = None,
+) -> Iterator[tuple[str, int]]:
     port = _free_port()
     env = {
         **os.environ,
@@ -160,17 +192,16 @@ def _node(
         "PUSHREC_CATALOG_FILE": str(ROOT / "examples/catalog/rees46.jsonl"),
         **extra,
     }
+    output = log.open("ab") if log is not None else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "push.cli", *command],
         cwd=ROOT,
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=output or subprocess.DEVNULL,
+        stderr=output or subprocess.DEVNULL,
     )
-
-    def cpu() -> float:
-        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    if output is not None:
+        output.close()  # the child holds its own descriptor
 
     address = f"127.0.0.1:{port}"
     try:
@@ -183,7 +214,7 @@ def _node(
             except OSError:
                 pass
             time.sleep(0.1)
-        yield address, cpu
+        yield address, proc.pid
     finally:
         proc.terminate()
         proc.wait(30)

@@ -16,15 +16,18 @@ node allocates once and the noise of the "before" reading (it varies by ~5 MiB b
 garbage of the start-up awaiting a collection that the first connections then trigger, so per
 socket figures at small N are only good to ±5 MiB / N).
 
-The clients are a minimal WebSocket client written on raw asyncio protocols (a handshake, an
-unmasked-frame parser, masked ``pong`` frames): about 1 KiB per socket on the client side, so one
-process holds thousands. Each client offers ``permessage-deflate`` and checks that the server's
-101 answer does not accept it (the server never negotiates compression).
+The clients are a minimal WebSocket client written on raw asyncio protocols
+(:mod:`benchmarks._ws_client`: a handshake, an unmasked-frame parser, masked ``pong`` frames):
+about 1 KiB per socket on the client side, so one process holds thousands. Each client offers
+``permessage-deflate``; ``--deflate on`` starts the server with ``PUSHREC_WS_DEFLATE=1`` (off by
+default), ``--deflate both`` measures each N both ways. The sockets whose 101 answer accepted
+the offer, and the compressed messages received (inflated by the client), are counted.
 
 Kernel socket buffers are not process memory and are not in RSS. Redis memory is reported beside
 it (the stored feed of each new visitor) but is not counted per socket.
 
     python -m benchmarks.idle_memory                    # 1,000 / 5,000 / 19,000 sockets
+    python -m benchmarks.idle_memory --deflate both     # the same, compression off and on
     python -m benchmarks.idle_memory --sockets 1000 5000 --clients 2
 """
 
@@ -32,17 +35,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import multiprocessing
-import os
-import resource
 import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -51,12 +50,9 @@ from typing import Any
 import redis
 
 from benchmarks._plot import figure, save
-from benchmarks._server import ROOT, SECRET, running_server, seed_events
-from push.ws_codec import Opcode, encode_masked_frame
-from sessions.tokens import TokenVerifier
+from benchmarks._server import ROOT, running_server, seed_events, websocket_connections
+from benchmarks._ws_client import FrameClient, new_stats, open_many, raise_nofile, sources
 
-IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
-PONG = b'{"type":"pong"}'
 SEED_EVENTS = 300
 IN_FLIGHT = 64  # handshakes under way at once, per client process
 
@@ -68,144 +64,32 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def raise_nofile() -> int:
-    """Raise this process's soft descriptor limit to the hard one; returns the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
+class IdleClient(FrameClient):
+    """One idle WebSocket client: ready once its snapshot came; counts the snapshot's bytes."""
+
+    __slots__ = ()
+
+    def message(self, payload: bytes) -> None:
+        if payload.startswith(b'{"type":"snapshot"'):
+            self.stats["snapshot_bytes"] += len(payload)
+            self.resolve()
 
 
-def open_sockets(address: str) -> int:
-    """Open WebSocket connections counted by the server's gauge (pushrec_connections)."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith('pushrec_connections{transport="websocket"}'):
-                return int(float(line.rsplit(" ", 1)[1]))
-    return 0
-
-
-class IdleClient(asyncio.Protocol):
-    """One idle WebSocket client: handshake, then answer pings; counts what it received."""
-
-    __slots__ = ("buf", "phase", "ready", "stats", "transport")
-
-    def __init__(self, request: bytes, ready: asyncio.Future[None], stats: dict[str, int]) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.buf = request  # the handshake to send; then unparsed bytes
-        self.phase = 0  # 0: handshake sent, 1: open
-        self.ready: asyncio.Future[None] | None = ready
-        self.stats = stats
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.buf)
-        self.buf = b""
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.stats["lost"] += 1
-        self._fail("connection lost")
-        self.transport = None
-
-    def _fail(self, why: str) -> None:
-        if self.ready is not None and not self.ready.done():
-            self.ready.set_exception(RuntimeError(why))
-        self.ready = None
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf + data if self.buf else data
-        if self.phase == 0:
-            end = buf.find(b"\r\n\r\n")
-            if end < 0:
-                self.buf = buf
-                return
-            head = buf[:end].lower()
-            if not head.startswith(b"http/1.1 101"):
-                self._fail(buf[:end].decode(errors="replace").splitlines()[0])
-                return
-            if b"sec-websocket-extensions" in head:
-                self.stats["deflate"] += 1
-            buf = buf[end + 4 :]
-            self.phase = 1
-        while len(buf) >= 2:
-            size, at = buf[1] & 0x7F, 2
-            if size == 126:
-                if len(buf) < 4:
-                    break
-                size, at = int.from_bytes(buf[2:4], "big"), 4
-            elif size == 127:
-                if len(buf) < 10:
-                    break
-                size, at = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < at + size:
-                break
-            if buf[0] & 0x40:  # RSV1: a compressed message (the deflate baseline only)
-                self.stats["compressed"] += 1
-                self._frame(Opcode.TEXT, b'{"type":"snapshot"}')
-            else:
-                self._frame(buf[0] & 0x0F, buf[at : at + size])
-            buf = buf[at + size :]
-        self.buf = buf
-
-    def _frame(self, opcode: int, payload: bytes) -> None:
-        assert self.transport is not None
-        if opcode == Opcode.TEXT:
-            head = payload[:24]
-            if head.startswith(b'{"type":"ping"'):
-                self.transport.write(encode_masked_frame(Opcode.TEXT, PONG, os.urandom(4)))
-                self.stats["pings"] += 1
-            elif head.startswith(b'{"type":"snapshot"'):
-                self.stats["snapshot_bytes"] += len(payload)
-                if self.ready is not None and not self.ready.done():
-                    self.ready.set_result(None)
-                self.ready = None
-        elif opcode == Opcode.PING:
-            self.transport.write(encode_masked_frame(Opcode.PONG, payload, os.urandom(4)))
-        elif opcode == Opcode.CLOSE:
-            self.stats["closed"] += 1
-
-
-def hold(address: str, users: range, sources: list[str], pipe: Connection, done: Any) -> None:
+def hold(address: str, users: range, addresses: list[str], pipe: Connection, done: Any) -> None:
     """In a client process: open one socket per user, report, hold them until ``done``."""
     raise_nofile()
-    host, port = address.rsplit(":", 1)
-    verifier = TokenVerifier(SECRET)
-    stats = {"lost": 0, "closed": 0, "pings": 0, "deflate": 0, "snapshot_bytes": 0, "compressed": 0}
-
-    async def one(n: int, gate: asyncio.Semaphore) -> None:
-        loop = asyncio.get_running_loop()
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET /v1/ws?token={verifier.mint(f'idle-{n}')} HTTP/1.1\r\nHost: {address}\r\n"
-            f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: pushrec.v1.json\r\n"
-            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
-        ).encode()
-        async with gate:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
-            sock.bind((sources[n % len(sources)], 0))
-            sock.setblocking(False)
-            await loop.sock_connect(sock, (host, int(port)))
-            ready: asyncio.Future[None] = loop.create_future()
-            await loop.create_connection(lambda: IdleClient(request, ready, stats), sock=sock)
-            await asyncio.wait_for(ready, 60)  # hello, then snapshot
+    stats = new_stats() | {"snapshot_bytes": 0}
 
     async def main() -> None:
-        gate = asyncio.Semaphore(IN_FLIGHT)
-        started = time.monotonic()
-        results = await asyncio.gather(*(one(n, gate) for n in users), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        pipe.send(
-            {
-                "opened": len(results) - len(errors),
-                "errors": len(errors),
-                "first_error": repr(errors[0]) if errors else None,
-                "seconds": time.monotonic() - started,
-                **stats,
-            }
+        _transports, report = await open_many(
+            address,
+            [f"idle-{n}" for n in users],
+            addresses,
+            lambda _i, request, ready: IdleClient(request, ready, stats),
+            in_flight=IN_FLIGHT,
+            timeout_s=60,  # hello, then snapshot
         )
+        pipe.send(report | stats)
         while not done.is_set():  # noqa: ASYNC110 - a multiprocessing Event: nothing to await
             await asyncio.sleep(0.5)
         pipe.send(dict(stats))
@@ -221,9 +105,11 @@ def redis_used(url: str) -> int:
 
 
 @contextlib.contextmanager
-def pushrec_server() -> Iterator[tuple[str, int, str | None]]:
-    """The real server, seeded; yields its address, pid and Redis URL."""
-    with running_server(warmup=False) as srv:
+def pushrec_server(deflate: bool = False) -> Iterator[tuple[str, int, str | None]]:
+    """The real server, seeded (permessage-deflate accepted when ``deflate``); yields its
+    address, pid and Redis URL."""
+    env = {"PUSHREC_WS_DEFLATE": "1" if deflate else "0"}
+    with running_server(warmup=False, env=env) as srv:
         seed_events(srv.address, SEED_EVENTS)
         yield srv.address, srv.pid, srv.redis_url
 
@@ -237,7 +123,7 @@ def baseline_server(deflate: bool) -> Iterator[tuple[str, int, str | None]]:
         port = s.getsockname()[1]
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.idle_memory", "--serve-baseline", str(port)]
-        + (["--deflate"] if deflate else []),
+        + (["--baseline-deflate"] if deflate else []),
         cwd=ROOT,
     )
     address = f"127.0.0.1:{port}"
@@ -308,10 +194,10 @@ def uvicorn_version() -> str:
 
 
 def measure(
-    count: int, clients: int, sources: list[str], settle_s: float, server: Any = None
+    count: int, clients: int, addresses: list[str], settle_s: float, server: Any
 ) -> dict[str, Any]:
     """One fresh server, ``count`` idle sockets; RSS and Redis readings."""
-    with server or pushrec_server() as (address, pid, redis_url):
+    with server as (address, pid, redis_url):
         time.sleep(2)
         before = rss_kib(pid)
         redis_before = redis_used(redis_url) if redis_url else 0
@@ -322,7 +208,7 @@ def measure(
         for c in range(clients):
             users = range(c * share, min(count, (c + 1) * share))
             parent, child = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=hold, args=(address, users, sources, child, done))
+            p = ctx.Process(target=hold, args=(address, users, addresses, child, done))
             p.start()
             procs.append(p)
             pipes.append(parent)
@@ -335,11 +221,13 @@ def measure(
             raise RuntimeError(f"only {opened} of {count} sockets opened: {errors}")
         time.sleep(settle_s)
         after_open = rss_kib(pid)
-        gauge_open = open_sockets(address) if redis_url else count
+        gauge_open = websocket_connections(address) if redis_url else count
         # One full heartbeat interval (25 s default): every socket is pinged and answers.
         time.sleep(26)
         steady = rss_kib(pid)
-        gauge = open_sockets(address) if redis_url else count - sum(r["lost"] for r in reports)
+        gauge = (
+            websocket_connections(address) if redis_url else count - sum(r["lost"] for r in reports)
+        )
         redis_after = redis_used(redis_url) if redis_url else 0
         done.set()
         finals = [pipe.recv() for pipe in pipes]
@@ -365,6 +253,12 @@ def measure(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sockets", type=int, nargs="*", default=[1000, 5000, 19000])
+    parser.add_argument(
+        "--deflate",
+        choices=("off", "on", "both"),
+        default="off",
+        help="pushrec's permessage-deflate (PUSHREC_WS_DEFLATE): off (default), on, or both",
+    )
     parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--sources", type=int, default=4, help="loopback source addresses")
     parser.add_argument("--settle", type=float, default=5.0)
@@ -377,108 +271,128 @@ def main() -> None:
         help="also measure N sockets on uvicorn websockets-sansio + a bare app, deflate off/on",
     )
     parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
-    parser.add_argument("--deflate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline-deflate", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_baseline:
-        serve_baseline(args.serve_baseline, args.deflate)
+        serve_baseline(args.serve_baseline, args.baseline_deflate)
         return
     limit = raise_nofile()  # inherited by the server subprocess
     if max([*args.sockets, args.baseline]) + 64 > limit:
         raise SystemExit(f"descriptor limit {limit} is too low for {max(args.sockets)} sockets")
-    sources = [f"127.0.0.{2 + i}" for i in range(args.sources)]
+    addresses = sources(args.sources)
     if args.baseline:
-        base = []
-        for deflate in (False, True):
-            server = baseline_server(deflate)
-            base.append(
-                (deflate, measure(args.baseline, args.clients, sources, args.settle, server))
+        print_baseline(args.baseline, args.clients, addresses, args.settle)
+    if not args.sockets:
+        return
+    modes = {"off": [False], "on": [True], "both": [False, True]}[args.deflate]
+    series: dict[bool, list[dict[str, Any]]] = {}
+    for deflate in modes:
+        for n in sorted(args.sockets):
+            r = measure(n, args.clients, addresses, args.settle, pushrec_server(deflate))
+            series.setdefault(deflate, []).append(r)
+            print(
+                f"deflate {'on' if deflate else 'off'}, {n} sockets: opened in "
+                f"{r['open_s']:.1f} s, server gauge {r['gauge_open']} → {r['gauge']}, pings "
+                f"answered {r['pings']}, lost {r['lost']}, deflate accepted {r['deflate']}, "
+                f"compressed messages {r['compressed']}",
+                flush=True,
             )
-        print(
-            f"\ntransport baseline, not pushrec: uvicorn {uvicorn_version()} websockets-sansio "
-            f"+ a bare ASGI app, one {base[0][1]['snapshot_bytes']:.0f}-byte text message per "
-            "socket, then idle (WebSocket pings answered)"
-        )
-        print(
-            "| permessage-deflate | sockets | accepted by server | KiB/socket (after open) "
-            "| KiB/socket (after a ping cycle) |\n|---|---|---|---|---|"
-        )
-        for deflate, r in base:
+    print(
+        f"\nidle WebSocket connections, {args.clients} client processes, source addresses "
+        f"{addresses[0]}…{addresses[-1]}, descriptor limit {limit}; permessage-deflate offered "
+        "by every client"
+    )
+    print(
+        "| permessage-deflate | idle sockets | accepted by server | server RSS before "
+        "| after open | after a ping cycle | KiB/socket (after open) "
+        "| KiB/socket (after ping cycle) | snapshot bytes/socket (inflated) "
+        "| Redis bytes/user |\n|---|---|---|---|---|---|---|---|---|---|"
+    )
+    slopes: dict[bool, float] = {}
+    for deflate, results in series.items():
+        for r in results:
             n = r["n"]
             print(
                 f"| {'on' if deflate else 'off'} | {n:,} | {r['deflate']:,} "
-                f"| {(r['after_open'] - r['before']) / n:.1f} "
-                f"| {(r['steady'] - r['before']) / n:.1f} |"
+                f"| {r['before'] / 1024:.1f} MiB | {r['after_open'] / 1024:.1f} MiB "
+                f"| {r['steady'] / 1024:.1f} MiB | {(r['after_open'] - r['before']) / n:.1f} "
+                f"| **{(r['steady'] - r['before']) / n:.1f}** | {r['snapshot_bytes']:.0f} "
+                f"| {r['redis_per_user']:.0f} |"
             )
-    if not args.sockets:
-        return
-    results = []
-    for n in sorted(args.sockets):
-        r = measure(n, args.clients, sources, args.settle)
-        results.append(r)
-        print(
-            f"{n} sockets: opened in {r['open_s']:.1f} s, server gauge {r['gauge_open']} → "
-            f"{r['gauge']}, pings answered {r['pings']}, lost {r['lost']}, "
-            f"deflate accepted {r['deflate']}",
-            flush=True,
-        )
+    for deflate, results in series.items():
+        if len(results) >= 2:
+            a, b = results[-2], results[-1]
+            slopes[deflate] = (b["steady"] - a["steady"]) / (b["n"] - a["n"])
+            print(
+                f"\ndeflate {'on' if deflate else 'off'}: slope {a['n']:,} → {b['n']:,} sockets "
+                f"((RSS({b['n']:,}) - RSS({a['n']:,})) / {b['n'] - a['n']:,}, after the ping "
+                f"cycle): **{slopes[deflate]:.2f} KiB per socket**"
+            )
+    plot(series, slopes, args.plot)
+
+
+def print_baseline(count: int, clients: int, addresses: list[str], settle_s: float) -> None:
+    """The transport baseline (uvicorn websockets-sansio + a bare app), deflate off and on."""
+    base = [
+        (deflate, measure(count, clients, addresses, settle_s, baseline_server(deflate)))
+        for deflate in (False, True)
+    ]
     print(
-        f"\nidle WebSocket connections, {args.clients} client processes, source addresses "
-        f"{sources[0]}…{sources[-1]}, descriptor limit {limit}; permessage-deflate offered by "
-        f"every client, accepted by the server on {sum(r['deflate'] for r in results)} sockets"
+        f"\ntransport baseline, not pushrec: uvicorn {uvicorn_version()} websockets-sansio "
+        f"+ a bare ASGI app, one {base[0][1]['snapshot_bytes']:.0f}-byte text message per "
+        "socket, then idle (WebSocket pings answered)"
     )
     print(
-        "| idle sockets | server RSS before | after open | after a ping cycle "
-        "| KiB/socket (after open) | KiB/socket (after ping cycle) | snapshot bytes/socket "
-        "| Redis bytes/user |\n|---|---|---|---|---|---|---|---|"
+        "| permessage-deflate | sockets | accepted by server | KiB/socket (after open) "
+        "| KiB/socket (after a ping cycle) |\n|---|---|---|---|---|"
     )
-    for r in results:
+    for deflate, r in base:
         n = r["n"]
         print(
-            f"| {n:,} | {r['before'] / 1024:.1f} MiB | {r['after_open'] / 1024:.1f} MiB "
-            f"| {r['steady'] / 1024:.1f} MiB | {(r['after_open'] - r['before']) / n:.1f} "
-            f"| **{(r['steady'] - r['before']) / n:.1f}** | {r['snapshot_bytes']:.0f} "
-            f"| {r['redis_per_user']:.0f} |"
+            f"| {'on' if deflate else 'off'} | {n:,} | {r['deflate']:,} "
+            f"| {(r['after_open'] - r['before']) / n:.1f} "
+            f"| {(r['steady'] - r['before']) / n:.1f} |"
         )
-    slope = None
-    if len(results) >= 2:
-        a, b = results[-2], results[-1]
-        slope = (b["steady"] - a["steady"]) / (b["n"] - a["n"])
-        print(
-            f"\nslope {a['n']:,} → {b['n']:,} sockets ((RSS({b['n']:,}) - RSS({a['n']:,})) / "
-            f"{b['n'] - a['n']:,}, after the ping cycle): **{slope:.2f} KiB per socket**"
-        )
+
+
+def plot(series: dict[bool, list[dict[str, Any]]], slopes: dict[bool, float], path: Path) -> None:
+    """RSS growth and KiB per idle connection against N, one line per deflate setting."""
     fig, (left, right) = figure(2)
-    ns = [r["n"] for r in results]
-    left.plot(ns, [(r["steady"] - r["before"]) / 1024 for r in results], marker="o")
+    for deflate, results in series.items():
+        mode, colour = ("deflate on", "C1") if deflate else ("deflate off", "C0")
+        ns = [r["n"] for r in results]
+        growth = [(r["steady"] - r["before"]) / 1024 for r in results]
+        left.plot(ns, growth, marker="o", color=colour, label=mode)
+        for r, mib in zip(results, growth, strict=True):
+            left.annotate(f"RSS {r['steady'] / 1024:.0f} MiB", (r["n"], mib), fontsize=7)
+        right.plot(
+            ns,
+            [(r["after_open"] - r["before"]) / r["n"] for r in results],
+            marker=".",
+            ls=":",
+            color=colour,
+            label=f"{mode}, after open",
+        )
+        slope = f" (slope {slopes[deflate]:.1f})" if deflate in slopes else ""
+        right.plot(
+            ns,
+            [(r["steady"] - r["before"]) / r["n"] for r in results],
+            marker="o",
+            color=colour,
+            label=f"{mode}, after a ping cycle{slope}",
+        )
     left.set_xlabel("idle WebSocket connections")
     left.set_ylabel("server RSS growth (MiB)")
     left.set_title("server RSS growth after a ping cycle")
-    for r in results:
-        left.annotate(
-            f"RSS {r['steady'] / 1024:.0f} MiB", ((r["n"]), (r["steady"] - r["before"]) / 1024)
-        )
-    right.plot(
-        ns,
-        [(r["after_open"] - r["before"]) / r["n"] for r in results],
-        marker="o",
-        label="after open",
-    )
-    right.plot(
-        ns,
-        [(r["steady"] - r["before"]) / r["n"] for r in results],
-        marker="o",
-        label="after a ping cycle",
-    )
-    if slope is not None:
-        right.axhline(slope, color="k", ls=":", label=f"slope {ns[-2]:,}→{ns[-1]:,}: {slope:.1f}")
+    left.legend(fontsize=8)
     right.axhline(16, color="r", ls="--", label="limit 16 KiB")
     right.axhline(12, color="g", ls="--", label="aim 12 KiB")
     right.set_ylim(bottom=0)
     right.set_xlabel("idle WebSocket connections")
     right.set_ylabel("KiB per connection")
     right.set_title("server memory per idle connection")
-    right.legend(fontsize=8)
-    save(fig, args.plot)
+    right.legend(fontsize=7)
+    save(fig, path)
 
 
 if __name__ == "__main__":

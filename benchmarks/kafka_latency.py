@@ -1,12 +1,33 @@
-"""Kafka produce → client frame latency across processes, at a given load and socket count.
+"""Kafka produce → client frame latency across processes, against offered load, with C sockets.
 
 A web node (`serve --no-worker`) holds C WebSocket clients, one per visitor; a separate
-`pushrec worker` consumes the topic (warmed up first with the REES46 replay). Events for those
-visitors are produced straight to Kafka at R events/s; each is timed from just before the
-produce call to the arrival of that visitor's next frame. Events that leave a list unchanged
-send no frame and are counted apart.
+`pushrec worker` consumes the topic (warmed up first with the REES46 replay). Both run on the
+same Kafka and Redis (scripts/services.sh). The clients live in P client processes (``--procs``,
+default one per 2,500 sockets; :mod:`benchmarks._ws_client`, bound to the loopback source
+addresses 127.0.0.2, 127.0.0.3, …), each holding its share of the sockets and producing, straight
+to Kafka, the events of its own visitors: one global schedule at the offered rate, interleaved
+over the processes, visitors taken round-robin. Each event is timed in its client process, from
+just before the produce call to the arrival of that visitor's next ``diff`` or ``snapshot`` frame
+(taken on the process's event loop as the bytes arrive), so no clock is shared across processes.
+Visitors view an item of their current list 70 % of the time, any catalog item otherwise; the
+clients answer the server's protocol pings. Events after which no frame came once the worker
+caught up left the list unchanged; an event followed by the visitor's next one before any frame
+came is counted as superseded (unchanged, or its frame was late: only under overload, when the
+latency exceeds C / rate seconds, the next frame is then timed against the newer event).
+
+``--rates R1 R2 …`` runs one step per rate, one after another on the same web node, worker and
+sockets (an unreported warm-up step first, a ``--settle`` pause before each step; every step's
+events are new events), and prints one row per step: the produce rate achieved, events,
+unchanged, superseded, latency percentiles, and the CPU seconds each process used during the step
+(/proc/<pid>/stat: web node, worker, Redis, the Kafka broker, the client processes, and the rest
+of the machine's busy time from /proc/stat — the host is shared), then the server's own view: the
+web node's event→push histogram, the worker's lane time and Redis's EVALSHA statistics. A step
+ends when the worker has processed every event produced in it, plus one second for the last
+frames. Without ``--rates`` it is one step at ``--rate`` (the single-point table and CDF).
 
     scripts/services.sh run .venv/bin/python -m benchmarks.kafka_latency [--rate N] [--clients N]
+    scripts/services.sh run .venv/bin/python -m benchmarks.kafka_latency \
+        --rates 100 300 1000 2000 --clients 10000
 """
 
 from __future__ import annotations
@@ -14,24 +35,45 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
+import subprocess
 import time
 import uuid
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from websockets.asyncio.client import ClientConnection, connect
 
-from benchmarks._plot import figure, latency_cdf, save
-from benchmarks._server import ROOT, SECRET, node_process, processed_total
+from benchmarks._plot import EVENT_TARGETS, figure, latency_cdf, save
+from benchmarks._prom import delta, histogram, quantile
+from benchmarks._server import (
+    ROOT,
+    cpu_seconds,
+    node_process,
+    processed_total,
+    websocket_connections,
+)
+from benchmarks._ws_client import FrameClient, new_stats, open_many, raise_nofile, sources
 from push.demo import WARMUP_FILE, read_warmup
-from sessions.tokens import TokenVerifier
+from streams.events import Event
 
 HEADERS = [("content-type", b"application/msgpack")]
+IN_FLIGHT = 64  # handshakes under way at once, per client process
+QUANTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999))
+CPU_COLUMNS = ("web", "worker", "Redis", "Kafka", "clients", "others")
+
+
+def node_ms(buckets: dict[float, float], q: float) -> str:
+    """A quantile of a node's histogram, in ms; beyond its largest finite bucket: "> bound"."""
+    top = max((le for le in buckets if le != float("inf")), default=0.0)
+    value = quantile(buckets, q)
+    return f"> {top * 1000:,.0f} ms" if value >= top else f"{value * 1000:.1f} ms"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -56,96 +98,462 @@ async def warm(bootstrap: str, topic: str) -> int:
     return len(events)
 
 
-async def measure(
-    web: str, bootstrap: str, topic: str, clients: int, rate: int, seconds: float
-) -> dict[str, Any]:
-    verifier = TokenVerifier(SECRET)
+@dataclass
+class Shard:
+    """One client process's visitors: their current lists and the events awaiting a frame."""
+
+    users: list[str]
+    catalog: list[str]
+    rng: random.Random
+    feeds: list[list[str]] = field(init=False)
+    pending: dict[int, float] = field(default_factory=dict)  # visitor → perf_counter at produce
+    latencies: list[float] = field(default_factory=list)
+    superseded: int = 0
+    cursor: int = 0
+
+    def __post_init__(self) -> None:
+        self.feeds = [[] for _ in self.users]
+
+    def frame(self, user: int, now: float, payload: bytes) -> None:
+        """A ``snapshot`` or ``diff`` of ``user`` arrived at ``now`` (perf_counter)."""
+        sent = self.pending.pop(user, None)
+        if sent is not None:
+            self.latencies.append((now - sent) * 1000)
+        frame = json.loads(payload)
+        if frame["type"] == "snapshot":
+            self.feeds[user] = [p["id"] for p in frame["items"]]
+        else:  # order: item ids, and [start, length] runs of the previous list
+            old, new = self.feeds[user], []
+            for part in frame["order"]:
+                if isinstance(part, str):
+                    new.append(part)
+                else:
+                    new.extend(old[part[0] : part[0] + part[1]])
+            self.feeds[user] = new
+
+    async def produce(
+        self, producer: AIOKafkaProducer, topic: str, step: dict[str, Any], index: int, procs: int
+    ) -> dict[str, Any]:
+        """This process's share of one step: global event n is due at start + n / rate and is
+        produced by process n % procs."""
+        rate, start = step["rate"], step["start"]
+        sent = 0
+        for n in range(index, int(rate * step["seconds"]), procs):
+            delay = start + n / rate - time.time()
+            await asyncio.sleep(max(delay, 0))  # behind schedule: still let frames be read
+            user = self.cursor % len(self.users)
+            self.cursor += 1
+            if self.pending.pop(user, None) is not None:
+                self.superseded += 1  # no frame since its previous event: unchanged, or late
+            feed = self.feeds[user]
+            item = self.rng.choice(feed if feed and self.rng.random() < 0.7 else self.catalog)
+            name = self.users[user]
+            event = Event(uuid.uuid4().hex, name, "view", item, int(time.time() * 1000))
+            self.pending[user] = time.perf_counter()
+            await producer.send(topic, event.pack(), key=name.encode(), headers=HEADERS)
+            sent += 1
+        return {"sent": sent, "ended": time.time()}
+
+    def collect(self) -> dict[str, Any]:
+        """The step's latencies; its events still awaiting a frame once the worker caught up
+        (unchanged); those followed by the visitor's next event before any frame came."""
+        result = {
+            "lat": self.latencies,
+            "unchanged": len(self.pending),
+            "superseded": self.superseded,
+        }
+        self.latencies, self.superseded = [], 0
+        self.pending.clear()
+        return result
+
+
+class LatencyClient(FrameClient):
+    """A visitor's socket: ready at its first snapshot; timestamps every snapshot and diff."""
+
+    __slots__ = ("shard", "user")
+
+    def __init__(
+        self,
+        request: bytes,
+        ready: asyncio.Future[None],
+        stats: dict[str, int],
+        shard: Shard,
+        user: int,
+    ) -> None:
+        super().__init__(request, ready, stats)
+        self.shard = shard
+        self.user = user
+
+    def message(self, payload: bytes) -> None:
+        now = time.perf_counter()
+        if payload.startswith((b'{"type":"snapshot"', b'{"type":"diff"')):
+            self.shard.frame(self.user, now, payload)
+            self.resolve()
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What a client process needs: the servers, its visitors and its place in the schedule."""
+
+    web: str
+    bootstrap: str
+    topic: str
+    users: list[str]
+    addresses: list[str]
+    index: int
+    procs: int
+
+
+def client_process(spec: ShardSpec, pipe: Connection) -> None:
+    """In a client process: open the sockets, report, then run the steps the parent sends
+    (``("step", {...})``, ``("collect",)``, ``("stop",)``), answering each on ``pipe``."""
+    raise_nofile()
+    asyncio.run(_client_main(spec, pipe))
+
+
+async def _client_main(spec: ShardSpec, pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
     catalog = [
         json.loads(line)["item_id"] for line in (ROOT / "examples/catalog/rees46.jsonl").open()
     ]
-    rng = random.Random(5)
-    users = [f"lat-{uuid.uuid4().hex[:8]}" for _ in range(clients)]
-    feeds: dict[str, list[str]] = {u: [] for u in users}
-    pending: dict[str, float] = {}
-    latencies: list[float] = []
-    sockets: list[ClientConnection] = []
-
-    async def pump(user: str, ws: ClientConnection) -> None:
-        async for message in ws:
-            now = time.perf_counter()
-            frame = json.loads(message)
-            if frame["type"] == "snapshot":
-                feeds[user] = [p["id"] for p in frame["items"]]
-            elif frame["type"] == "diff":
-                feeds[user] = [i for i in (frame["items"] or {})] or feeds[user]
-            if frame["type"] in {"snapshot", "diff"} and user in pending:
-                latencies.append((now - pending.pop(user)) * 1000)
-
-    tasks = []
-    for user in users:
-        ws = await connect(f"ws://{web}/v1/ws?token={verifier.mint(user)}", max_queue=64)
-        sockets.append(ws)
-        tasks.append(asyncio.create_task(pump(user, ws)))
-    await asyncio.sleep(2)  # let every snapshot arrive
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, enable_idempotence=True)
+    shard = Shard(spec.users, catalog, random.Random(5 + spec.index))
+    stats = new_stats()
+    transports, report = await open_many(
+        spec.web,
+        spec.users,
+        spec.addresses,
+        lambda user, request, ready: LatencyClient(request, ready, stats, shard, user),
+        in_flight=IN_FLIGHT,
+    )
+    pipe.send(report)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=spec.bootstrap, linger_ms=0, enable_idempotence=True
+    )
     await producer.start()
-    sent = unchanged = 0
-    started = time.perf_counter()
-    total = int(rate * seconds)
-    from streams.events import Event
+    try:
+        while True:
+            command = await loop.run_in_executor(None, pipe.recv)
+            if command[0] == "step":
+                step = command[1]
+                pipe.send(await shard.produce(producer, spec.topic, step, spec.index, spec.procs))
+            elif command[0] == "collect":
+                pipe.send(shard.collect() | {"stats": dict(stats)})
+            else:
+                break
+    finally:
+        await producer.stop()
+        for transport in transports:
+            transport.close()
 
-    for n in range(total):
-        due = started + n / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        user = users[n % clients]
-        if user in pending:
-            unchanged += 1  # its previous event changed nothing: no frame came
-            pending.pop(user)
-        options = feeds[user] if feeds[user] and rng.random() < 0.7 else catalog
-        event = Event(uuid.uuid4().hex, user, "view", rng.choice(options), int(time.time() * 1000))
-        pending[user] = time.perf_counter()
-        await producer.send(topic, event.pack(), key=user.encode(), headers=HEADERS)
-        sent += 1
-    achieved = sent / (time.perf_counter() - started)
-    await asyncio.sleep(2)
-    await producer.stop()
-    for ws in sockets:
-        await ws.close()
-    for t in tasks:
-        t.cancel()
-    return {"lat": latencies, "sent": sent, "unchanged": unchanged + len(pending), "rate": achieved}
+
+def machine_ticks() -> tuple[int, int]:
+    """(idle, total) CPU time of the machine so far, in clock ticks (/proc/stat)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    return ticks[3] + ticks[4], sum(ticks)  # guest time is already in user time: not summed
+
+
+def kafka_pid() -> int | None:
+    """The broker of scripts/kafka.sh: its pid file, else ``pgrep``."""
+    pidfile = Path(os.environ.get("PUSHREC_TEST_KAFKA_DIR", ROOT / ".cache/kafka")) / "kafka.pid"
+    if pidfile.exists():
+        return int(pidfile.read_text().split()[0])
+    found = subprocess.run(
+        ["pgrep", "-f", "kafka.Kafka"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return int(found[0]) if found else None
+
+
+@dataclass
+class Rig:
+    """The processes under measurement, the Redis they share and the client processes."""
+
+    web: str
+    worker: str
+    store: redis.Redis
+    pids: dict[str, list[int]]
+    pipes: list[Connection]
+
+    def read(self) -> dict[str, Any]:
+        """Counters to difference over a step: CPU seconds per process, the machine's ticks,
+        the nodes' own histograms and Redis's EVALSHA statistics."""
+        evalsha = self.store.info("commandstats").get("cmdstat_evalsha", {})
+        return {
+            "cpu": {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids.items()},
+            "ticks": machine_ticks(),
+            "push": histogram(self.web, "pushrec_event_to_push_seconds", transport="websocket"),
+            "lane": histogram(self.worker, "pushrec_recompute_seconds"),
+            "evalsha": (int(evalsha.get("calls", 0)), int(evalsha.get("usec", 0))),
+            "processed": processed_total(self.worker),
+        }
+
+    def ask(self, command: tuple[Any, ...]) -> list[dict[str, Any]]:
+        for pipe in self.pipes:
+            pipe.send(command)
+        return [pipe.recv() for pipe in self.pipes]
+
+
+def run_step(rig: Rig, rate: int, seconds: float) -> dict[str, Any]:
+    """One step at ``rate`` events/s for ``seconds``: it ends once the worker processed every
+    event produced in it, plus one second for the last frames."""
+    r0, wall0 = rig.read(), time.monotonic()
+    start = time.time() + 0.5
+    ends = rig.ask(("step", {"rate": rate, "seconds": seconds, "start": start}))
+    sent = sum(e["sent"] for e in ends)
+    ended = max(e["ended"] for e in ends)
+    deadline = time.monotonic() + 300
+    while processed_total(rig.worker) < r0["processed"] + sent and time.monotonic() < deadline:
+        time.sleep(0.2)
+    backlog_s = time.time() - ended
+    time.sleep(1.0)  # the last frames
+    collected = rig.ask(("collect",))
+    r1, wall = rig.read(), time.monotonic() - wall0
+    cpu = {name: r1["cpu"][name] - r0["cpu"][name] for name in r1["cpu"]}
+    idle, total = (b - a for a, b in zip(r0["ticks"], r1["ticks"], strict=True))
+    busy = (total - idle) / os.sysconf("SC_CLK_TCK")
+    cpu["others"] = max(0.0, busy - sum(cpu.values()))  # readings a tick apart: never below 0
+    calls, usec = (b - a for a, b in zip(r0["evalsha"], r1["evalsha"], strict=True))
+    return {
+        "rate": rate,
+        "achieved": sent / (ended - start),
+        "sent": sent,
+        "unchanged": sum(c["unchanged"] for c in collected),
+        "superseded": sum(c["superseded"] for c in collected),
+        "lat": [ms for c in collected for ms in c["lat"]],
+        "cpu": cpu,
+        "idle": idle / max(1, total),
+        "wall": wall,
+        "backlog": backlog_s,
+        "push": delta(r1["push"], r0["push"]),
+        "lane": delta(r1["lane"], r0["lane"]),
+        "evalsha": (calls, usec),
+        "stats": collected,
+    }
+
+
+def measure(
+    args: argparse.Namespace,
+    web: str,
+    worker: str,
+    store: redis.Redis,
+    extra: dict[str, list[int]],
+) -> Any:
+    """Open the sockets from the client processes, run every step, stop the clients."""
+    ctx = multiprocessing.get_context("spawn")
+    run = uuid.uuid4().hex[:6]
+    users = [f"lat-{run}-{n}" for n in range(args.clients)]
+    addresses = sources(args.sources)
+    procs, pipes = [], []
+    for index in range(args.procs):
+        spec = ShardSpec(
+            web,
+            args.bootstrap,
+            args.topic,
+            users[index :: args.procs],
+            addresses,
+            index,
+            args.procs,
+        )
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=client_process, args=(spec, child), daemon=True)
+        proc.start()
+        procs.append(proc)
+        pipes.append(parent)
+    clients = [os.getpid(), *(p.pid or 0 for p in procs)]
+    rig = Rig(web, worker, store, extra | {"clients": clients}, pipes)
+    steps = []
+    try:
+        opened = [pipe.recv() for pipe in pipes]
+        connected = sum(o["opened"] for o in opened)
+        errors = [o["first_error"] for o in opened if o["first_error"]]
+        gauge = websocket_connections(web)
+        print(
+            f"{connected} of {args.clients} sockets connected (server gauge {gauge}) in "
+            f"{max(o['seconds'] for o in opened):.0f} s over {args.procs} client processes"
+            + (f"; first error: {errors[0]}" if errors else ""),
+            flush=True,
+        )
+        if args.warmup:  # JIT, connections and caches warm; not reported
+            print(f"warm-up: {args.rates[0]} events/s for {args.warmup:.0f} s …", flush=True)
+            run_step(rig, args.rates[0], args.warmup)
+        for rate in args.rates:
+            time.sleep(args.settle)
+            print(f"step: {rate} events/s for {args.seconds:.0f} s …", flush=True)
+            step = run_step(rig, rate, args.seconds)
+            steps.append(step)
+            lat = step["lat"]
+            print(
+                f"  achieved {step['achieved']:.0f}/s, {step['sent']} events, "
+                f"{step['unchanged']} unchanged, {step['superseded']} superseded, "
+                f"p50 {pct(lat, 0.5):.1f} ms, "
+                f"p99 {pct(lat, 0.99):.1f} ms, idle {step['idle']:.0%}",
+                flush=True,
+            )
+        gauge_end = websocket_connections(web)
+    finally:
+        for pipe in pipes:
+            pipe.send(("stop",))
+        for proc in procs:
+            proc.join(60)
+    stats = steps[-1]["stats"] if steps else []
+    lost = sum(s["stats"]["lost"] for s in stats)
+    pings = sum(s["stats"]["pings"] for s in stats)
+    return {
+        "connected": connected,
+        "gauge": gauge,
+        "gauge_end": gauge_end,
+        "lost": lost,
+        "pings": pings,
+        "steps": steps,
+    }
+
+
+def print_sweep(args: argparse.Namespace, res: dict[str, Any]) -> None:
+    print(
+        f"\nKafka produce → client frame, {res['connected']:,} WebSocket clients connected "
+        f"(of {args.clients:,} asked; server gauge {res['gauge']:,} at the start, "
+        f"{res['gauge_end']:,} at the end; {res['lost']} lost, {res['pings']:,} protocol pings "
+        f"answered) over {args.procs} client processes and {args.sources} source addresses; "
+        f"a web node and a separate worker; {args.seconds:.0f} s per step, "
+        f"{args.settle:.0f} s pause before each step, after a {args.warmup:.0f} s warm-up step; "
+        "CPU seconds per process over each step (until the worker caught up, plus 1 s), "
+        "'others': the rest of the machine's busy time (other processes on the shared host)"
+    )
+    cpu_head = " | ".join(f"CPU s {name}" for name in CPU_COLUMNS)
+    print(
+        "| offered events/s | achieved | events | unchanged | superseded "
+        "| p50 | p90 | p99 | p999 | max "
+        f"| step wall s | {cpu_head} | machine idle |"
+    )
+    print("|" + "---|" * (12 + len(CPU_COLUMNS)))
+    for step in res["steps"]:
+        lat = step["lat"] or [float("nan")]
+        ms = " | ".join(f"{pct(lat, q):.1f} ms" for _name, q in QUANTILES)
+        cpu = " | ".join(f"{step['cpu'].get(name, float('nan')):.1f}" for name in CPU_COLUMNS)
+        print(
+            f"| {step['rate']:,} | {step['achieved']:,.0f} | {step['sent']:,} "
+            f"| {step['unchanged']:,} | {step['superseded']:,} | {ms} | {max(lat):.1f} ms "
+            f"| {step['wall']:.1f} "
+            f"| {cpu} | {step['idle']:.0%} |"
+        )
+    print(
+        "\nserver side, per step: the web node's own event→push histogram (Kafka record time → "
+        "frame written, websocket), the worker's lane time (apply + recompute + store + publish "
+        "of one lane), Redis EVALSHA (scripts) per event and its mean time, and how long after "
+        "the last produce the worker caught up"
+    )
+    print(
+        "| offered events/s | node event→push p50 | p99 | worker lane p50 | p99 "
+        "| EVALSHA per event | µs per EVALSHA | Redis busy in EVALSHA | worker caught up after |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for step in res["steps"]:
+        calls, usec = step["evalsha"]
+        push, lane = step["push"], step["lane"]
+        print(
+            f"| {step['rate']:,} | {node_ms(push, 0.5)} | {node_ms(push, 0.99)} "
+            f"| {node_ms(lane, 0.5)} | {node_ms(lane, 0.99)} | {calls / max(1, step['sent']):.2f} "
+            f"| {usec / max(1, calls):.0f} | {usec / 1e6 / step['wall']:.0%} "
+            f"| {step['backlog']:.1f} s |"
+        )
+
+
+def plot_sweep(args: argparse.Namespace, steps: list[dict[str, Any]], path: Path) -> None:
+    fig, (left, right) = figure(2)
+    rates = [s["rate"] for s in steps]
+    for name, q, marker in (("p50", 0.5, "o"), ("p99", 0.99, "^"), ("p999", 0.999, "s")):
+        left.plot(rates, [pct(s["lat"], q) for s in steps], marker=marker, label=name)
+    left.axhline(3, color="g", ls="--", label="p50 target 3 ms")
+    left.axhline(15, color="r", ls="--", label="p99 target 15 ms")
+    left.set_xscale("log")
+    left.set_yscale("log")
+    left.set_xlabel("offered events/s")
+    left.set_ylabel("Kafka produce → client frame (ms)")
+    left.set_title(f"latency vs offered load, {args.clients:,} sockets")
+    left.legend(fontsize=8)
+    for n, step in enumerate(steps):
+        latency_cdf(
+            right,
+            step["lat"],
+            "Kafka produce → client frame (ms)",
+            f"CDF per offered rate, {args.clients:,} sockets",
+            marks=() if n else EVENT_TARGETS,
+            label=f"{step['rate']:,}/s",
+        )
+    right.legend(fontsize=7, loc="lower right")
+    save(fig, path)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs/benchmarks/kafka_latency.png")
+    parser.add_argument("--rate", type=int, default=1000, help="one step (the single-point mode)")
+    parser.add_argument("--rates", type=int, nargs="+", help="a sweep: one step per rate")
+    parser.add_argument("--clients", type=int, default=1000, help="WebSocket sockets (visitors)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="per step")
+    parser.add_argument("--settle", type=float, default=5.0, help="pause before each step (s)")
+    parser.add_argument(
+        "--warmup", type=float, default=10.0, help="an unreported first step at the first rate (s)"
+    )
+    parser.add_argument("--procs", type=int, default=0, help="client processes (0: 1 per 2,500)")
+    parser.add_argument("--sources", type=int, default=4, help="loopback source addresses")
+    parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--logs", type=Path, help="append the web node's and worker's output here")
     args = parser.parse_args()
-    bootstrap = os.environ["PUSHREC_TEST_KAFKA_BOOTSTRAP"]
+    sweep = args.rates is not None
+    args.rates = args.rates or [args.rate]
+    args.procs = args.procs or max(1, -(-args.clients // 2500))
+    plot = args.plot or ROOT / (
+        "docs/benchmarks/kafka_latency_sweep.png" if sweep else "docs/benchmarks/kafka_latency.png"
+    )
+    limit = raise_nofile()  # inherited by the web node
+    if args.clients + 256 > limit:
+        raise SystemExit(f"descriptor limit {limit} is too low for {args.clients} sockets")
+    args.bootstrap = os.environ["PUSHREC_TEST_KAFKA_BOOTSTRAP"]
     redis_url = os.environ["PUSHREC_TEST_REDIS_URL"].rsplit("/", 1)[0] + "/12"
-    redis.Redis.from_url(redis_url).flushdb()
-    topic = f"lat-{uuid.uuid4().hex[:8]}"
-    warmup = asyncio.run(warm(bootstrap, topic))
-    env = {"PUSHREC_KAFKA_TOPIC": topic, "PUSHREC_KAFKA_GROUP": f"g-{topic}"}
+    store = redis.Redis.from_url(redis_url)
+    store.flushdb()
+    redis_pid = int(store.info("server")["process_id"])
+    args.topic = f"lat-{uuid.uuid4().hex[:8]}"
+    logs = args.logs
+    if logs is not None:
+        logs.mkdir(parents=True, exist_ok=True)
+    warmup = asyncio.run(warm(args.bootstrap, args.topic))
+    env = {"PUSHREC_KAFKA_TOPIC": args.topic, "PUSHREC_KAFKA_GROUP": f"g-{args.topic}"}
     with (
-        node_process(bootstrap, redis_url, ("worker",), env) as worker,
-        node_process(bootstrap, redis_url, ("serve", "--no-worker"), env) as web,
+        node_process(
+            args.bootstrap, redis_url, ("worker",), env, logs and logs / "worker.log"
+        ) as worker,
+        node_process(
+            args.bootstrap, redis_url, ("serve", "--no-worker"), env, logs and logs / "web.log"
+        ) as web,
     ):
-        while processed_total(worker) < warmup:
+        broker = kafka_pid()
+        extra = {"web": [web.pid], "worker": [worker.pid], "Redis": [redis_pid]}
+        if broker is not None:
+            extra["Kafka"] = [broker]
+        print(
+            f"pids: web {web.pid}, worker {worker.pid}, Redis {redis_pid}, Kafka {broker}",
+            flush=True,
+        )
+        while processed_total(worker.address) < warmup:
             time.sleep(0.2)
-        res = asyncio.run(measure(web, bootstrap, topic, args.clients, args.rate, args.seconds))
-    lat = res["lat"]
+        res = measure(args, web.address, worker.address, store, extra)
+    if sweep:
+        print_sweep(args, res)
+        plot_sweep(args, res["steps"], plot)
+        return
+    step = res["steps"][0]
+    lat = step["lat"]
     print(
-        f"\nKafka produce → client frame, {args.clients} WebSocket clients on a web node, "
-        f"a separate worker, {res['rate']:.0f} events/s offered for {args.seconds:.0f} s"
+        f"\nKafka produce → client frame, {res['connected']} WebSocket clients on a web node "
+        f"(of {args.clients} asked), a separate worker, {step['achieved']:.0f} events/s "
+        f"offered for {args.seconds:.0f} s"
     )
     print("| metric | value |\n|---|---|")
-    print(f"| events produced | {res['sent']} ({res['unchanged']} left the list unchanged) |")
-    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)):
+    print(
+        f"| events produced | {step['sent']} ({step['unchanged']} left the list unchanged, "
+        f"{step['superseded']} had no frame before the visitor's next event) |"
+    )
+    for name, q in QUANTILES:
         print(f"| latency {name} | {pct(lat, q):.2f} ms |")
     print(f"| latency max | {max(lat):.2f} ms |")
     fig, (ax,) = figure()
@@ -153,9 +561,9 @@ def main() -> None:
         ax,
         lat,
         "Kafka produce → client frame (ms)",
-        f"{args.clients} sockets, {res['rate']:.0f} events/s, web + worker processes",
+        f"{res['connected']} sockets, {step['achieved']:.0f} events/s, web + worker processes",
     )
-    save(fig, args.plot)
+    save(fig, plot)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,11 @@ class EmbeddedRedis:
         """The ``unix://`` URL clients connect to."""
         return f"unix://{self._socket}"
 
+    @property
+    def pid(self) -> int:
+        """The redis-server's process id; 0 when it is not running."""
+        return self._proc.pid if self._proc is not None else 0
+
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         self._dir.mkdir(parents=True, exist_ok=True)
