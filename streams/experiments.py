@@ -58,6 +58,7 @@ PARAMS: dict[str, tuple[float, float]] = {
     "recent_fetched": (1, 20),
     "session_items": (1, 50),
     "session_neighbours": (1, 500),
+    "session_seq": (1, 50),
     "session_sample": (1, 1000),
     "session_position_decay": (0.1, 100),
     "session_item_decay": (0.1, 100),

@@ -108,7 +108,12 @@ class ScoringTuning:
     #: recent users per item; the best ``session_neighbours`` of them vote for their items.
     session_items: int = 8
     session_sample: int = 200
-    session_neighbours: int = 100
+    #: 50 neighbours reading their latest 20 items each: the same HR@20/MRR@20 on YOOCHOOSE as
+    #: 100 neighbours reading whole lists (.6963/.3796 against .6969/.3797), at a fraction of
+    #: the Redis time when many visitors share trending items (docs/benchmarks.md, sweep).
+    session_neighbours: int = 50
+    #: How many of each neighbour's latest items are read and voted for.
+    session_seq: int = 20
     #: exp((position - last) / decay): how fast older items of this user stop counting.
     session_position_decay: float = 1.5
     #: exp(-distance / decay): how fast a neighbour's items far from the shared one stop counting.

@@ -326,7 +326,9 @@ if ${SESSION_W} > 0 and L > 0 then
   local knn, best = {}, 0
   for i = 1, math.min(#nb, ${SESSION_NEIGHBOURS}) do
     local v = nb[i][2]
-    local seq = redis.call('ZRANGE', 'pr:{u:' .. nb[i][1] .. '}:recent', 0, -1)
+    -- Only the neighbour's latest items: far from the shared one they barely count (item
+    -- decay), and reading whole lists of 100 neighbours was most of Redis's time per event.
+    local seq = redis.call('ZRANGE', 'pr:{u:' .. nb[i][1] .. '}:recent', -${SESSION_SEQ}, -1)
     local last = 0
     for q, it in ipairs(seq) do
       if pos[it] then last = q end
