@@ -31,6 +31,8 @@ from sessions.versions import Version
 log = structlog.get_logger(__name__)
 PATH = "/v1/ws"
 _HEAD, _AUTH, _OPEN, _CLOSED = range(4)
+#: After our close frame, how long the peer has to close its side before the socket is closed.
+CLOSE_WAIT_S = 5.0
 
 
 def protocol_for(runtime: Runtime) -> type[asyncio.Protocol]:
@@ -96,14 +98,23 @@ class WsConnection(asyncio.Protocol):
         self._phase = _CLOSED
         self._cancel_timer()
         transport.write(ws_codec.encode_close(code, reason))
-        transport.close()
+        loop = asyncio.get_running_loop()
+        if transport.can_write_eof():
+            # Half-close (RFC 6455 7.1.1: the peer closes TCP first): a FIN after the close frame,
+            # and whatever the peer still sends is read and dropped. Closing outright made the
+            # kernel answer a flooding client's next bytes with a reset, which discards the close
+            # frame unread: the client saw no code (seen in the rate-limit test under CI load).
+            transport.write_eof()
+            self._timer = loop.call_later(CLOSE_WAIT_S, transport.close)
+        else:
+            transport.close()
         if code == CloseCode.SLOW:
             # The 4001 close frame waits behind the backlog: a client that was only slow (e.g. a
             # throttled background tab) reads it, then 4001, and resumes, as docs/PROTOCOL.md
             # promises (aborting here cut the stream, maybe mid-frame, with no close code). One
             # that never reads is cut off after one more send timeout; nothing is queued after
             # the close frame, so memory stays bounded. connection_lost cancels the timer.
-            loop = asyncio.get_running_loop()
+            self._cancel_timer()
             self._timer = loop.call_later(self.runtime.settings.send_timeout_s, transport.abort)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
