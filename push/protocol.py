@@ -64,6 +64,7 @@ class CloseCode(enum.IntEnum):
     SLOW = 4001  # the client did not keep up: reconnect and resume
     HEARTBEAT = 4002  # the client stopped answering pings
     UNAVAILABLE = 4003  # the server cannot reach its feed store: reconnect (maybe elsewhere)
+    SETUP_FAILED = 4004  # the connection could not be set up (update subscription): reconnect
     BAD_REQUEST = 4500  # protocol violation (too many refused messages)
     UNAUTHORIZED = 4501  # token missing, invalid or expired: get a new token first
     AUTH_TIMEOUT = 4502  # no auth message in time

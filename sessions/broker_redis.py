@@ -6,21 +6,30 @@ PUBLISH/SUBSCRIBE. A node keeps one pub/sub connection and one reader task.
 
 Guarantees, beyond those of :mod:`sessions.broker`:
 
-- When :meth:`RedisBroker.watch` returns, Redis has confirmed the subscription, or
-  ``confirm_timeout_s`` passed (an update missed meanwhile makes the next diff not fit the
-  client's version, so the client takes a snapshot).
+- When :meth:`RedisBroker.watch` returns, Redis has confirmed the subscription. When it is not
+  confirmed within ``confirm_timeout_s`` (Redis unreachable, or refusing the SUBSCRIBE), ``watch``
+  raises :class:`~sessions.exceptions.SubscribeFailed`; the user stays watched (a reconnect may
+  still subscribe it) until the caller gives up with :meth:`RedisBroker.unwatch`.
 - Per ``(user, feed)`` a version of the same epoch that is not newer than the last one delivered is
   dropped (duplicate or out of order); a version of another epoch always passes.
 - A message that does not decode, or whose user does not own the channel it came on, is logged,
   counted in ``bad_messages``, passed to ``on_bad_message`` and skipped; an exception raised by
   ``deliver`` is logged and swallowed. Neither stops the reader.
-- After the pub/sub connection is lost, the reader reconnects with capped, fully jittered
-  backoff, subscribes every watched user again and, once Redis confirmed all of them, calls
-  ``on_gap(users)``: updates of those users may have been missed, so their connections should take
-  a snapshot.
+- The pub/sub connection runs no redis-py health check: that check sends a PING and reads its
+  reply from whichever task sends a command, here while the reader task is reading the same
+  socket (``RuntimeError: read() called while another coroutine is already waiting``, redis-py
+  #1720). It has a pool of its own for that reason, whatever the client's settings, and no
+  retries either: only the reader ever (re)connects it. Liveness comes from the reader instead: it
+  sends PING after ``ping_interval_s`` without traffic, and a connection that stays silent for
+  another interval is lost.
+- Anything that goes wrong in the reader (a lost connection, an error reply such as a refused
+  SUBSCRIBE, a bug) counts as a lost connection: it is dropped, and the reader reconnects with
+  capped, fully jittered backoff, subscribes every watched user again and, once Redis confirmed
+  all of them, calls ``on_gap(users)``: updates of those users may have been missed, so their
+  connections should take a snapshot.
 - :meth:`RedisBroker.publish` is one round trip and raises the client's ``redis`` errors: the
   version is already stored, so the caller may retry, and clients recover by snapshot anyway.
-  ``watch``/``unwatch`` never raise for a lost connection: the reconnect repairs subscriptions.
+  ``unwatch`` never raises: the reconnect repairs subscriptions.
 
 Caveat: on Redis Cluster a sharded subscription must be made on the node owning the slot; this
 class holds a single connection, so it serves a standalone Redis (or one shard) only.
@@ -34,12 +43,15 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessions.broker import Deliver
 from sessions.codec import CodecError, decode_update, encode_update
+from sessions.exceptions import SubscribeFailed
 from sessions.feeds import FeedUpdate
 from sessions.keys import channel_key
 from sessions.versions import Version
@@ -64,6 +76,7 @@ class RedisBroker:
         on_bad_message: Callable[[bytes], None] | None = None,
         confirm_timeout_s: float = 5.0,
         backoff_s: tuple[float, float] = (0.05, 5.0),
+        ping_interval_s: float = 30.0,
     ) -> None:
         if redis.connection_pool.connection_kwargs.get("decode_responses"):
             raise ValueError("RedisBroker needs a client with decode_responses=False")
@@ -72,10 +85,12 @@ class RedisBroker:
         self._on_gap = on_gap
         self._on_bad_message = on_bad_message
         self._confirm_timeout_s = confirm_timeout_s
+        self._ping_interval_s = ping_interval_s
         self._backoff_min, self._backoff_max = backoff_s
         self._backoff = self._backoff_min
         self._deliver: Deliver | None = None
         self._pubsub: Any = None  # redis-py's PubSub is untyped
+        self._subscriber: Redis | None = None  # owns the pub/sub connection's own pool
         self._reader: asyncio.Task[None] | None = None
         self._watched: set[str] = set()
         self._last: dict[str, dict[str, Version]] = {}
@@ -91,28 +106,42 @@ class RedisBroker:
         """
         if self._reader is not None:
             return
-        pubsub: Any = self._redis.pubsub()
+        pool = self._redis.connection_pool
+        # The client's connection settings (address, credentials, name, timeouts), minus the
+        # health check and the retries: see the module's docstring.
+        kwargs = {
+            **pool.connection_kwargs,
+            "health_check_interval": 0,
+            "retry": Retry(NoBackoff(), 0),
+        }
+        subscriber = Redis.from_pool(
+            ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        )
+        pubsub: Any = subscriber.pubsub()
         try:
             await pubsub.connect()
-            self._deliver, self._pubsub = deliver, pubsub
+            self._deliver, self._pubsub, self._subscriber = deliver, pubsub, subscriber
             pubsub.connection.register_connect_callback(self._reconnected)
             if self._watched:
                 await self._subscribe(*(channel_key(u) for u in self._watched))
         except BaseException:
-            self._deliver = self._pubsub = None
+            self._deliver = self._pubsub = self._subscriber = None
             await pubsub.aclose()
+            await subscriber.aclose()
             raise
         self._reader = asyncio.create_task(self._read(pubsub), name="redis-broker-reader")
 
     async def stop(self) -> None:
         """Cancel the reader and close the pub/sub connection (idempotent)."""
-        reader, pubsub = self._reader, self._pubsub
-        self._reader = self._pubsub = self._deliver = None
+        reader, pubsub, subscriber = self._reader, self._pubsub, self._subscriber
+        self._reader = self._pubsub = self._deliver = self._subscriber = None
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         if pubsub is not None:
             await pubsub.aclose()
+        if subscriber is not None:
+            await subscriber.aclose()
         for waiter in self._waiters.values():
             if not waiter.done():
                 waiter.set_result(None)
@@ -139,7 +168,11 @@ class RedisBroker:
         await pipe.execute()
 
     async def watch(self, user: str) -> None:
-        """Subscribe to ``user``'s channel once; wait (bounded) for Redis to confirm it."""
+        """Subscribe to ``user``'s channel once and wait for Redis to confirm it.
+
+        Raises :class:`SubscribeFailed` when no confirmation came within ``confirm_timeout_s``
+        (a lost connection meanwhile is no failure by itself: the reconnect subscribes again).
+        """
         if user in self._watched:
             return
         self._watched.add(user)
@@ -149,15 +182,22 @@ class RedisBroker:
         waiter = self._waiters[channel] = asyncio.get_running_loop().create_future()
         # While the connection is down the reconnect subscribes every watched user; sending from
         # here too would race the reader's reconnect on the same connection.
-        if self._pubsub.connection.is_connected:
+        pubsub = self._pubsub
+        if pubsub.connection.is_connected:
             try:
                 await self._subscribe(channel.decode())
             except _LOST as exc:
                 log.warning("broker.subscribe_failed", error=repr(exc))
+            except Exception as exc:  # the connection is in a state we do not know: drop it
+                log.warning("broker.subscribe_failed", error=type(exc).__name__)
+                await self._drop(pubsub)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), self._confirm_timeout_s)
         except TimeoutError:
             log.warning("broker.subscribe_unconfirmed", timeout_s=self._confirm_timeout_s)
+            raise SubscribeFailed(
+                f"Redis did not confirm the subscription within {self._confirm_timeout_s:g} s"
+            ) from None
         finally:
             if self._waiters.get(channel) is waiter:
                 del self._waiters[channel]
@@ -173,13 +213,17 @@ class RedisBroker:
         self._report_gap()
         if self._pubsub is None or not self._pubsub.connection.is_connected:
             return  # the reconnect drops subscriptions of users no longer watched
+        pubsub = self._pubsub
         try:
             if self._sharded:
-                await self._pubsub.sunsubscribe(channel)
+                await pubsub.sunsubscribe(channel)
             else:
-                await self._pubsub.unsubscribe(channel)
+                await pubsub.unsubscribe(channel)
         except _LOST as exc:
             log.warning("broker.unsubscribe_failed", error=repr(exc))
+        except Exception as exc:  # the connection is in a state we do not know: drop it
+            log.warning("broker.unsubscribe_failed", error=type(exc).__name__)
+            await self._drop(pubsub)
 
     async def _subscribe(self, *channels: str) -> None:
         assert self._pubsub is not None
@@ -193,7 +237,6 @@ class RedisBroker:
         pubsub = self._pubsub
         if pubsub is None:
             return
-        self._backoff = self._backoff_min
         wanted = {channel_key(u).encode() for u in self._watched}
         held = set(pubsub.shard_channels if self._sharded else pubsub.channels)
         if held - wanted:
@@ -206,17 +249,48 @@ class RedisBroker:
             self._unconfirmed |= wanted
 
     async def _read(self, pubsub: Any) -> None:
+        """The reader task: the only one that reads the pub/sub connection or (re)connects it."""
+        pinged = False  # a PING went out and nothing came back since
         while True:
             try:
-                message = await pubsub.get_message(timeout=None)
-            except Exception as exc:  # RedisError, OSError; anything else must not end the reader
-                delay = random.uniform(0, self._backoff)  # noqa: S311 - jitter, not a secret
-                self._backoff = min(self._backoff * 2, self._backoff_max)
-                log.warning("broker.pubsub_lost", error=repr(exc), retry_in_s=round(delay, 3))
-                await asyncio.sleep(delay)
-                continue
-            if message is not None:
+                message = await pubsub.get_message(timeout=self._ping_interval_s)
+                if message is None:
+                    if pinged:
+                        raise RedisTimeoutError(
+                            f"no reply to PING within {self._ping_interval_s:g} s"
+                        )
+                    pinged = True
+                    await pubsub.ping()
+                    continue
+                pinged = False
+                self._backoff = self._backoff_min  # read something: the connection works
                 self._handle(message)
+            except Exception as exc:  # whatever it was, the connection's state is unknown
+                pinged = False
+                await self._lost(pubsub, exc)
+
+    async def _lost(self, pubsub: Any, exc: Exception) -> None:
+        """Drop the connection and wait out the backoff; the next read reconnects."""
+        delay = random.uniform(0, self._backoff)  # noqa: S311 - jitter, not a secret
+        self._backoff = min(self._backoff * 2, self._backoff_max)
+        # A lost connection's error names the address; any other may quote what it choked on
+        # (a channel holds a user id), so only its type is logged.
+        error = repr(exc) if isinstance(exc, _LOST) else type(exc).__name__
+        log.warning("broker.pubsub_lost", error=error, retry_in_s=round(delay, 3))
+        await self._drop(pubsub)
+        await asyncio.sleep(delay)
+
+    async def _drop(self, pubsub: Any) -> None:
+        """Close the pub/sub connection and forget what redis-py would subscribe again: after
+        the reconnect :meth:`_reconnected` subscribes exactly the watched users (a channel that
+        Redis refused and that nobody watches any more must not be sent again)."""
+        connection = pubsub.connection
+        if connection is not None:
+            await connection.disconnect(nowait=True)
+        pubsub.channels.clear()
+        pubsub.shard_channels.clear()
+        pubsub.pending_unsubscribe_channels.clear()
+        pubsub.pending_unsubscribe_shard_channels.clear()
 
     def _handle(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]

@@ -6,7 +6,8 @@
     ├── InvalidToken        a token failed verification (``reason`` says why)
     ├── VersionConflict     a feed write lost a compare-and-set race; re-read and retry
     ├── WriteRefused        a guarded feed write was refused by its guard (``code`` says which)
-    └── CodecError          bytes from another node are not a well-formed feed update
+    ├── CodecError          bytes from another node are not a well-formed feed update
+    └── SubscribeFailed     the broker could not subscribe a user's updates in time
 """
 
 from __future__ import annotations
@@ -43,3 +44,8 @@ class WriteRefused(SessionsError):
     def __init__(self, code: int) -> None:
         super().__init__(f"the write's guard refused it (code {code})")
         self.code = code
+
+
+class SubscribeFailed(SessionsError):
+    """The broker could not get a user's subscription confirmed within its timeout (Redis
+    unreachable, or refusing the subscription): a connection must not be served without it."""

@@ -35,11 +35,19 @@ class Hub:
         self._by_user: dict[str, set[Receiver]] = {}
 
     async def attach(self, user: str, receiver: Receiver) -> None:
-        """Register ``receiver`` under ``user``; watch the user when it is the first one."""
+        """Register ``receiver`` under ``user``; watch the user when it is the first one.
+
+        When the watch fails (:class:`~sessions.exceptions.SubscribeFailed`, or anything else) the
+        receiver is not registered and the error propagates: the caller closes the connection.
+        """
         conns = self._by_user.get(user)
         if conns is None:
             self._by_user[user] = {receiver}
-            await self._broker.watch(user)
+            try:
+                await self._broker.watch(user)
+            except BaseException:
+                await self.detach(user, receiver)  # unwatches unless another receiver came
+                raise
         else:
             conns.add(receiver)
 

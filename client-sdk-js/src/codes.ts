@@ -11,6 +11,8 @@ export const CloseCode = {
   HEARTBEAT: 4002,
   /** The node could not reach its feed store: reconnect (another node may serve). */
   UNAVAILABLE: 4003,
+  /** The node could not subscribe to the user's updates, so sent no `hello`: reconnect. */
+  SETUP_FAILED: 4004,
   /** Too many refused messages or a malformed `auth`: terminal. */
   BAD_REQUEST: 4500,
   /** Token missing, invalid or expired: terminal unless `getToken` can renew it (once). */

@@ -110,6 +110,7 @@ describe("close codes", () => {
       SLOW: 4001,
       HEARTBEAT: 4002,
       UNAVAILABLE: 4003,
+      SETUP_FAILED: 4004,
       BAD_REQUEST: 4500,
       UNAUTHORIZED: 4501,
       AUTH_TIMEOUT: 4502,
@@ -122,7 +123,7 @@ describe("close codes", () => {
   });
 
   test("closeAction", () => {
-    for (const c of [4000, 4001, 4002, 4003, 4499]) assert.equal(closeAction(c), "reconnect");
+    for (const c of [4000, 4001, 4002, 4003, 4004, 4499]) assert.equal(closeAction(c), "reconnect");
     for (const c of [4500, 4501, 4502, 4503, 4504, 4509, 4999, 1002, 1007]) assert.equal(closeAction(c), "terminal");
     for (const c of [1000, 1001, 1005, 1006, 1011]) assert.equal(closeAction(c), "network");
   });
