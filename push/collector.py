@@ -32,6 +32,10 @@ async def collect(
         except InvalidEvent as exc:
             rejected.append({"index": index, "reason": exc.reason, "message": str(exc)})
             m.events_rejected.labels(exc.reason).inc()
+        except Exception as exc:  # a validator bug costs this event, as on the Kafka path
+            message = f"event could not be validated: {type(exc).__name__}"
+            rejected.append({"index": index, "reason": "invalid", "message": message})
+            m.events_rejected.labels("invalid").inc()
     if not accepted:
         return 0, rejected
     try:

@@ -12,8 +12,13 @@ from push.runtime import Runtime
 
 
 async def healthz(request: Request) -> Response:
-    """Liveness: 200 as long as the event loop answers."""
-    return JSONResponse({"status": "ok"})
+    """Liveness: 200 as long as the event loop answers and no background loop is stuck failing
+    (the Kafka consumer: see streams/supervise.py); 503 names the failing check."""
+    runtime: Runtime = request.app.state.runtime
+    checks = runtime.liveness()
+    if all(checks.values()):
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "failing", "checks": checks}, status_code=503)
 
 
 async def readyz(request: Request) -> Response:

@@ -8,6 +8,7 @@ with a stable reason code and a message naming the offending field; it never par
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,11 @@ ITEM_TYPES = frozenset({"view", "click", "add_to_cart", "remove_from_cart", "pur
 REC_TYPES = frozenset({"impression", "click"})
 FIELDS = frozenset({"event_id", "user_id", "type", "item_id", "ts", "props"})
 MAX_ID_LEN = 128
+#: ``props`` bounds, the same on every path (collector and Kafka): encoded size, and nesting
+#: depth (the event object counts as level 0, ``props`` as 1). The depth is checked first and
+#: without recursion, so a small record nested a thousand deep is refused, never a stack overflow.
 MAX_PROPS_BYTES = 4096
+MAX_PROPS_DEPTH = 8
 #: Events stamped more than this far in the future are refused (clock bugs, not traffic).
 MAX_FUTURE_MS = 24 * 3600 * 1000
 MIN_TS_MS = 946_684_800_000  # 2000-01-01
@@ -92,6 +97,25 @@ def _check_id(obj: dict[str, Any], name: str, *, required: bool) -> str | None:
     return value
 
 
+def _props_depth(props: dict[str, Any]) -> int:
+    """How deep ``props`` nests (1 for a flat object), walked iteratively; stops counting past
+    :data:`MAX_PROPS_DEPTH` + 1 (so the walk is bounded by the bound, not by the input)."""
+    deepest = 1
+    stack: list[tuple[object, int]] = [(props, 1)]
+    while stack:
+        value, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_PROPS_DEPTH:
+            break
+        children: Iterable[object] = ()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list | tuple))
+    return deepest
+
+
 def parse_event(
     obj: object, *, auth_user: str | None, now_ms: int, entered_ms: int | None = None
 ) -> Event:
@@ -132,9 +156,15 @@ def parse_event(
         props = {}
     if not isinstance(props, dict):
         raise InvalidEvent("bad_props", "props must be an object")
+    if _props_depth(props) > MAX_PROPS_DEPTH:
+        raise InvalidEvent("bad_props", f"props must nest at most {MAX_PROPS_DEPTH} levels deep")
     try:
         size = len(json.dumps(props, separators=(",", ":"), ensure_ascii=False).encode())
-    except (TypeError, ValueError):  # bytes or other non-JSON values arriving over msgpack,
+    except (
+        TypeError,
+        ValueError,
+        RecursionError,
+    ):  # bytes or other non-JSON values arriving over msgpack,
         # or a lone surrogate ("\ud800" in JSON) that no UTF-8 record could carry
         raise InvalidEvent("bad_props", "props must hold JSON values only") from None
     if size > MAX_PROPS_BYTES:

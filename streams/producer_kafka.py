@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaError
 from streams.events import Event
 from streams.exceptions import SourceUnavailable
 from streams.records import MSGPACK
+from streams.supervise import ThrottledWarning
 
 log = structlog.get_logger(__name__)
 HEADERS = [("content-type", MSGPACK.encode())]
@@ -37,6 +38,10 @@ class KafkaProducer:
         self._timeout_s = timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._connecting: asyncio.Task[None] | None = None
+        # During an outage every reconnect attempt and every refused batch fails alike: the
+        # first says it, then one line per interval with how many more there were.
+        self._unavailable = ThrottledWarning(log, "kafka_producer_unavailable")
+        self._failed = ThrottledWarning(log, "kafka_produce_failed")
 
     @property
     def ready(self) -> bool:
@@ -60,11 +65,12 @@ class KafkaProducer:
         try:
             await producer.start()
         except KafkaError as exc:
-            log.warning("kafka_producer_unavailable", error=type(exc).__name__)
+            self._unavailable.warn(error=type(exc).__name__)
             with contextlib.suppress(Exception):
                 await producer.stop()
             return False
         self._producer = producer
+        self._unavailable.recovered()
         return True
 
     async def _keep_connecting(self) -> None:
@@ -95,7 +101,7 @@ class KafkaProducer:
                 ]
                 await asyncio.gather(*pending)
         except (KafkaError, TimeoutError) as exc:
-            log.warning("kafka_produce_failed", events=len(events), error=type(exc).__name__)
+            self._failed.warn(error=type(exc).__name__)
             if isinstance(exc, KafkaError) and not exc.retriable:
                 # E.g. OutOfOrderSequenceNumber after a broker restart cut batches mid-flight:
                 # this producer's idempotence state is broken for good and every later send
@@ -105,6 +111,7 @@ class KafkaProducer:
             raise SourceUnavailable(
                 "event log (Kafka) did not acknowledge; retry the batch", retry_after_s=1
             ) from None
+        self._failed.recovered()
 
     def _replace(self, broken: AIOKafkaProducer) -> None:
         if self._producer is not broken:

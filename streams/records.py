@@ -4,13 +4,20 @@ A record's ``content-type`` header (``application/json`` or ``application/msgpac
 without one, a value starting with ``{`` is JSON and anything else is tried as msgpack. Records
 from outside producers may omit ``ts``: the record's own timestamp stands in.
 
-Guarantee: :func:`decode_record` returns a validated :class:`~streams.events.Event` or raises
-:class:`~streams.exceptions.InvalidEvent` with a stable reason; never anything else.
+The collector's rules hold on this path too: ``ts`` may be at most a day ahead of the consumer's
+clock (the record's timestamp is set by the producer, so it vouches for nothing), and ``props``
+is bounded in size and depth. A record must be keyed by its event's ``user_id``
+(:func:`check_key`): that key is what keeps one user's events on one partition, in order.
+
+Guarantee: :func:`decode_record` and :func:`check_key` return a validated
+:class:`~streams.events.Event` or raise :class:`~streams.exceptions.InvalidEvent` with a stable
+reason; never anything else, whatever the bytes.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,9 +41,15 @@ def content_type(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
 
 
 def decode_record(
-    value: bytes | None, headers: Sequence[tuple[str, bytes]] | None, *, record_ts_ms: int
+    value: bytes | None,
+    headers: Sequence[tuple[str, bytes]] | None,
+    *,
+    record_ts_ms: int,
+    now_ms: int | None = None,
 ) -> Event:
-    """Decode and validate one record's value."""
+    """Decode and validate one record's value; ``now_ms`` (default: the wall clock) is what
+    "not in the future" is measured against."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
     if not value:
         raise InvalidEvent("empty", "record has no value")
     if len(value) > MAX_RECORD_BYTES:
@@ -58,12 +71,24 @@ def decode_record(
         ) from None
     if isinstance(obj, dict) and obj.get("ts") is None:
         obj = {**obj, "ts": record_ts_ms}
-    ts = obj.get("ts") if isinstance(obj, dict) else None
-    # Validate "ts not in the future" against the later of the record's clock and the event's.
-    now_ms = (
-        max(record_ts_ms, ts) if isinstance(ts, int) and not isinstance(ts, bool) else record_ts_ms
-    )
-    return parse_event(obj, auth_user=None, now_ms=now_ms, entered_ms=record_ts_ms)
+    try:
+        # Entered the pipeline no later than now (a producer's clock may run ahead).
+        return parse_event(obj, auth_user=None, now_ms=now, entered_ms=min(record_ts_ms, now))
+    except InvalidEvent:
+        raise
+    except Exception as exc:  # a validator bug must cost one record, not the partition
+        raise InvalidEvent(
+            "invalid", f"record could not be validated: {type(exc).__name__}"
+        ) from None
+
+
+def check_key(key: bytes | None, event: Event) -> None:
+    """Refuse a record not keyed by its event's user id (``no_key``, ``key_mismatch``): another
+    key may put the user's events on several partitions, and their order would be lost."""
+    if not key:
+        raise InvalidEvent("no_key", "a record must be keyed by its event's user_id")
+    if key != event.user_id.encode():
+        raise InvalidEvent("key_mismatch", "the record's key is not its event's user_id")
 
 
 def unpack_event(data: bytes) -> Event:

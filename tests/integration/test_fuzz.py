@@ -44,14 +44,17 @@ from typing import Any
 import httpx
 import msgpack
 import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from push.ws_codec import Opcode, encode_frame, encode_masked_frame
 from sessions.exceptions import InvalidToken
 from sessions.tokens import TokenVerifier
+from streams.profile import user_keys
 from tests.integration.conftest import ROOT, SECRET, start_server, stop_server
 from tests.integration.harness import SCALE, FeedClient, Server, new_id, ws_client
+from tests.integration.kafka_cluster import PARTITIONS, Cluster, cluster
 
 CONT, TEXT, BINARY, CLOSE, PING, PONG = 0, 1, 2, 8, 9, 10
 MAX_MESSAGE = 16_384  # PUSHREC_MAX_MESSAGE_BYTES of the fuzzed server (the default)
@@ -1562,3 +1565,182 @@ def test_nothing_else_was_disturbed(fuzz: Fuzz) -> None:
         if re.search(r'"level": "(error|critical)"', line) or line.startswith(("ERROR", "CRITICAL"))
     ]
     assert not errors, errors[:20]
+
+
+# -- poison records on the Kafka path -----------------------------------------------------------
+# Hypothesis draws runs of records that must never become events — props nested past the bound,
+# records too large to decode (up to the broker's own limit, too large to copy whole into the
+# dead-letter topic), events dated beyond tomorrow (also in the record's own timestamp), records
+# keyed by another user or by nothing — and produces each run to one partition of a real topic,
+# followed by a normal event. Oracle: every poison is dead-lettered with its reason and its
+# origin, no victim user has any state, the trending decay origin did not move, and the normal
+# event after them is applied (the partition kept moving).
+
+
+@dataclass(frozen=True)
+class Poison:
+    """One poison record: its expected reason and how it is made."""
+
+    reason: str
+    codec: str  # "json" or "msgpack"
+    size: int = 0  # nesting depth (bad_props), value bytes (too_large), ms ahead (bad_ts)
+    lists: bool = False  # bad_props: nest lists rather than objects
+    key: bytes | None = None  # key_mismatch: the wrong key; no_key: None or b""
+    stamp: bool = False  # bad_ts: the record's own timestamp says the same future
+
+    def record(self, victim: str, now_ms: int) -> tuple[bytes | None, bytes, int | None]:
+        """(key, value, record timestamp) of this poison, an event of ``victim``."""
+        event: dict[str, Any] = {
+            "event_id": new_id("e"),
+            "user_id": victim,
+            "type": "view",
+            "item_id": f"poison-{RUN}",
+        }
+        key: bytes | None = victim.encode()
+        stamp: int | None = None
+        if self.reason == "bad_props":
+            nested: Any = {"leaf": 1}
+            for _ in range(self.size - 1):
+                nested = [nested] if self.lists else {"a": nested}
+            event["props"] = {"p": nested} if self.lists else nested
+        elif self.reason == "too_large":
+            event["props"] = {"pad": "x" * self.size}
+        elif self.reason == "bad_ts":
+            event["ts"] = now_ms + self.size
+            stamp = event["ts"] if self.stamp else None
+        else:
+            key = self.key
+        value = json.dumps(event).encode() if self.codec == "json" else msgpack.packb(event)
+        return key, value, stamp
+
+
+_codecs = st.sampled_from(["json", "msgpack"])
+poisons = st.one_of(
+    # Up to 800 levels: deeper, the decoders' own limits answer first (undecodable).
+    st.builds(Poison, st.just("bad_props"), _codecs, st.integers(9, 800), lists=st.booleans()),
+    st.builds(Poison, st.just("too_large"), _codecs, st.integers(65_537, 1_048_000)),
+    st.builds(
+        Poison,
+        st.just("bad_ts"),
+        _codecs,
+        st.integers(24 * 3_600_000 + 60_000, 10**14),
+        stamp=st.booleans(),
+    ),
+    st.builds(
+        Poison,
+        st.just("key_mismatch"),
+        _codecs,
+        key=st.binary(min_size=1, max_size=64).filter(lambda k: not k.startswith(b"victim-")),
+    ),
+    st.builds(Poison, st.just("no_key"), _codecs, key=st.sampled_from([None, b""])),
+)
+
+
+@dataclass(repr=False)
+class PoisonRig:
+    cluster: Cluster
+    server: Server
+    loop: asyncio.AbstractEventLoop
+    producer: AIOKafkaProducer
+    letters: AIOKafkaConsumer
+    #: Dead letters read so far, by (partition, offset) of the original record.
+    dead: dict[tuple[int, int], dict[str, bytes]] = field(default_factory=dict)
+    runs: int = 0
+    records: int = 0
+
+    def __repr__(self) -> str:
+        return f"PoisonRig(topic {self.cluster.topic})"
+
+    def run(self, coro: Any, timeout_s: float = 60.0) -> Any:
+        return self.loop.run_until_complete(asyncio.wait_for(coro, timeout_s * SCALE))
+
+
+@pytest.fixture(scope="module")
+def poison_rig() -> Iterator[PoisonRig]:
+    with cluster() as c:
+        server = c.start("a")
+        server.load_catalog()
+        loop = asyncio.new_event_loop()
+
+        async def clients() -> tuple[AIOKafkaProducer, AIOKafkaConsumer]:
+            producer = AIOKafkaProducer(bootstrap_servers=c.bootstrap, max_request_size=2_000_000)
+            letters = AIOKafkaConsumer(
+                f"{c.topic}.dlq",
+                bootstrap_servers=c.bootstrap,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=4_000_000,
+                fetch_max_bytes=4_000_000,
+            )
+            await producer.start()
+            await letters.start()
+            return producer, letters
+
+        producer, letters = loop.run_until_complete(clients())
+        rig = PoisonRig(c, server, loop, producer, letters)
+        try:
+            yield rig
+        finally:
+            loop.run_until_complete(producer.stop())
+            loop.run_until_complete(letters.stop())
+            loop.close()
+        print(f"\npoison fuzz: {rig.records} poison records in {rig.runs} runs")
+
+
+def _recent_of(c: Cluster, user: str) -> list[str]:
+    members = c.redis().zrevrange(user_keys(user)[1], 0, -1)
+    return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+
+@settings(FUZZ_SETTINGS, max_examples=30)
+@given(
+    run=st.lists(poisons, min_size=1, max_size=6),
+    partition=st.integers(0, PARTITIONS - 1),
+)
+def test_poison_records_are_dead_lettered_and_the_partition_moves_on(
+    poison_rig: PoisonRig, run: list[Poison], partition: int
+) -> None:
+    rig, c = poison_rig, poison_rig.cluster
+    now_ms = int(time.time() * 1000)
+    t0 = c.redis().hget("pr:meta", "t0")
+    victims = [f"victim-{uuid.uuid4().hex[:12]}" for _ in run]
+    user = new_id("u")
+    good = {"event_id": new_id("e"), "user_id": user, "type": "view", "item_id": "books-1"}
+
+    async def produce() -> list[int]:
+        offsets = []
+        for poison, victim in zip(run, victims, strict=True):
+            key, value, stamp = poison.record(victim, now_ms)
+            meta = await rig.producer.send_and_wait(
+                c.topic, value=value, key=key, partition=partition, timestamp_ms=stamp
+            )
+            offsets.append(meta.offset)
+        await rig.producer.send_and_wait(
+            c.topic, value=json.dumps(good).encode(), key=user.encode(), partition=partition
+        )
+        return offsets
+
+    async def applied() -> None:
+        while _recent_of(c, user) != ["books-1"]:  # noqa: ASYNC110 - state in another process
+            await asyncio.sleep(0.05)
+
+    async def dead_lettered(offsets: list[int]) -> None:
+        while any((partition, o) not in rig.dead for o in offsets):
+            for records in (await rig.letters.getmany(timeout_ms=500)).values():
+                for r in records:
+                    headers = dict(r.headers)
+                    origin = (int(headers["x-pushrec-partition"]), int(headers["x-pushrec-offset"]))
+                    rig.dead[origin] = headers
+
+    offsets = rig.run(produce())
+    rig.run(applied())
+    rig.run(dead_lettered(offsets))
+    rig.runs += 1
+    rig.records += len(run)
+    for poison, offset, victim in zip(run, offsets, victims, strict=True):
+        headers = rig.dead[(partition, offset)]
+        assert headers["x-pushrec-reason"].decode() == poison.reason, poison
+        assert headers["x-pushrec-topic"].decode() == c.topic
+        assert not c.redis().exists(*user_keys(victim)), poison
+    if t0 is not None:
+        assert c.redis().hget("pr:meta", "t0") == t0
+    assert c.redis().zscore("pr:trend", f"poison-{RUN}") is None
