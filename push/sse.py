@@ -6,7 +6,11 @@ snapshots and diffs carry ``id:`` listing every held version, so ``Last-Event-ID
 ``close`` event with the code and reason of docs/PROTOCOL.md.
 
 Flow control: events wait in a queue whose byte size is watched; above the high-water mark the
-session conflates (as a paused WebSocket does) until the response has written them out.
+session conflates (as a paused WebSocket does) until the response has written them out. The
+socket's kernel send buffer is fixed (push/sockets.py), so a client that stops reading stops the
+response's writes, the queue grows, and the session's send timeout closes it (4001). A stream
+the server ended that has not finished a send timeout later is aborted: its client does not read,
+and nothing else would ever free the socket (the response waits on it forever).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import AsyncIterator
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from push import protocol
+from push import protocol, sockets
 from push.exceptions import HTTPProblem
 from push.http import bearer_token, read_json
 from push.protocol import Codec, ProtocolError
@@ -38,12 +43,17 @@ class SseSink:
     transport = "sse"
     codec = Codec.JSON
 
-    def __init__(self) -> None:
+    def __init__(
+        self, transport: asyncio.Transport | None = None, abort_after_s: float = 10.0
+    ) -> None:
         self.session: Session | None = None
         self._events: deque[bytes] = deque()
         self._bytes = 0
         self._ready = asyncio.Event()
         self.ended = False
+        self._transport = transport
+        self._abort_after_s = abort_after_s
+        self._abort: asyncio.TimerHandle | None = None
 
     def write(self, data: bytes, kind: str, resume: str | None) -> None:
         """Queue one message as an SSE event."""
@@ -64,6 +74,16 @@ class SseSink:
         self.write(protocol.encode(protocol.close(code, reason), Codec.JSON), "close", None)
         self.ended = True
         self._ready.set()
+        if self._transport is not None:
+            # Written out (the stream ends, finished() cancels this) or never read: cut off.
+            loop = asyncio.get_running_loop()
+            self._abort = loop.call_later(self._abort_after_s, sockets.reset, self._transport)
+
+    def finished(self) -> None:
+        """The stream ended: no abort is due any more."""
+        if self._abort is not None:
+            self._abort.cancel()
+            self._abort = None
 
     async def events(self, keepalive_s: float) -> AsyncIterator[bytes]:
         """Events as they come, a keepalive comment when idle; ends after :meth:`end`."""
@@ -83,6 +103,17 @@ class SseSink:
             yield event
             if self._bytes < LOW_WATER and self.session is not None and not self.ended:
                 self.session.resume()
+
+
+def asgi_transport(receive: Any) -> asyncio.Transport | None:
+    """The socket transport under an ASGI request, when the server is uvicorn.
+
+    ASGI gives an application no handle on its socket; uvicorn's ``receive`` is a method of its
+    request cycle, which holds the transport. None with any other server (or a wrapped
+    ``receive``): the stream then keeps the kernel's default send buffer and is never aborted.
+    """
+    transport = getattr(getattr(receive, "__self__", None), "transport", None)
+    return transport if isinstance(transport, asyncio.Transport) else None
 
 
 def _claims(runtime: Runtime, request: Request) -> Claims:
@@ -107,7 +138,10 @@ async def sse_endpoint(request: Request) -> Response:
         have = protocol.parse_have(raw_have)
     except ProtocolError as exc:
         raise HTTPProblem(400, exc.code, exc.message) from None
-    sink = SseSink()
+    transport = asgi_transport(request.receive)
+    if transport is not None:
+        sockets.bound_send_buffer(transport, runtime.settings.socket_sndbuf_bytes)
+    sink = SseSink(transport, runtime.settings.send_timeout_s)
     session = Session(runtime, sink, claims, item_table=False, resume_ids=True)
     sink.session = session
     return StreamingResponse(
@@ -131,6 +165,7 @@ async def _stream(
             session.last_seen = asyncio.get_running_loop().time()  # a written event is alive
             yield event
     finally:
+        sink.finished()
         session.lost()
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from push import protocol, ws_codec
+from push import protocol, sockets, ws_codec
 from push.protocol import CloseCode, Codec, ProtocolError
 from push.runtime import Runtime
 from push.session import Session
@@ -105,7 +105,7 @@ class WsConnection(asyncio.Protocol):
             # kernel answer a flooding client's next bytes with a reset, which discards the close
             # frame unread: the client saw no code (seen in the rate-limit test under CI load).
             transport.write_eof()
-            self._timer = loop.call_later(CLOSE_WAIT_S, transport.close)
+            self._timer = loop.call_later(CLOSE_WAIT_S, self._hang_up)
         else:
             transport.close()
         if code == CloseCode.SLOW:
@@ -115,13 +115,17 @@ class WsConnection(asyncio.Protocol):
             # that never reads is cut off after one more send timeout; nothing is queued after
             # the close frame, so memory stays bounded. connection_lost cancels the timer.
             self._cancel_timer()
-            self._timer = loop.call_later(self.runtime.settings.send_timeout_s, transport.abort)
+            timeout = self.runtime.settings.send_timeout_s
+            self._timer = loop.call_later(timeout, sockets.reset, transport)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        # A fixed kernel send buffer: a client that stops reading must back up into the
+        # transport, whose pause_writing drives conflation and the 4001 (push/sockets.py).
+        sockets.bound_send_buffer(transport, self.runtime.settings.socket_sndbuf_bytes)
         if self._server_state is not None:
             self._server_state.connections.add(self)
 
@@ -304,6 +308,18 @@ class WsConnection(asyncio.Protocol):
         else:
             self.runtime.metrics.closes.labels(protocol.close_name(code)).inc()
             self.end(code, reason)
+
+    def _hang_up(self) -> None:
+        """The peer did not close in time after our close frame: close the socket, or abort it
+        when bytes still wait for a peer that does not read (close() would wait for them)."""
+        self._timer = None
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            sockets.reset(transport)
+        else:
+            transport.close()
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:
