@@ -5,6 +5,10 @@ valid ones are handed to the event bus together, and the answer comes only once 
 them (Kafka: acknowledged by the broker). When it cannot take them (a full in-process bus, Kafka
 unreachable) the answer is 503 with ``Retry-After``: retry the batch; events already taken are
 absorbed by dedup on ``event_id``. The invalid ones are reported by index with a reason.
+
+Credentials: ``X-API-Key`` (any user), or a visitor token (its own user's events only) as
+``Authorization: Bearer`` or ``?token=`` — the latter for ``navigator.sendBeacon``, which cannot
+set headers; both are verified and refused alike (:func:`push.http.authenticate`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ from streams.exceptions import SourceUnavailable
 async def post_events(request: Request) -> Response:
     """Validate and enqueue events; 202 with per-event rejections, 400 when none was valid."""
     runtime: Runtime = request.app.state.runtime
-    principal = authenticate(request, runtime, surface="events")
+    # ?token= as documented for navigator.sendBeacon (no headers; its text/plain body is read
+    # as JSON like any other).
+    principal = authenticate(request, runtime, surface="events", query_token=True)
     body = await read_json(request, runtime.settings.max_body_bytes)
     batch = body if isinstance(body, list) else [body]
     limit = runtime.settings.max_batch

@@ -117,7 +117,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"pushrec: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_level_libs)
     creds = resolve_credentials(settings)
     runtime = Runtime(settings, creds)
     out = sys.stderr

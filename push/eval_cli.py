@@ -169,7 +169,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"pushrec: {exc}", file=err)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, settings.log_level_libs)
     if args.batch < 1 or args.warmup_batch < 1:
         print("pushrec: --batch and --warmup-batch must be positive", file=err)
         return 2

@@ -5,6 +5,12 @@ Context is bound once, not repeated at each call: ``node`` for the process (:fun
 ``transport`` per push connection (a bound logger on the session). Nothing personal is logged:
 no tokens, API keys, user ids, event props or search queries — a log line names a connection or
 a request, and counts.
+
+Third-party libraries log through the stdlib root logger, and at debug level some of them log
+what they carry: aiokafka every produced record (user id, event, search query), redis-py and
+websockets their traffic. So ``PUSHREC_LOG_LEVEL`` sets pushrec's own lines only; libraries stay
+at info or above unless ``PUSHREC_LOG_LEVEL_LIBS`` asks for another level explicitly (then their
+debug lines may hold personal data: for a debugging session, not for production).
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ class Throttle(logging.Filter):
     after the interval says how many were dropped.
     """
 
-    def __init__(self, interval_s: float = 10.0) -> None:
+    def __init__(self, interval_s: float = 10.0, prefix: str = "") -> None:
         super().__init__()
         self._interval_s = interval_s
+        #: Only records of loggers named so (``aiokafka`` covers ``aiokafka.consumer.fetcher``).
+        self._prefix = prefix
         self._seen: dict[str, tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefix):
+            return True
         key = f"{record.name}:{record.msg}"
         now = time.monotonic()
         last, dropped = self._seen.get(key, (-self._interval_s, 0))
@@ -103,9 +113,33 @@ class RequestContext:
             await self.app(scope, receive, send_with_id)
 
 
-def configure_logging(level: str = "info", fmt: str = "auto") -> None:
-    """Configure structlog and the stdlib root logger (uvicorn logs through it)."""
-    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+#: Libraries whose loggers are pinned to the libraries' level, in case one sets its own level
+#: (the root logger's level covers every other).
+LIBRARY_LOGGERS = (
+    "aiokafka",
+    "kafka",
+    "redis",
+    "websockets",
+    "uvicorn",
+    "uvicorn.access",
+    "uvicorn.error",
+    "asyncio",
+    "httpx",
+    "httpcore",
+    "multipart",
+)
+
+
+def _level(name: str) -> int:
+    return logging.getLevelNamesMapping().get(name.upper(), logging.INFO)
+
+
+def configure_logging(level: str = "info", fmt: str = "auto", libs: str | None = None) -> None:
+    """Configure structlog (pushrec's lines, at ``level``) and the stdlib root logger (the
+    libraries', uvicorn's included: at ``libs`` when given, else at ``level`` but never below
+    info, see the module docstring)."""
+    numeric = _level(level)
+    libs_numeric = _level(libs) if libs else max(numeric, logging.INFO)
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
@@ -125,11 +159,18 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(
-        level=numeric, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
+        level=libs_numeric, stream=sys.stderr, format="%(levelname)s %(name)s %(message)s"
     )
+    logging.getLogger().setLevel(libs_numeric)  # also when the root logger was set up before
+    for name in LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(libs_numeric)
     # On the handlers, not the loggers: filters on a logger do not apply to its children's
     # records, and uvicorn logs WebSocket request lines (with ?token=) through its own loggers.
     redact = RedactTokens()
     for handler in logging.getLogger().handlers:
         handler.addFilter(redact)
-    logging.getLogger("aiokafka").addFilter(Throttle())
+    # On the handlers too: aiokafka's fetcher, coordinator and sender log NodeNotReadyError
+    # through child loggers, many times a second while a broker is away.
+    # One throttle per handler: a shared one would let a record through the first only.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(Throttle(prefix="aiokafka"))

@@ -4,11 +4,16 @@ What mentions a user in Redis:
 
 - **Per-user keys**, all under the user's hash tag ``pr:{u:<id>}:`` (profile, dedup, feeds and
   their histories, trigger event times, experiment marks and exposures, the consent record):
-  found by ``SCAN``.
-- **Item-side indexes** with the user as a member: ``pr:is:<item>`` (session kNN) and
-  ``pr:shown:<feed>:<item>`` (catalog propagation). Their members can outlive the user's own
-  keys (an item dropped from the user's recent list, an expired feed), so every such key is
-  scanned, not only the items the user's keys still name.
+  found by ``SCAN``. The id in the tag is encoded (:func:`sessions.keys.encode_user`: no ``}``
+  nor glob special), so the tag is a prefix of that user's keys only — ``tagx`` does not find
+  ``tagx}:evil``'s keys — and the ``MATCH`` pattern is escaped all the same. Keys written
+  before ids were encoded, under the raw id's tag, are found too where that is exact
+  (:func:`_legacy_tag`).
+- **Item-side indexes** with the user as a member: ``pr:is:<item>`` (session kNN, members are
+  encoded ids: the event script makes key names of them) and ``pr:shown:<feed>:<item>`` (catalog
+  propagation, members are ids). Their members can outlive the user's own keys (an item dropped
+  from the user's recent list, an expired feed), so every such key is scanned, not only the
+  items the user's keys still name.
 - **Timers** of the user in ``pr:timers`` / ``pr:timers:claimed`` (delayed triggers, offer
   expiry), and ``pr:merged:<anon>`` markers naming the user or named after them.
 
@@ -24,16 +29,63 @@ not a hot path.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection
+import base64
+import re
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any
 
 import msgpack
 from redis.asyncio import Redis
 
-from sessions.keys import user_tag
+from sessions.keys import PREFIX, encode_user, user_tag
 
-#: Item-side sorted sets whose members are user ids.
-USER_INDEXES = ("pr:is:", "pr:shown:")
+
+def _same(user: str) -> str:
+    return user
+
+
+#: Item-side sorted sets whose members name users, and how a member names its user.
+USER_INDEXES: dict[str, Callable[[str], str]] = {"pr:is:": encode_user, "pr:shown:": _same}
+#: Characters that encoding always escapes, ``%`` aside: an id holding one can be no other id's
+#: encoded form, so its keys from before ids were encoded are told apart exactly (below).
+_NEVER_ENCODED = re.compile(r"[{}*?\[\]\\\x00-\x1f\x7f-\x9f]")
+
+
+def _legacy_tag(user: str) -> str | None:
+    """The tag ``user``'s keys had before ids were encoded (``pr:{u:<raw id>}:``), for ids whose
+    encoding changed it; None otherwise, or when that tag may be another user's today.
+
+    Under it, ``user``'s old keys are exactly those whose rest holds no ``}``: their last ``}`` is
+    then the one closing the tag, so the id before it is ``user``'s (another id extending it,
+    ``tagx}:evil`` for ``tagx}``, leaves a ``}`` in the rest). And as ``user`` holds a character
+    that encoding always escapes, no encoded id equals it: no current key is found there."""
+    if not _NEVER_ENCODED.search(user):
+        return None
+    return f"{PREFIX}{{u:{user}}}:"
+
+
+async def _user_keys(redis: Redis, user: str) -> AsyncIterator[list[tuple[str, str]]]:
+    """``user``'s per-user keys as ``(key, name after the tag)``, in chunks: under the tag of
+    the encoded id, then (see :func:`_legacy_tag`) any written before ids were encoded."""
+    tag = user_tag(user)
+    async for chunk in _scan(redis, _glob(tag) + "*"):
+        yield [(key, key[len(tag) :]) for key in chunk]
+    legacy = _legacy_tag(user)
+    if legacy is not None:
+        async for chunk in _scan(redis, _glob(legacy) + "*"):
+            mine = [(key, key[len(legacy) :]) for key in chunk]
+            yield [(key, rest) for key, rest in mine if "}" not in rest]
+
+
+def _members_naming(prefix: str, user: str) -> list[str]:
+    """The members of index ``prefix`` that name ``user``: today's, and the raw id an index of
+    encoded ids held before ids were encoded (only where :func:`_legacy_tag` tells it apart)."""
+    member = USER_INDEXES[prefix](user)
+    if member != user and _legacy_tag(user) is not None:
+        return [member, user]
+    return [member]
+
+
 TIMER_KEYS = ("pr:timers", "pr:timers:claimed")
 MERGED_PREFIX = "pr:merged:"
 _CHUNK = 500
@@ -73,15 +125,16 @@ async def erase_user(
     named in ``keep`` (a withdrawal of consent keeps the consent record); returns counts of what
     went: ``keys`` (per-user keys), ``index_entries``, ``timers``, ``markers``."""
     counts = {"keys": 0, "index_entries": 0, "timers": 0, "markers": 0}
-    async for found in _scan(redis, _glob(user_tag(user)) + "*"):
-        keys = [k for k in found if k not in keep]
+    async for found in _user_keys(redis, user):
+        keys = [k for k, _ in found if k not in keep]
         if keys:
             counts["keys"] += int(await redis.unlink(*keys))
     for prefix in USER_INDEXES:
+        members = _members_naming(prefix, user)
         async for keys in _scan(redis, prefix + "*"):
             pipe = redis.pipeline(transaction=False)
             for key in keys:
-                pipe.zrem(key, user)
+                pipe.zrem(key, *members)
             counts["index_entries"] += sum(int(n) for n in await pipe.execute())
     for key in TIMER_KEYS:
         mine = [m for m in await _members(redis, key) if _timer_user(m) == user]
@@ -109,18 +162,24 @@ async def export_user(redis: Redis, user: str) -> dict[str, Any]:
     user, their timers and merge markers."""
     tag = user_tag(user)
     keys: dict[str, Any] = {}
-    async for chunk in _scan(redis, _glob(tag) + "*"):
-        for key in sorted(chunk):
-            keys[key[len(tag) :]] = await _dump(redis, key)
+    legacy: dict[str, Any] = {}
+    async for found in _user_keys(redis, user):
+        for key, name in sorted(found):
+            (keys if key.startswith(tag) else legacy)[name] = await _dump(redis, key)
     indexes: dict[str, list[str]] = {}
     for prefix in USER_INDEXES:
-        listed: list[str] = []
+        members = _members_naming(prefix, user)
+        listed: set[str] = set()
         async for chunk in _scan(redis, prefix + "*"):
             pipe = redis.pipeline(transaction=False)
             for key in chunk:
-                pipe.zscore(key, user)
+                for member in members:
+                    pipe.zscore(key, member)
             scores = await pipe.execute()
-            listed += [k for k, s in zip(chunk, scores, strict=True) if s is not None]
+            per_key = [scores[i : i + len(members)] for i in range(0, len(scores), len(members))]
+            listed |= {
+                k for k, s in zip(chunk, per_key, strict=True) if any(x is not None for x in s)
+            }
         indexes[prefix.rstrip(":")] = sorted(listed)
     timers = {
         key: sorted(m for m in await _members(redis, key) if _timer_user(m) == user)
@@ -133,6 +192,8 @@ async def export_user(redis: Redis, user: str) -> dict[str, Any]:
         "indexes": indexes,
         "timers": timers,
         "merged_into": merged,
+        # Keys written before user ids were encoded in key names, under the raw id's tag.
+        **({"legacy_keys": legacy} if legacy else {}),
     }
 
 
@@ -140,7 +201,8 @@ async def _dump(redis: Redis, key: str) -> dict[str, Any]:
     kind = _text(await redis.type(key))
     value: Any
     if kind == "string":
-        value = _text(await redis.get(key))
+        raw = await redis.get(key)
+        value = None if raw is None else _value(raw)
     elif kind == "hash":
         value = {_text(f): _decode(_text(f), v) for f, v in (await redis.hgetall(key)).items()}
     elif kind == "zset":
@@ -149,7 +211,7 @@ async def _dump(redis: Redis, key: str) -> dict[str, Any]:
     elif kind == "set":
         value = sorted(_text(m) for m in await redis.smembers(key))
     elif kind == "list":
-        value = [_text(v) for v in await redis.lrange(key, 0, -1)]
+        value = [_value(v) for v in await redis.lrange(key, 0, -1)]
     elif kind == "stream":
         entries: list[Any] = list(await redis.xrange(key) or [])
         value = [
@@ -168,4 +230,34 @@ def _decode(field: str, raw: bytes | str) -> Any:
             return msgpack.unpackb(raw)
         except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
             pass
-    return _text(raw)
+    return _value(raw)
+
+
+def _value(raw: bytes | str) -> Any:
+    """A stored value as JSON-ready data: its text when it is UTF-8; else the msgpack objects it
+    is made of (a history entry is several, one after the other), one alone as itself; else
+    ``{"base64": …}``. Binary values must not end as text with lone surrogates, which no JSON
+    encoder can write (the export answered 500)."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(raw)
+    try:
+        objects = list(unpacker)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        objects = []
+    if objects and unpacker.tell() == len(raw) and all(_jsonable(o) for o in objects):
+        return objects[0] if len(objects) == 1 else objects
+    return {"base64": base64.b64encode(raw).decode("ascii")}
+
+
+def _jsonable(obj: object) -> bool:
+    if isinstance(obj, dict):
+        return all(isinstance(k, str) and _jsonable(v) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return all(_jsonable(v) for v in obj)
+    return obj is None or isinstance(obj, str | int | float | bool)

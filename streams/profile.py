@@ -26,7 +26,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from sessions.feeds import FeedState, decode_body
-from sessions.keys import feed_key, user_tag
+from sessions.keys import encode_user, feed_key, user_tag
 from sessions.scripts import PipelinedScript, run_scripts
 from sessions.versions import Version
 from streams.consent import (
@@ -75,7 +75,8 @@ class ProfileTuning:
     affinity_halflife_ms: int = 3 * 86_400_000
     trending_halflife_ms: int = 6 * 3_600_000
     covisit_window: int = 5
-    #: Latest users kept per item in the session-kNN index (``pr:is:<item>``).
+    #: Latest users kept per item in the session-kNN index (``pr:is:<item>``, members are ids
+    #: encoded as in key names, :func:`sessions.keys.encode_user`).
     session_index_max: int = 200
     #: Consent policy (``PUSHREC_CONSENT``, streams/consent.py): personalize only users with a
     #: recorded grant (True, ``required``), or everyone who did not deny (False, ``implied``).
@@ -303,6 +304,7 @@ class ProfileStore:
             "1" if score else "0",
             user,
             "\n".join(context),
+            encode_user(user),  # the session-kNN index's member: key names are built from it
         ]
         if event.type == CONSENT:
             granted = event.props.get("personalization") is True

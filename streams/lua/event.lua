@@ -11,9 +11,11 @@
 --       4 categories ('\n'-separated), 5 ts ms, 6 affinity weight, 7 co-visitation weight,
 --       8 trending weight, 9 epoch and 10 n of the feed version the caller holds ('' / 0: none),
 --       11 '1' to score the candidates, '0' when a later event of the batch will, 12 the user id,
---       13 context feeds to score even when the user has none stored yet ('\n'-separated);
---       consent events only: 14 the decision ('granted' / 'denied'), 15 its source ('event' /
---       'api'), 16-19 the pr:shown prefixes of the feeds KEYS[7], [8], [9], [11]
+--       13 context feeds to score even when the user has none stored yet ('\n'-separated),
+--       14 the user id as encoded in key names (sessions/keys.py encode_user: the session-kNN
+--       index lists users by it, so that a neighbour's key name is 'pr:{u:' .. member .. '}:…');
+--       consent events only: 15 the decision ('granted' / 'denied'), 16 its source ('event' /
+--       'api'), 17-20 the pr:shown prefixes of the feeds KEYS[7], [8], [9], [11]
 -- Returns {0} for a duplicate, {2} when the event cannot change a feed, {3} when applied but not
 -- scored (ARGV[11] = '0'), {4} for a user without personalization consent (nothing stored), else
 --   {1, candidates (flat id, score, … best first), feed_e, feed_n, feed_b, 1 if feed_b omitted,
@@ -29,6 +31,7 @@
 local eid, etype, item, ts = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
 local w_aff, w_cov, w_trend = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 local me = ARGV[12]
+local me_key = ARGV[14]  -- `me` encoded for key names (never build a key name from `me`)
 local ttl = ${TTL_S}
 
 local consent = redis.call('HMGET', KEYS[10], 'state', 'at', 'erase')
@@ -39,7 +42,7 @@ if etype == 'consent' then
   -- (so no older grant can follow it): clients' clocks only ever err on the private side. A
   -- future stamp counts as now. Consent events are not deduplicated: equal decisions are
   -- idempotent, and a denied user must have no dedup window.
-  local decision = ARGV[14]
+  local decision = ARGV[15]
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local at = (ts > 0 and ts < now) and ts or now
@@ -52,7 +55,7 @@ if etype == 'consent' then
     if recorded and at < recorded then at = recorded end
     change = decision
     consent[1], consent[2] = decision, string.format('%d', at)
-    redis.call('HSET', KEYS[10], 'state', decision, 'at', consent[2], 'source', ARGV[15])
+    redis.call('HSET', KEYS[10], 'state', decision, 'at', consent[2], 'source', ARGV[16])
     if decision == 'denied' then
       -- A withdrawal: the profile goes now (so a grant that follows starts empty), the rest of
       -- the user's data at the processor's erasure, which this marker asks for.
@@ -72,7 +75,7 @@ if etype == 'consent' then
         if body and body ~= '' then
           for _, p in ipairs(cmsgpack.unpack(body)) do
             if type(p) == 'table' and p['id'] then
-              redis.call('ZREM', ARGV[15 + j] .. tostring(p['id']), me)
+              redis.call('ZREM', ARGV[16 + j] .. tostring(p['id']), me)
             end
           end
           redis.call('HDEL', key, 'x')  -- a later indexed write confirms every item again
@@ -124,9 +127,18 @@ if personal then
 end
 
 -- Decay by time-scaled increments: an increment at time t weighs 2^((t - t0)/half-life), so older
--- increments shrink relative to newer ones without rewriting them.
+-- increments shrink relative to newer ones without rewriting them. The decay clock is the event's
+-- time but never past Redis's own: one event stamped far ahead (a producer's clock, a replay of
+-- bad data) would otherwise move the origins there and rescale every score to zero; at most it
+-- moves them to now. Replays of past events keep their own time.
+local dts = ts
+do
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  if dts > now then dts = now end
+end
 local function scale(t0, halflife)
-  return math.pow(2, (ts - t0) / halflife)
+  return math.pow(2, (dts - t0) / halflife)
 end
 -- A sorted set only grows when a member is new, so it is trimmed to its cap only then:
 -- ZINCRBY returns the new score, which equals the increment exactly for a new member.
@@ -146,15 +158,15 @@ end
 -- head for overflow: every key `keys()` names is rescaled once and the origin moves to now.
 local function origin(hkey, field, hl, keys)
   local t0 = tonumber(redis.call('HGET', hkey, field) or '')
-  if t0 and (ts - t0) / hl <= 200 then
+  if t0 and (dts - t0) / hl <= 200 then
     return t0
   end
   if t0 then
-    local factor = math.pow(2, -(ts - t0) / hl)
+    local factor = math.pow(2, -(dts - t0) / hl)
     for _, key in ipairs(keys()) do rescale(key, factor) end
   end
-  redis.call('HSET', hkey, field, ts)
-  return ts
+  redis.call('HSET', hkey, field, dts)
+  return dts
 end
 
 -- Per-user affinity to categories.
@@ -185,9 +197,10 @@ if item ~= '' then
       redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -${RECENT_MAX} - 1)
     end
     touched[#touched + 1] = KEYS[2]
-    -- Which users touched this item lately (the session-kNN index), capped to the latest.
+    -- Which users touched this item lately (the session-kNN index), capped to the latest; by
+    -- encoded id, which is what a neighbour's key name is made of below.
     local sessions = 'pr:is:' .. item
-    if redis.call('ZADD', sessions, ts, me) == 1 then
+    if redis.call('ZADD', sessions, ts, me_key) == 1 then
       redis.call('ZREMRANGEBYRANK', sessions, 0, -${SESSION_INDEX_MAX} - 1)
     end
   end
@@ -313,7 +326,7 @@ if ${SESSION_W} > 0 and L > 0 then
     if n > 0 then
       local w = math.exp((p - L) / ${SESSION_POSITION_DECAY}) * math.log(math.max(users / n, 1.0001))
       for _, o in ipairs(redis.call('ZREVRANGE', key, 0, ${SESSION_SAMPLE} - 1)) do
-        if o ~= me then sim[o] = (sim[o] or 0) + w end
+        if o ~= me_key then sim[o] = (sim[o] or 0) + w end
       end
     end
   end
@@ -328,6 +341,7 @@ if ${SESSION_W} > 0 and L > 0 then
     local v = nb[i][2]
     -- Only the neighbour's latest items: far from the shared one they barely count (item
     -- decay), and reading whole lists of 100 neighbours was most of Redis's time per event.
+    -- The index lists encoded ids (ARGV[14]): this is the neighbour's user_tag(...) .. 'recent'.
     local seq = redis.call('ZRANGE', 'pr:{u:' .. nb[i][1] .. '}:recent', -${SESSION_SEQ}, -1)
     local last = 0
     for q, it in ipairs(seq) do
