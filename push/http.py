@@ -1,11 +1,13 @@
 """HTTP helpers shared by the REST endpoints: credentials, bounded JSON bodies, error responses.
 
 Every refusal is a JSON body ``{"error": code, "message": text}`` with a fitting status, and is
-counted in ``pushrec_http_errors``.
+counted in ``pushrec_http_errors``. Request bodies are bounded in size (413) and in the time they
+take to arrive (408, :func:`read_body`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from dataclasses import dataclass
@@ -38,8 +40,14 @@ def bearer_token(request: Request) -> str | None:
     return (token.strip() or None) if scheme.lower() == "bearer" else None
 
 
-def authenticate(request: Request, runtime: Runtime, *, surface: str) -> Principal:
-    """The caller's principal; 401 when no valid credential is presented."""
+def authenticate(
+    request: Request, runtime: Runtime, *, surface: str, query_token: bool = False
+) -> Principal:
+    """The caller's principal; 401 when no valid credential is presented.
+
+    ``query_token``: a visitor token may also come as ``?token=`` (for ``navigator.sendBeacon``,
+    which cannot set headers); the ``Authorization`` header wins when both are sent. Either way
+    the token is verified, counted and refused exactly alike."""
     key = request.headers.get("x-api-key")
     if key is not None:
         if hmac.compare_digest(key.encode(), runtime.credentials.admin_key.encode()):
@@ -47,12 +55,16 @@ def authenticate(request: Request, runtime: Runtime, *, surface: str) -> Princip
         runtime.metrics.auth_failures.labels(surface, "api_key").inc()
         raise HTTPProblem(401, "unauthorized", "X-API-Key is not valid")
     token = bearer_token(request)
+    if token is None and query_token:
+        token = request.query_params.get("token") or None
     if token is None:
         runtime.metrics.auth_failures.labels(surface, "missing").inc()
         raise HTTPProblem(
             401,
             "unauthorized",
-            "send Authorization: Bearer <token> or X-API-Key",
+            "send Authorization: Bearer <token>, ?token=<token> or X-API-Key"
+            if query_token
+            else "send Authorization: Bearer <token> or X-API-Key",
             {"WWW-Authenticate": "Bearer"},
         )
     try:
@@ -69,15 +81,31 @@ def require_admin(request: Request, runtime: Runtime, *, surface: str) -> None:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request's body, read up to ``limit`` bytes (413 beyond)."""
+    """The request's body, read up to ``limit`` bytes (413 beyond), whole within the node's
+    ``body_timeout_s`` (408 beyond, and the connection is closed).
+
+    Uvicorn bounds an idle keep-alive connection but not a body in progress: a sender trickling
+    a byte now and then would hold the request (and what it sent) indefinitely. The deadline
+    covers the whole body, however it is split."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPProblem(413, "too_large", f"body exceeds the limit of {limit} bytes")
+    runtime: Runtime = request.app.state.runtime
+    timeout_s = runtime.settings.body_timeout_s
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPProblem(413, "too_large", f"body exceeds the limit of {limit} bytes")
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise HTTPProblem(413, "too_large", f"body exceeds the limit of {limit} bytes")
+    except TimeoutError:
+        raise HTTPProblem(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {timeout_s:g} seconds",
+            {"Connection": "close"},
+        ) from None
     return bytes(body)
 
 

@@ -7,7 +7,9 @@ Guarantees: :meth:`TokenVerifier.verify_claims` returns claims only for a token
   chosen from the header but only among keys of the right type, so a public key can never be used
   as an HMAC secret (algorithm confusion);
 - carrying a non-empty string ``sub`` and an ``exp`` that has not passed (with ``leeway_s`` of
-  clock skew);
+  clock skew, :data:`LEEWAY_S` by default); ``exp``, ``iat`` and ``nbf`` must be JSON numbers
+  (RFC 7519 NumericDate, fractions allowed; a string, bool, null or anything else is refused
+  with ``claims``), and ``nbf``/``iat`` may not be later than now plus the leeway;
 - that is *anonymous* only if signed by this server (HS256 with the secret) with ``anon: true`` and
   a ``sub`` starting with ``anon:``. Anonymous tokens verify even when HS256 is not among the
   configured algorithms (the server issues them itself). The ``anon:`` namespace is reserved: any
@@ -20,6 +22,7 @@ Error messages never repeat the token; :attr:`InvalidToken.reason` is one of ``m
 
 from __future__ import annotations
 
+import math
 import secrets
 import time
 from collections.abc import Callable, Iterable
@@ -38,6 +41,12 @@ MIN_SECRET_LEN = 32
 ANON_PREFIX = "anon:"
 #: Default lifetime of an anonymous token (30 days).
 ANON_TTL_S = 30 * 86_400
+#: Default clock skew allowed on ``exp``/``nbf``/``iat`` (s): enough for clocks kept by NTP, short
+#: enough that an expired token stops working within seconds.
+LEEWAY_S = 5.0
+#: The registered time claims (RFC 7519 §4.1.4-6), checked here rather than by PyJWT, which
+#: accepts a string of digits.
+_TIME_CLAIMS = ("exp", "nbf", "iat")
 
 HMAC_ALGORITHMS = frozenset({"HS256"})
 RSA_ALGORITHMS = frozenset({"RS256", "RS384"})
@@ -113,7 +122,7 @@ class TokenVerifier:
         self,
         secret: str,
         *,
-        leeway_s: float = 30.0,
+        leeway_s: float = LEEWAY_S,
         algorithms: Iterable[str] = ("HS256",),
         public_key: str | None = None,
         cache_size: int = 4096,
@@ -202,23 +211,25 @@ class TokenVerifier:
                 token,
                 key,
                 algorithms=[alg],
-                leeway=self._leeway_s,
-                options={"require": ["sub", "exp"]},
+                # The time claims are checked below: their types first (PyJWT takes "123").
+                options={
+                    "require": ["sub", "exp"],
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                },
             )
-        except jwt.ExpiredSignatureError:
-            raise InvalidToken("expired", "token expired: get a new one") from None
         except jwt.InvalidSignatureError:
             raise InvalidToken("signature", "token signature does not verify") from None
         except jwt.MissingRequiredClaimError as exc:
             raise InvalidToken("claims", f"token lacks the {exc.claim!r} claim") from None
-        except jwt.ImmatureSignatureError:
-            raise InvalidToken("claims", "token is not valid yet (nbf/iat in the future)") from None
         except jwt.InvalidAudienceError:
             raise InvalidToken("claims", "token audience is not accepted") from None
         except jwt.InvalidAlgorithmError:
             raise InvalidToken("algorithm", "token algorithm is not accepted") from None
         except jwt.PyJWTError:
             raise InvalidToken("malformed", "token is not a valid JWT") from None
+        exp = self._check_times(claims)
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUBJECT_LEN:
             raise InvalidToken("claims", "token subject must be a non-empty string")
@@ -241,7 +252,29 @@ class TokenVerifier:
                     "claims", f"subjects starting with {ANON_PREFIX!r} are reserved for the server"
                 )
             anonymous = False
-        return Claims(sub=sub, exp=int(claims["exp"]), anonymous=anonymous)
+        return Claims(sub=sub, exp=exp, anonymous=anonymous)
+
+    def _check_times(self, claims: dict[str, Any]) -> int:
+        """``exp`` (whole seconds, rounded down) once every time claim is a finite JSON number,
+        ``exp`` has not passed and ``nbf``/``iat`` are not in the future (each with the leeway);
+        raises :class:`InvalidToken` otherwise."""
+        for name in _TIME_CLAIMS:
+            if name not in claims:
+                continue
+            value = claims[name]
+            # bool is an int in Python, not a number in JSON.
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidToken("claims", f"token claim {name!r} must be a number (NumericDate)")
+            if not math.isfinite(value):
+                raise InvalidToken("claims", f"token claim {name!r} must be a finite number")
+        now = self._clock()
+        exp: float = claims["exp"]  # a number, checked above
+        if exp <= now - self._leeway_s:
+            raise InvalidToken("expired", "token expired: get a new one")
+        for name in ("nbf", "iat"):
+            if name in claims and claims[name] > now + self._leeway_s:
+                raise InvalidToken("claims", f"token is not valid yet ({name} in the future)")
+        return math.floor(exp)
 
     def mint(self, subject: str, *, ttl_s: int = 86_400) -> str:
         """An HS256 token for ``subject`` valid for ``ttl_s`` seconds.

@@ -8,13 +8,24 @@ that loses the channel reloads everything when it is back, so no change is misse
 
 Guarantees: :func:`parse_item` accepts a well-formed item or raises :class:`InvalidItem`; an
 upsert batch is validated whole before anything is written.
+
+**Redis lost the catalog** (restarted without persistence, flushed): a reload that finds no
+catalog at all never empties a non-empty mirror. The node keeps serving its mirror and writes it
+back (:meth:`Catalog.restore`: ``SET … NX`` per item, so an item written meanwhile by the shop is
+never overwritten; idempotent, several nodes doing it at once end with the union of their
+mirrors), then reloads. :meth:`Catalog.follow` also checks every ``check_s`` that the catalog is
+still there (one ``EXISTS``), so a flush without a lost connection is repaired too. A catalog that
+is present but different (items changed, some keys gone) is adopted as it is: only a catalog
+vanished whole is taken for a loss. There is no way to empty the catalog on purpose while nodes
+run: take items out of feeds with ``in_stock: false`` (which propagates), or stop every node
+before flushing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +50,11 @@ log = structlog.get_logger(__name__)
 
 class InvalidItem(StreamsError):
     """A catalog item was malformed; the message names the field."""
+
+
+def _stored_form(item: Item) -> str:
+    """An item as stored in Redis (compact JSON)."""
+    return json.dumps(item.to_dict(), separators=(",", ":"))
 
 
 def item_key(item_id: str) -> str:
@@ -154,11 +170,20 @@ class Catalog:
         self._items: dict[str, Item] = {}
         self._sorted: list[str] | None = None
         self._words: dict[str, set[str]] | None = None
+        #: Called with the number of items written back by each :meth:`restore` (metrics).
+        self.restored: Callable[[int], None] | None = None
 
     async def load(self) -> int:
-        """Fill the mirror from Redis; returns the item count."""
+        """Fill the mirror from Redis; returns the item count.
+
+        When Redis holds no catalog at all and the mirror is not empty, the mirror stays and is
+        written back (:meth:`restore`) instead: a lost catalog must not empty every feed.
+        """
         items: dict[str, Item] = {}
         ids = [_text_of(i) for i in await self._redis.zrange(ITEMS_KEY, 0, -1)]
+        if not ids and self._items:
+            await self.restore()
+            ids = [_text_of(i) for i in await self._redis.zrange(ITEMS_KEY, 0, -1)]
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
             for raw in await self._redis.mget([item_key(i) for i in chunk]):
@@ -180,7 +205,7 @@ class Catalog:
         for item in items:
             pipe.set(
                 item_key(item.item_id),
-                json.dumps(item.to_dict(), separators=(",", ":")),
+                _stored_form(item),
                 get=True,
             )
         pipe.zadd(ITEMS_KEY, {item.item_id: 0 for item in items})
@@ -190,17 +215,54 @@ class Catalog:
         self._put(items)
         return [_parsed(raw) for raw in replies[: len(items)]]
 
+    async def restore(self) -> int:
+        """Write the mirror back to Redis without overwriting anything stored; returns how many
+        items were missing (and are now stored).
+
+        Each item is ``SET … NX`` (a newer write by the shop wins) and its id added to the id set,
+        in pipelined chunks; the ids are announced like an upsert's, so other nodes refresh
+        them. Safe to run on several nodes at once.
+        """
+        restored = 0
+        mirrored = list(self._items.values())
+        for start in range(0, len(mirrored), 1000):
+            chunk = mirrored[start : start + 1000]
+            pipe = self._redis.pipeline(transaction=False)
+            for item in chunk:
+                pipe.set(
+                    item_key(item.item_id),
+                    _stored_form(item),
+                    nx=True,
+                )
+            pipe.zadd(ITEMS_KEY, {item.item_id: 0 for item in chunk})
+            replies = await pipe.execute()
+            written = [item.item_id for item, ok in zip(chunk, replies, strict=False) if ok]
+            if written:
+                await self._redis.publish(CHANGES_CHANNEL, json.dumps(written))
+            restored += len(written)
+        if self.restored is not None:
+            self.restored(restored)
+        log.warning("catalog_restored", items=restored, mirrored=len(mirrored))
+        return restored
+
+    async def check(self) -> None:
+        """Write the mirror back when Redis lost the whole catalog (one ``EXISTS`` otherwise)."""
+        if self._items and not await self._redis.exists(ITEMS_KEY):
+            await self.load()
+
     def _put(self, items: Iterable[Item]) -> None:
         for item in items:
             self._items[item.item_id] = item
         self._changed()
 
-    async def follow(self) -> None:
+    async def follow(self, *, check_s: float = 5.0) -> None:
         """Keep the mirror fresh with other nodes' writes until cancelled.
 
         Subscribes to the change channel, then reloads everything (so nothing written before the
         subscription is missed), then applies each change by re-reading the named items. After
-        a lost connection it resubscribes and reloads again.
+        a lost connection it resubscribes and reloads again. Every ``check_s`` without a change
+        it checks that Redis still holds the catalog (:meth:`check`); a reload or check that
+        finds it gone writes the mirror back (see the module docstring).
         """
         delay = 0.5
         while True:
@@ -209,8 +271,12 @@ class Catalog:
                     await pubsub.subscribe(CHANGES_CHANNEL)
                     await self.load()
                     delay = 0.5
-                    async for message in pubsub.listen():
-                        await self._refresh(message.get("data"))
+                    while True:
+                        message = await pubsub.get_message(timeout=check_s)
+                        if message is None:
+                            await self.check()
+                        elif message.get("type") == "message":
+                            await self._refresh(message.get("data"))
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("catalog_follow_lost", error=type(exc).__name__)
                 await asyncio.sleep(delay)

@@ -28,6 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessions.broker import Broker
+from sessions.diff import Payload, ids_of
 from sessions.exceptions import VersionConflict
 from sessions.feeds import HOME, FeedCache, FeedState, FeedStore, FeedUpdate
 from streams.catalog import Catalog
@@ -36,6 +37,7 @@ from streams.events import Event
 from streams.experiment_stats import ExperimentStats
 from streams.experiments import NO_EXPERIMENTS, Arm, ExperimentSet
 from streams.profile import CONTEXT_FEEDS, USER_FEEDS, ProfileStore, ProfileView, ScoringTuning
+from streams.propagate import edit_feed
 from streams.recommender import Recommender
 from streams.triggers import Triggers
 
@@ -56,6 +58,26 @@ def _ignore(_type: str, _outcome: str) -> None:
 
 def _ignore_lane(_seconds: float, _events: int) -> None:
     return None
+
+
+def _ignore_feed(_feed: str) -> None:
+    return None
+
+
+def no_worse(
+    computed: list[dict[str, Any]], held: Sequence[Payload], catalog: Catalog
+) -> list[dict[str, Any]]:
+    """``computed``, unless the part of ``held`` the catalog still shows is longer: then that.
+
+    For a feed whose stored version is gone (Redis restarted empty, flushed) while a client
+    holds a list: the profile, neighbours and trending went with it, so a recompute is made of
+    (almost) nothing. The held list's items the catalog does not know or has out of stock are
+    dropped and the others take the catalog's current payload (as a catalog change would do,
+    :func:`streams.propagate.edit_feed`); extra entry fields (an offer's) are not kept.
+    Returns ``computed`` itself (the same object) when it is kept.
+    """
+    kept = edit_feed(held, ids_of(held), catalog.get)
+    return kept if len(kept) > len(computed) else computed
 
 
 class Processor:
@@ -93,6 +115,9 @@ class Processor:
         # The last version this process wrote per user: the usual base of the next one, so
         # Redis need not send it back (see ProfileStore.apply_many).
         self._known = FeedCache(capacity=known_feeds)
+        #: Called with the feed name each time a held list was stored instead of a shorter
+        #: computed one (:meth:`ensure_feed`, metrics).
+        self.kept_on_loss: Callable[[str], None] = _ignore_feed
 
     async def handle_batch(self, events: Sequence[Event]) -> None:
         """Handle ``events``: every event applied in order, each user's feed recomputed once.
@@ -265,15 +290,22 @@ class Processor:
         """The profile store, through which consent decisions are recorded and read."""
         return self._profiles
 
-    async def ensure_feed(self, user: str, feed: str = HOME) -> FeedState:
+    async def ensure_feed(
+        self, user: str, feed: str = HOME, held: Sequence[Payload] | None = None
+    ) -> FeedState:
         """The user's stored ``feed``, storing a first one when there is none: the computed home
         or context feed, or an empty list for the offers feed (filled by triggers).
 
         Storing a context feed is what opts the user in: from then on every event of theirs
-        recomputes it (until the feed expires with the profile TTL)."""
+        recomputes it (until the feed expires with the profile TTL).
+
+        ``held``: the list a connection of the user still holds of ``feed`` (its stored version
+        is gone: Redis lost it). A home or context feed computed shorter than what of ``held``
+        the catalog still shows is not stored; that part of ``held`` is, as the first version of
+        the new epoch (see :func:`no_worse`), so the client's snapshot carries a good list."""
         if feed in CONTEXT_FEEDS:
             state = await self._feeds.read(user, feed)
-            return state if state is not None else await self._create_context(user, feed)
+            return state if state is not None else await self._create_context(user, feed, held)
         if feed != HOME:
             if self.triggers is None:
                 raise ValueError(f"no feed named {feed!r}")
@@ -281,24 +313,47 @@ class Processor:
         state = await self._feeds.read(user, HOME)
         if state is not None:
             return state
-        return await self.refresh_feed(user)
+        return await self.refresh_feed(user, held)
 
-    async def refresh_feed(self, user: str) -> FeedState:
-        """Recompute, store and publish the user's home feed now (first visit, profile merge)."""
+    async def refresh_feed(self, user: str, held: Sequence[Payload] | None = None) -> FeedState:
+        """Recompute, store and publish the user's home feed now (first visit, profile merge);
+        ``held`` as in :meth:`ensure_feed`."""
         arm = self._arms(self.experiments, [_refresh(user)]).get(user)
         view = await self._refreshed(user, arm.scoring if arm else None, ())
         arm = arm if view.personal else None  # no consent: outside experiments
         items = self._recommender.home(view, current=None, tuning=arm.feed if arm else None)
-        return await self._store_first(user, HOME, view.feed, items, _tag(arm), view.personal)
+        tag = _tag(arm)
+        if held and view.personal:  # without consent the held (personal) list must not return
+            items, tag = self._no_worse(user, HOME, items, tag, held)
+        return await self._store_first(user, HOME, view.feed, items, tag, view.personal)
 
-    async def _create_context(self, user: str, feed: str) -> FeedState:
+    async def _create_context(
+        self, user: str, feed: str, held: Sequence[Payload] | None = None
+    ) -> FeedState:
         """Score, store and publish the user's first ``feed`` (a context feed)."""
         view = await self._refreshed(user, None, (feed,))
         context = view.context.get(feed)
         if context is None:  # pragma: no cover - the script scores what it is asked for
             raise RuntimeError(f"refresh returned no {feed} candidates")
         items = self._recommender.context(feed, context.candidates)
+        if held and view.personal:
+            items, _ = self._no_worse(user, feed, items, "", held)
         return await self._store_first(user, feed, context.feed, items, "", view.personal)
+
+    def _no_worse(
+        self,
+        user: str,
+        feed: str,
+        items: list[dict[str, Any]],
+        tag: str,
+        held: Sequence[Payload],
+    ) -> tuple[list[dict[str, Any]], str]:
+        kept = no_worse(items, held, self._catalog)
+        if kept is items:
+            return items, tag
+        self.kept_on_loss(feed)
+        log.warning("feed_kept_on_loss", feed=feed, items=len(kept), computed=len(items))
+        return kept, ""  # the held list was not made by an arm now: no rec tag
 
     async def _refreshed(
         self, user: str, scoring: ScoringTuning | None, context: Sequence[str]

@@ -621,3 +621,63 @@ def test_the_cache_is_bounded_oldest_first() -> None:
     assert verifier.verify_claims(tokens[2]) is claims[2]
     assert verifier.verify_claims(tokens[1]) is claims[1]
     assert verifier.verify_claims(tokens[0]) is not claims[0]  # evicted, verified again
+
+
+# -- issue 12, defect 11: leeway default and claim types ----------------------------------------
+
+
+def test_default_leeway_refuses_a_token_expired_20_s_ago() -> None:
+    verifier = TokenVerifier(SECRET)  # the default leeway: a few seconds of clock skew
+    token = verifier.mint("visitor-42", ttl_s=-20)
+    assert _refusal(token, verifier).reason == "expired"
+    assert verifier.verify(verifier.mint("visitor-42", ttl_s=-2)) == "visitor-42"
+
+
+def test_default_leeway_setting_is_a_few_seconds() -> None:
+    from push.config import Settings
+
+    assert 0 < Settings().token_leeway_s <= 5
+    token = TokenVerifier(SECRET).mint("visitor-42", ttl_s=-20)
+    assert _refusal(token, Settings(secret=SECRET).build_verifier(SECRET)).reason == "expired"
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"exp": str(_exp())},
+        {"exp": "soon"},
+        {"exp": True},
+        {"exp": [_exp()]},
+        {"exp": {"at": _exp()}},
+        {"exp": _exp(), "iat": str(int(time.time()))},
+        {"exp": _exp(), "iat": True},
+        {"exp": _exp(), "nbf": "0"},
+        {"exp": _exp(), "nbf": False},
+        {"exp": _exp(), "nbf": None},
+    ],
+    ids=repr,
+)
+def test_time_claims_must_be_json_numbers(claims: dict[str, Any]) -> None:
+    error = _refusal(_signed({"sub": "visitor-42", **claims}))
+    assert error.reason == "claims"
+    assert re.search(r"\b(exp|iat|nbf)\b", str(error))
+
+
+def test_time_claims_may_be_fractional_numbers() -> None:
+    # RFC 7519 §2: a NumericDate may be non-integer.
+    token = _signed({"sub": "visitor-42", "exp": _exp() + 0.5, "iat": time.time()})
+    assert _verifier().verify_claims(token).exp == _exp()
+
+
+def test_fractional_expired_token_is_expired() -> None:
+    token = _signed({"sub": "visitor-42", "exp": time.time() - 60.5})
+    assert _refusal(token, _verifier(leeway_s=5)).reason == "expired"
+
+
+def test_future_nbf_and_iat_beyond_the_leeway_are_refused() -> None:
+    verifier = _verifier(leeway_s=5)
+    for claim in ("nbf", "iat"):
+        token = _signed({"sub": "visitor-42", "exp": _exp(), claim: time.time() + 60})
+        assert _refusal(token, verifier).reason == "claims"
+        token = _signed({"sub": "visitor-42", "exp": _exp(), claim: time.time() + 2})
+        assert verifier.verify(token) == "visitor-42"
