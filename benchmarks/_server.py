@@ -179,7 +179,10 @@ def _node(
     command: tuple[str, ...],
     extra: dict[str, str],
     log: Path | None = None,
+    module: str = "push.cli",
 ) -> Iterator[tuple[str, int]]:
+    """A node running ``python -m module *command`` on Kafka and Redis; yields its address and
+    pid once ``/readyz`` says ready, and terminates it afterwards."""
     port = _free_port()
     env = {
         **os.environ,
@@ -194,7 +197,7 @@ def _node(
     }
     output = log.open("ab") if log is not None else None
     proc = subprocess.Popen(
-        [sys.executable, "-m", "push.cli", *command],
+        [sys.executable, "-m", module, *command],
         cwd=ROOT,
         env=env,
         stdout=output or subprocess.DEVNULL,

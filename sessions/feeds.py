@@ -4,12 +4,20 @@ Guarantees:
 
 - A write is a compare-and-set on the stored version, in one round trip (Lua): two writers racing
   on one user's feed never interleave; the loser gets :class:`VersionConflict` and recomputes.
-- Every version after the first of an epoch has its diff in the history stream (capped, with the
-  feed's TTL), written atomically with the version itself.
+- Every version after the first of an epoch has its diff in the history (a list, newest first),
+  written atomically with the version itself, unless the diff is larger than
+  ``history_max_diff_bytes``: then the history is emptied instead (no chain crosses that version).
+- The history exists only for resume after a short disconnect, and is bounded three ways: at most
+  ``history_len`` entries (trimmed exactly on every write), none older than ``history_ttl_s`` by
+  Redis's clock (older ones are trimmed on write, the key expires that long after its newest
+  entry, and a read never uses one), and no diff above the byte bound. Why a list and not a
+  stream: Redis 7 preallocates 4 KB for a stream's first node, so even a one-entry stream costs
+  ~4.7 KB, where a short list costs its bytes.
 - A feed whose key vanished (TTL, flush) starts a new epoch on its next write, and that write
   deletes the history of the older epoch: every history entry belongs to the stored epoch.
-- Each history entry carries its version's ``n``, its diff and the checksum of the list it
-  produces (``sum``), so a replay needs neither the intermediate lists nor a recomputation.
+- Each history entry carries the time it was written, its version's ``n``, its diff and the
+  checksum of the list it produces (``sum``), so a replay needs neither the intermediate lists
+  nor a recomputation.
 - Resume is all or nothing (:meth:`FeedStore.read_since`): the stored state and the history are
   read together in one script (a concurrent write cannot fall between them), and the missed diffs
   come back only when the history holds every one of them, consecutive, ending at the stored
@@ -65,6 +73,10 @@ _UNINDEX_LUA = resources.files("sessions").joinpath("lua/feed_unindex.lua").read
 SHOWN_PREFIX = "pr:shown:"
 #: How often (at most) a write confirms every item of its list in the index, by default.
 INDEX_REFRESH_S = 3600
+#: History bounds by default: entries per feed, age (s), largest diff kept (bytes).
+HISTORY_LEN = 32
+HISTORY_TTL_S = 300.0
+HISTORY_MAX_DIFF_BYTES = 1024
 
 
 def shown_prefix(feed: str) -> str:
@@ -243,13 +255,17 @@ class FeedStore:
         redis: Redis,
         *,
         ttl_s: int,
-        history_len: int,
+        history_len: int = HISTORY_LEN,
+        history_ttl_s: float = HISTORY_TTL_S,
+        history_max_diff_bytes: int = HISTORY_MAX_DIFF_BYTES,
         index_refresh_s: int = INDEX_REFRESH_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._redis = redis
         self._ttl_s = ttl_s
         self._history_len = history_len
+        self._history_ttl_ms = max(1, round(history_ttl_s * 1000))
+        self._history_max_diff_bytes = history_max_diff_bytes
         self._index_refresh_s = index_refresh_s
         self._clock = clock
         self._write = PipelinedScript(redis, _WRITE_LUA)
@@ -285,11 +301,12 @@ class FeedStore:
         One round trip (one script reads the state and the needed tail of the history
         atomically; a second one only when Redis lost the script). The history is read only
         when ``held`` is of the stored epoch and at most ``history_len`` changes behind, and then
-        only its last ``stored n - held n`` entries.
+        only its last ``stored n - held n`` entries, and only those within ``history_ttl_s``.
         """
         epoch, n = (held.epoch, held.n) if held is not None else ("", 0)
+        keys = [feed_key(user, feed), history_key(user, feed)]
         [reply] = await self._since.run_many(
-            [([feed_key(user, feed), history_key(user, feed)], [epoch, n, self._history_len])]
+            [(keys, [epoch, n, self._history_len, self._history_ttl_ms])]
         )
         if isinstance(reply, Exception):
             raise reply
@@ -392,6 +409,8 @@ class FeedStore:
                         "\n".join(i for i in new_ids if i in old_set),
                         "\n".join(i for i in old_ids if i not in new_set),
                         "0" if tags is None or tags[i] is None else "1" + str(tags[i]),
+                        self._history_ttl_ms,
+                        self._history_max_diff_bytes,
                         *more_args,
                     ],
                 )
@@ -496,7 +515,7 @@ def _text(value: object) -> str:
 
 
 def _chain(state: FeedState, held: Version, entries: list[Any]) -> tuple[ReplayedDiff, ...] | None:
-    """The diffs from ``held`` to ``state`` out of history ``entries`` (XREVRANGE: newest first).
+    """The diffs from ``held`` to ``state`` out of history ``entries`` (newest first).
 
     None unless the entries are exactly the versions ``held.n + 1 … state.version.n``, in order,
     each with a well-formed diff and checksum, the last checksum being the state's.
@@ -506,23 +525,34 @@ def _chain(state: FeedState, held: Version, entries: list[Any]) -> tuple[Replaye
     out: list[ReplayedDiff] = []
     base = held
     for entry in reversed(entries):
-        try:
-            raw = entry[1]
-            fields = dict(zip(raw[::2], raw[1::2], strict=True))
-            n = int(fields[b"n"])
-            diff = msgpack.unpackb(fields[b"d"])
-            sum_ = fields[b"s"].decode()
-            tag = fields[b"r"].decode() if fields.get(b"r") else ""
-        except (KeyError, IndexError, TypeError, ValueError):
-            return None  # an entry written before sums were stored, or not ours: cannot prove
-        if n != base.n + 1 or not _is_diff(diff):
+        parsed = _entry(entry)
+        if parsed is None or parsed[0] != base.n + 1:
             return None
+        n, sum_, tag, diff = parsed
         version = Version(base.epoch, n)
         out.append(ReplayedDiff(state.feed, base, version, diff, sum_, tag))
         base = version
     if out[-1].sum != state.sum:
         return None
     return tuple(out)
+
+
+def _entry(raw: object) -> tuple[int, str, str, DiffBody] | None:
+    """``(n, sum, tag, diff)`` of one history entry (see ``feed_write.lua``: msgpack ms, n, sum,
+    tag, then the diff); None when it is not well formed (cannot prove a chain)."""
+    if not isinstance(raw, bytes):
+        return None
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(raw)
+    try:
+        _ms, n, sum_, tag, diff = list(unpacker)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError):
+        return None
+    if not (
+        isinstance(n, int) and isinstance(sum_, str) and isinstance(tag, str) and _is_diff(diff)
+    ):
+        return None
+    return n, sum_, tag, diff
 
 
 def _is_diff(value: object) -> TypeGuard[DiffBody]:

@@ -1,6 +1,6 @@
 -- Compare-and-set write of one feed version, plus its diff appended to the user's history, and
 -- (optionally) the index of which users' feed shows which item, all atomically.
--- KEYS[1] feed hash (e, n, b, x)   KEYS[2] history stream
+-- KEYS[1] feed hash (e, n, b, x)   KEYS[2] history list (newest first; see sessions/feeds.py)
 -- ARGV[1] base epoch ('' = the feed must not exist yet)   ARGV[2] base n
 -- ARGV[3] new body (msgpack)   ARGV[4] diff (msgpack, '' when the write starts a new epoch)
 -- ARGV[5] history max length   ARGV[6] ttl seconds   ARGV[7] epoch to use when starting one
@@ -11,6 +11,7 @@
 -- ARGV[14] ids entering the list, ARGV[15] ids kept, ARGV[16] ids leaving ('\n'-separated)
 -- ARGV[17] the new version's tag: '1' .. tag to set it ('1' alone: untagged), '0' to keep the
 -- stored one (an edit of the list rather than a new computation; see FeedState.tag)
+-- ARGV[18] history time bound, ms   ARGV[19] largest diff kept in the history, bytes
 -- Returns {1, epoch, n, tag} on success, {0, epoch|'' , n} with the stored version on conflict.
 local cur = redis.call('HMGET', KEYS[1], 'e', 'n')
 local cur_e = cur[1] or ''
@@ -31,9 +32,30 @@ if ARGV[1] == '' then
   redis.call('DEL', KEYS[2])
 else
   epoch, n = cur_e, cur_n + 1
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'n', n, 'd', ARGV[4], 's', ARGV[8],
-             'r', tag)
-  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  -- The history, bounded by entries, time and bytes. An entry is msgpack (ms, n, sum, tag)
+  -- followed by the diff's own msgpack; ms is Redis's clock, which both scripts read.
+  -- A diff larger than the byte bound is not kept, and neither is anything before it (the
+  -- list is emptied): no chain can cross that version, so a client holding an older one gets a
+  -- snapshot (all or nothing), and the snapshot is no larger than that diff anyway. A key of
+  -- another type (a history stream written by an older version) is replaced the same way.
+  if #ARGV[4] > tonumber(ARGV[19]) or redis.call('TYPE', KEYS[2]).ok ~= 'list' then
+    redis.call('DEL', KEYS[2])
+  end
+  if #ARGV[4] <= tonumber(ARGV[19]) then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    local bound = tonumber(ARGV[18])
+    redis.call('LPUSH', KEYS[2], cmsgpack.pack(now, n, ARGV[8], tag) .. ARGV[4])
+    redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+    -- Oldest last: drop the entries past the time bound (the reader ignores them anyway).
+    while true do
+      local ok, _, ms = pcall(cmsgpack.unpack_one, redis.call('LINDEX', KEYS[2], -1))
+      if ok and type(ms) == 'number' and now - ms <= bound then break end
+      redis.call('RPOP', KEYS[2])
+    end
+    -- The newest entry is never older than the bound: the key lives no longer than it.
+    redis.call('PEXPIRE', KEYS[2], bound)
+  end
 end
 redis.call('HSET', KEYS[1], 'e', epoch, 'n', n, 'b', ARGV[3], 'r', tag)
 

@@ -53,13 +53,24 @@ def seeded(seed: int) -> random.Random:
     return random.Random(seed)  # noqa: S311 - reproducible feeds, not secrets
 
 
-Entry = tuple[bytes, dict[Any, Any]]  # (id, fields as bytes)
+async def history(redis: Redis, key: str) -> list[bytes]:
+    """The raw entries of a history (a list, newest first), oldest first."""
+    entries = [e for e in await redis.lrange(key, 0, -1) if isinstance(e, bytes)]
+    return entries[::-1]
 
 
-async def history(redis: Redis, key: str) -> list[Entry]:
-    """The raw entries of a history stream, oldest first."""
-    entries: list[Entry] = await redis.xrange(key)  # type: ignore[assignment]
-    return entries
+async def put_history(redis: Redis, key: str, entries: list[bytes]) -> None:
+    """Replace a history by ``entries`` (oldest first)."""
+    await redis.delete(key)
+    for entry in entries:
+        await redis.lpush(key, entry)
+
+
+def decode_entry(raw: bytes) -> list[Any]:
+    """``[ms, n, sum, tag, diff]`` of a history entry (see sessions/lua/feed_write.lua)."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(raw)
+    return list(unpacker)
 
 
 def random_list(rng: random.Random) -> list[dict[str, Any]]:
@@ -143,10 +154,11 @@ def test_history_entries_carry_the_checksum(redis_url: str) -> None:
         assert not isinstance(second, Exception) and second is not None
         entries = await history(redis, history_key(user, FEED))
         assert len(entries) == 1  # the first version of an epoch has no diff
-        fields = entries[0][1]
-        assert fields[b"n"] == b"2"
-        assert fields[b"s"] == second.state.sum.encode() == checksum(["b", "c"]).encode()
-        assert msgpack.unpackb(fields[b"d"]) == second.diff
+        _ms, n, sum_, tag, diff = decode_entry(entries[0])
+        assert n == 2
+        assert sum_ == second.state.sum == checksum(["b", "c"])
+        assert tag == ""
+        assert diff == second.diff
         await forget(redis, user)
 
     run(redis_url, body)
@@ -198,7 +210,7 @@ def test_missing_feed(redis_url: str) -> None:
         for held in (None, Version("abc", 1)):
             assert await store.read_since(user, FEED, held) == Resume(None, None)
         # A history left without its feed is never replayed either.
-        await redis.xadd(history_key(user, FEED), {"n": 2, "d": b"", "s": "00000000"})
+        await redis.lpush(history_key(user, FEED), b"\x02")
         assert await store.read_since(user, FEED, Version("abc", 1)) == Resume(None, None)
         await forget(redis, user)
 
@@ -211,15 +223,14 @@ def test_trimmed_history(redis_url: str) -> None:
         user = new_user()
         states = await write_chain(store, user, seeded(4), 10)
         stored = states[-1]
-        # More changes behind than the history keeps: a snapshot, whatever the stream holds
-        # (MAXLEN ~ trims lazily).
+        # More changes behind than the history keeps: a snapshot.
         for held in states[: -1 - 3]:
             assert await store.read_since(user, FEED, held.version) == Resume(stored, None)
         # Within the history length: replayed.
         for held in states[-1 - 3 : -1]:
             assert_chain(await store.read_since(user, FEED, held.version), held, states)
-        # The stream trimmed for real, below what a held version needs.
-        await redis.xtrim(history_key(user, FEED), maxlen=2, approximate=False)
+        # The history trimmed below what a held version needs.
+        await redis.ltrim(history_key(user, FEED), 0, 1)
         assert await store.read_since(user, FEED, states[-4].version) == Resume(stored, None)
         assert_chain(await store.read_since(user, FEED, states[-3].version), states[-3], states)
         await forget(redis, user)
@@ -238,28 +249,23 @@ def test_lost_or_broken_history(redis_url: str) -> None:
 
         # An entry missing in the middle (a gap).
         entries = await history(redis, hist)
-        await redis.xdel(hist, entries[3][0])
+        await put_history(redis, hist, [e for i, e in enumerate(entries) if i != 3])
         assert await store.read_since(user, FEED, held.version) == Resume(stored, None)
 
         # A duplicate entry at the end (as if a diff were appended twice).
-        await redis.delete(hist)
-        for entry_id, fields in entries:
-            await redis.xadd(hist, fields, id=entry_id)
+        await put_history(redis, hist, entries)
         assert_chain(await store.read_since(user, FEED, held.version), held, states)
-        await redis.xadd(hist, entries[-1][1])
+        await redis.lpush(hist, entries[-1])
         assert await store.read_since(user, FEED, held.version) == Resume(stored, None)
 
         # Out of order.
-        await redis.delete(hist)
-        swapped = [entries[0], entries[2], entries[1], *entries[3:]]
-        for _, fields in swapped:
-            await redis.xadd(hist, fields)
+        await put_history(redis, hist, [entries[0], entries[2], entries[1], *entries[3:]])
         assert await store.read_since(user, FEED, states[0].version) == Resume(stored, None)
 
-        # An entry written before checksums were stored (no 's'): cannot be proven.
-        await redis.delete(hist)
-        for i, (_, fields) in enumerate(entries):
-            await redis.xadd(hist, {k: v for k, v in fields.items() if i != 4 or k != b"s"})
+        # An entry without its checksum (not ours, or malformed): cannot be proven.
+        ms, n, _sum, tag, diff = decode_entry(entries[4])
+        broken = msgpack.packb(ms) + msgpack.packb(n) + msgpack.packb(tag) + msgpack.packb(diff)
+        await put_history(redis, hist, [broken if i == 4 else e for i, e in enumerate(entries)])
         assert await store.read_since(user, FEED, held.version) == Resume(stored, None)
         assert_chain(await store.read_since(user, FEED, states[-2].version), states[-2], states)
 
