@@ -18,6 +18,7 @@ from typing import Any
 
 from push.exceptions import ConfigError
 from sessions.tokens import (
+    LEEWAY_S,
     PUBLIC_KEY_ALGORITHMS,
     SUPPORTED_ALGORITHMS,
     TokenVerifier,
@@ -26,6 +27,8 @@ from sessions.tokens import (
 from streams.consent import POLICIES
 
 PREFIX = "PUSHREC_"
+#: Log level names (``PUSHREC_LOG_LEVEL_LIBS``).
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 #: ``scheme://host[:port]`` as browsers send it in ``Origin`` (host: name, IPv4 or [IPv6]).
 _ORIGIN = re.compile(
     r"(?P<scheme>[a-z][a-z0-9+.-]*)://"
@@ -43,6 +46,10 @@ class Settings:
     port: int = 8080
     #: External Redis (``redis://…``, ``unix://…``); unset = start a private embedded Redis.
     redis_url: str | None = None
+    #: A Redis connection idle this long is checked with a PING before its next use; the broker's
+    #: pub/sub connection sends its own PING after this long without traffic (see
+    #: sessions/broker_redis.py), so a dead connection is found and its subscriptions remade.
+    redis_health_check_s: float = 30.0
     #: Where the embedded Redis keeps its data; unset = a temporary directory removed at exit.
     data_dir: Path | None = None
     #: HS256 secret that signs visitor tokens (≥ 32 chars); embedded mode generates one if unset.
@@ -50,6 +57,9 @@ class Settings:
     #: API key of the shop backend and of every admin operation; embedded mode generates one.
     admin_key: str | None = None
     log_level: str = "info"
+    #: Level of third-party libraries' log lines (aiokafka, redis, websockets, uvicorn…); unset =
+    #: ``log_level`` but never below info: their debug lines carry user ids and events.
+    log_level_libs: str | None = None
     #: ``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise).
     log_format: str = "auto"
     bus_partitions: int = 4
@@ -66,8 +76,14 @@ class Settings:
     #: Diversity: at most this many items of one category in a feed while others remain (0: off).
     max_per_category: int = 0
     profile_ttl_s: int = 30 * 86_400
-    history_len: int = 100
-    token_leeway_s: float = 30.0
+    #: Resume history per feed (sessions/feeds.py): at most this many diffs, ...
+    history_len: int = 32
+    #: ... none older than this (s): the history only bridges a short disconnect ...
+    history_ttl_s: float = 300.0
+    #: ... and no diff larger than this (bytes): a resume across one gets a snapshot.
+    history_max_diff_bytes: int = 1024
+    #: Clock skew allowed on a visitor token's ``exp`` (and ``nbf``/``iat``), seconds.
+    token_leeway_s: float = LEEWAY_S
     #: Accepted visitor-token algorithms, comma separated: HS256 (signed with ``secret``), RS256,
     #: RS384, ES256, ES384 (verified with ``token_public_key_file``). Anonymous tokens, which the
     #: server signs itself (HS256), are accepted in any case.
@@ -85,6 +101,14 @@ class Settings:
     ping_interval_s: float = 25.0
     #: A frame not written within this long marks the client as stuck: closed with "slow".
     send_timeout_s: float = 10.0
+    #: A REST request body (events, catalog, rules…) must arrive whole within this long after
+    #: the headers; a slower one is answered 408 (push/http.py). Bounds what a slow sender holds.
+    body_timeout_s: float = 10.0
+    #: Kernel send buffer (``SO_SNDBUF``) of each push socket, in bytes (Linux doubles it for its
+    #: bookkeeping); 0 = the kernel's autotuning (up to ``net.ipv4.tcp_wmem`` max, MiBs). Fixed,
+    #: a client that stops reading fills it quickly, so the server sees the backlog (conflation,
+    #: then 4001) instead of the kernel queueing MiBs per socket (docs/ARCHITECTURE.md).
+    socket_sndbuf_bytes: int = 32_768
     #: Diffs that may wait per feed and connection before they collapse into one snapshot.
     max_pending_diffs: int = 8
     #: Largest client→server WebSocket message, in bytes.
@@ -219,6 +243,8 @@ class Settings:
             raise ConfigError("PUSHREC_ADMIN_KEY must be at least 16 characters long")
         if self.log_format not in {"json", "console", "auto"}:
             raise ConfigError("PUSHREC_LOG_FORMAT must be json, console or auto")
+        if self.log_level_libs is not None and self.log_level_libs.lower() not in LOG_LEVELS:
+            raise ConfigError(f"PUSHREC_LOG_LEVEL_LIBS must be {', '.join(LOG_LEVELS)}")
         if self.consent not in POLICIES:
             raise ConfigError(
                 f"PUSHREC_CONSENT must be {' or '.join(POLICIES)}, got {self.consent[:20]!r}"
@@ -238,6 +264,7 @@ class Settings:
             "max_batch",
             "feed_size",
             "history_len",
+            "history_max_diff_bytes",
             "max_pending_diffs",
             "max_body_bytes",
             "max_message_bytes",
@@ -253,7 +280,10 @@ class Settings:
             "auth_timeout_s",
             "ping_interval_s",
             "send_timeout_s",
+            "body_timeout_s",
             "timers_interval_s",
+            "redis_health_check_s",
+            "history_ttl_s",
         )
         for name in durations:
             value = getattr(self, name)
@@ -263,7 +293,7 @@ class Settings:
             value = getattr(self, name)
             if not 0 <= value <= 600:  # also refuses NaN
                 raise ConfigError(f"PUSHREC_{name.upper()} must be between 0 and 600 seconds")
-        for name in ("ws_deflate_min_bytes", "max_per_category"):
+        for name in ("ws_deflate_min_bytes", "max_per_category", "socket_sndbuf_bytes"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"PUSHREC_{name.upper()} must be at least 0")
         if not (self.max_messages_per_s > 0 and math.isfinite(self.max_messages_per_s)):

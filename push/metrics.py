@@ -145,11 +145,30 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.consumer_restarts = Counter(
+            "pushrec_kafka_consumer_restarts",
+            "Restarts of the Kafka consumer loop after an unexpected error, by error type"
+            " (crashes in a row with no poll completed fail /healthz)",
+            ["error"],
+            registry=r,
+        )
         self.catalog_edits = Counter(
             "pushrec_catalog_edits",
             "Catalog propagation: feed versions edited, lost races (retried), stale index entries"
             " removed, edits given up; by outcome",
             ["outcome"],
+            registry=r,
+        )
+        self.catalog_restored = Counter(
+            "pushrec_catalog_restored_items",
+            "Catalog items this node wrote back from its mirror after Redis lost the catalog",
+            registry=r,
+        )
+        self.feeds_kept = Counter(
+            "pushrec_feeds_kept_on_loss",
+            "Feeds whose stored version Redis lost, stored again as the list the client held"
+            " (a recompute from the emptied profile was shorter), by feed",
+            ["feed"],
             registry=r,
         )
         self.rules_reloads = Counter(

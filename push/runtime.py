@@ -143,6 +143,7 @@ class Runtime:
                     max_batch=settings.kafka_max_batch,
                     on_dead=self.metrics.dead_lettered,
                     on_lag=self.metrics.kafka_lag_observed,
+                    on_restart=lambda error: self.metrics.consumer_restarts.labels(error).inc(),
                 )
         self.broker: Broker = MemoryBroker()
         self.hub = Hub(self.broker)
@@ -223,6 +224,13 @@ class Runtime:
             checks["producer"] = self.kafka_producer.ready
         return checks
 
+    def liveness(self) -> dict[str, bool]:
+        """What ``/healthz`` checks beyond the event loop answering: the Kafka consumer loop is
+        not stuck failing (a broker outage is readiness's business, not liveness's)."""
+        if isinstance(self.source, KafkaSource):
+            return {"consumer": self.source.healthy}
+        return {}
+
     async def start(self) -> None:
         """Connect or start Redis, load the catalog, start the broker, producer and consumers.
 
@@ -243,17 +251,29 @@ class Runtime:
             # It blocks start-up for the few ms redis-server takes to answer; nothing runs yet.
             self.embedded = EmbeddedRedis(s.data_dir).start()
             url = self.embedded.url
-        self._redis = connect(url, observe=self.metrics.redis_observed, health_check_interval=30)
+        # The health check PINGs a pooled connection idle for that long before using it; the
+        # broker's pub/sub connection has none (sessions/broker_redis.py) and PINGs on its own.
+        hc_s = s.redis_health_check_s
+        self._redis = connect(url, observe=self.metrics.redis_observed, health_check_interval=hc_s)
         await self._redis.ping()
         if s.kafka_bootstrap is not None:
-            self.broker = RedisBroker(self._redis, on_gap=lambda users: self.hub.resync(users))
+            self.broker = RedisBroker(
+                self._redis, on_gap=lambda users: self.hub.resync(users), ping_interval_s=hc_s
+            )
             self.hub = Hub(self.broker)
         self._catalog = Catalog(self._redis)
+        self._catalog.restored = self.metrics.catalog_restored.inc
         if not await self._catalog.load() and s.catalog_file is not None:
             await self._catalog.upsert(load_items(s.catalog_file))
         if s.redis_url is not None:  # other nodes may write the catalog: follow their changes
             self._following = asyncio.create_task(self._catalog.follow(), name="catalog-follow")
-        self._feeds = FeedStore(self._redis, ttl_s=s.profile_ttl_s, history_len=s.history_len)
+        self._feeds = FeedStore(
+            self._redis,
+            ttl_s=s.profile_ttl_s,
+            history_len=s.history_len,
+            history_ttl_s=s.history_ttl_s,
+            history_max_diff_bytes=s.history_max_diff_bytes,
+        )
         profiles = ProfileStore(self._redis, self.profile_tuning, self._scoring)
         recommender = Recommender(self._catalog, self._feed_tuning)
         recommender.observe_rule = lambda action: self.metrics.rule_hits.labels(action).inc()
@@ -284,6 +304,7 @@ class Runtime:
             triggers=self._triggers,
             stats=self._experiment_stats,
         )
+        self._processor.kept_on_loss = lambda feed: self.metrics.feeds_kept.labels(feed).inc()
         await self._start_experiments()
         # Catalog changes made through this node's API reach the stored feeds showing the items
         # (streams/propagate.py); publishing through the broker reaches every node's sockets.

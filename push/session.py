@@ -78,6 +78,7 @@ class Session:
         "_paused_since",
         "_refused",
         "_resume_ids",
+        "_shown",
         "anonymous",
         "client",
         "closed",
@@ -109,6 +110,9 @@ class Session:
         #: feed -> latest update while the transport is paused
         self._conflated: dict[str, FeedUpdate] | None = None
         self._paused_since = 0.0
+        #: feed -> the list the client holds (the stored state's items, shared, not copied): kept
+        #: only to restore a feed whose stored version Redis lost (see _read_and_send).
+        self._shown: dict[str, Any] | None = None
         self.last_seen = now
         self._last_ping = now
         s = runtime.settings
@@ -131,7 +135,19 @@ class Session:
     # -- lifecycle --------------------------------------------------------------------------
 
     async def open(self, feeds: tuple[str, ...], have: Mapping[str, Version]) -> None:
-        """Register with the hub, send hello, and subscribe to ``feeds`` (resuming ``have``)."""
+        """Register with the hub, send hello, and subscribe to ``feeds`` (resuming ``have``).
+
+        Never raises: when the setup fails (e.g. the broker could not subscribe the user's
+        updates) the connection is closed with 4004 and a reason, counted in the closes metric,
+        rather than left open without hello.
+        """
+        try:
+            await self._open(feeds, have)
+        except Exception as exc:
+            self.log.warning("connection_setup_failed", error=type(exc).__name__)
+            self.close(CloseCode.SETUP_FAILED, "could not subscribe to updates; reconnect")
+
+    async def _open(self, feeds: tuple[str, ...], have: Mapping[str, Version]) -> None:
         rt = self.runtime
         await rt.hub.attach(self.user, self)
         self._attached = True
@@ -297,12 +313,14 @@ class Session:
             full = protocol.cached_snapshot(update, codec)
             if len(full) <= len(data):  # a diff that replaces (almost) everything
                 self._mark_sent(update.state.items)
+                self._holds(update.state)
                 self._write_data(full, "snapshot")
                 return
         patched = update.diff["patch"]
         if patched:
             sent.extend(p for p in update.state.items if str(p["id"]) in patched)
         self._mark_sent(sent)
+        self._holds(update.state)
         self._write_data(data, "diff")
 
     def _snapshot(self, state: FeedState, data: bytes | None = None) -> None:
@@ -310,9 +328,16 @@ class Session:
             return
         self.client.now_holds(state.feed, state.version)
         self._mark_sent(state.items)
+        self._holds(state)
         self._write_data(
             data or protocol.encode(protocol.snapshot(state), self.sink.codec), "snapshot"
         )
+
+    def _holds(self, state: FeedState) -> None:
+        """Remember the list the client now holds of ``state.feed`` (a reference)."""
+        if self._shown is None:
+            self._shown = {}
+        self._shown[state.feed] = state.items
 
     def _mark_sent(self, payloads: Any) -> None:
         if self.items is not None:
@@ -344,8 +369,11 @@ class Session:
             )
             state = resume.state
             if state is None:
+                # Redis lost the stored feed (restart, flush) while the client holds a version:
+                # a list recomputed from the emptied profile must not replace the one it holds.
+                shown = self._shown.get(feed) if self._shown and have is not None else None
                 state = await self._patiently(
-                    lambda: self.runtime.processor.ensure_feed(self.user, feed)
+                    lambda: self.runtime.processor.ensure_feed(self.user, feed, shown)
                 )
         except Unavailable:
             self.close(CloseCode.UNAVAILABLE, "feed store unreachable; reconnect")
@@ -371,6 +399,7 @@ class Session:
                 self._write(message, "diff")
             if not resume.updates:
                 self.client.now_holds(feed, have)
+            self._holds(state)
             if self.items is not None:  # patched payloads of replayed diffs: start from the list
                 self.items.sent(state.items)
         else:
@@ -450,6 +479,8 @@ class Session:
                 self.client.unsubscribe(feed)
                 if self._conflated is not None:
                     self._conflated.pop(feed, None)
+                if self._shown is not None:
+                    self._shown.pop(feed, None)
             self._ack(msg)
         elif kind == "resync":
             assert msg.feed is not None
@@ -537,6 +568,7 @@ class Session:
             return
         await rt.hub.detach(anon, self)
         self.user, self.exp = claims.sub, claims.exp
+        self._shown = None  # the anonymous id's lists are not the user's
         await rt.hub.attach(self.user, self)
         if self.closed:
             await rt.hub.detach(self.user, self)

@@ -53,7 +53,7 @@ def test_defaults() -> None:
     assert settings.log_format == "auto"
     assert settings.feed_size == 12
     assert settings.max_pending_diffs == 8
-    assert settings.token_leeway_s == 30.0
+    assert settings.token_leeway_s == 5.0
     assert settings.demo is False
     assert settings.token_algorithms == "HS256"
     assert settings.token_public_key_file is None
@@ -196,6 +196,7 @@ def test_every_field_is_read_from_its_variable(tmp_path: Path) -> None:
     env["PUSHREC_TOKEN_PUBLIC_KEY_FILE"] = str(pem)
     env["PUSHREC_ALLOWED_ORIGINS"] = "https://shop.example"
     env["PUSHREC_CONSENT"] = "required"
+    env["PUSHREC_LOG_LEVEL_LIBS"] = "debug"
     settings = Settings.from_env(env)
     assert settings.port == 7
     assert settings.consent == "required"
