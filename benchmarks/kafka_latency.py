@@ -21,7 +21,9 @@ events are new events), and prints one row per step: the produce rate achieved, 
 unchanged, superseded, latency percentiles, and the CPU seconds each process used during the step
 (/proc/<pid>/stat: web node, worker, Redis, the Kafka broker, the client processes, and the rest
 of the machine's busy time from /proc/stat — the host is shared), then the server's own view: the
-web node's event→push histogram, the worker's lane time and Redis's EVALSHA statistics. A step
+web node's event→push histogram, the worker's lane time and Redis's EVALSHA statistics, and
+(issue 13) the CPU µs per event of each process and Redis's costliest commands per event (INFO
+commandstats; :mod:`benchmarks.event_cost` gives the same for the REES46 replay). A step
 ends when the worker has processed every event produced in it, plus one second for the last
 frames. Without ``--rates`` it is one step at ``--rate`` (the single-point table and CDF).
 
@@ -38,7 +40,6 @@ import json
 import multiprocessing
 import os
 import random
-import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -50,7 +51,16 @@ import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from benchmarks._cpu import (
+    CommandStats,
+    RedisNodes,
+    commandstats_delta,
+    kafka_pid,
+    load_average,
+    machine_ticks,
+)
 from benchmarks._plot import EVENT_TARGETS, figure, latency_cdf, save
+from benchmarks._profile import Profile
 from benchmarks._prom import delta, histogram, quantile
 from benchmarks._server import (
     ROOT,
@@ -246,43 +256,25 @@ async def _client_main(spec: ShardSpec, pipe: Connection) -> None:
             transport.close()
 
 
-def machine_ticks() -> tuple[int, int]:
-    """(idle, total) CPU time of the machine so far, in clock ticks (/proc/stat)."""
-    ticks = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
-    return ticks[3] + ticks[4], sum(ticks)  # guest time is already in user time: not summed
-
-
-def kafka_pid() -> int | None:
-    """The broker of scripts/kafka.sh: its pid file, else ``pgrep``."""
-    pidfile = Path(os.environ.get("PUSHREC_TEST_KAFKA_DIR", ROOT / ".cache/kafka")) / "kafka.pid"
-    if pidfile.exists():
-        return int(pidfile.read_text().split()[0])
-    found = subprocess.run(
-        ["pgrep", "-f", "kafka.Kafka"], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return int(found[0]) if found else None
-
-
 @dataclass
 class Rig:
     """The processes under measurement, the Redis they share and the client processes."""
 
     web: str
     worker: str
-    store: redis.Redis
+    nodes: RedisNodes
     pids: dict[str, list[int]]
     pipes: list[Connection]
 
     def read(self) -> dict[str, Any]:
         """Counters to difference over a step: CPU seconds per process, the machine's ticks,
         the nodes' own histograms and Redis's EVALSHA statistics."""
-        evalsha = self.store.info("commandstats").get("cmdstat_evalsha", {})
         return {
             "cpu": {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids.items()},
             "ticks": machine_ticks(),
             "push": histogram(self.web, "pushrec_event_to_push_seconds", transport="websocket"),
             "lane": histogram(self.worker, "pushrec_recompute_seconds"),
-            "evalsha": (int(evalsha.get("calls", 0)), int(evalsha.get("usec", 0))),
+            "commands": self.nodes.commandstats(),
             "processed": processed_total(self.worker),
         }
 
@@ -292,10 +284,12 @@ class Rig:
         return [pipe.recv() for pipe in self.pipes]
 
 
-def run_step(rig: Rig, rate: int, seconds: float) -> dict[str, Any]:
+def run_step(rig: Rig, rate: int, seconds: float, profile: Profile | None = None) -> dict[str, Any]:
     """One step at ``rate`` events/s for ``seconds``: it ends once the worker processed every
-    event produced in it, plus one second for the last frames."""
+    event produced in it, plus one second for the last frames. ``profile``: sampled over it."""
     r0, wall0 = rig.read(), time.monotonic()
+    if profile is not None:
+        profile.start(rig.pids["worker"][0])
     start = time.time() + 0.5
     ends = rig.ask(("step", {"rate": rate, "seconds": seconds, "start": start}))
     sent = sum(e["sent"] for e in ends)
@@ -306,12 +300,14 @@ def run_step(rig: Rig, rate: int, seconds: float) -> dict[str, Any]:
     backlog_s = time.time() - ended
     time.sleep(1.0)  # the last frames
     collected = rig.ask(("collect",))
+    if profile is not None:
+        profile.stop()
     r1, wall = rig.read(), time.monotonic() - wall0
     cpu = {name: r1["cpu"][name] - r0["cpu"][name] for name in r1["cpu"]}
     idle, total = (b - a for a, b in zip(r0["ticks"], r1["ticks"], strict=True))
     busy = (total - idle) / os.sysconf("SC_CLK_TCK")
     cpu["others"] = max(0.0, busy - sum(cpu.values()))  # readings a tick apart: never below 0
-    calls, usec = (b - a for a, b in zip(r0["evalsha"], r1["evalsha"], strict=True))
+    commands: CommandStats = commandstats_delta(r1["commands"], r0["commands"])
     return {
         "rate": rate,
         "achieved": sent / (ended - start),
@@ -325,7 +321,9 @@ def run_step(rig: Rig, rate: int, seconds: float) -> dict[str, Any]:
         "backlog": backlog_s,
         "push": delta(r1["push"], r0["push"]),
         "lane": delta(r1["lane"], r0["lane"]),
-        "evalsha": (calls, usec),
+        "evalsha": commands.get("evalsha", (0, 0)),
+        "commands": commands,
+        "load": load_average(),
         "stats": collected,
     }
 
@@ -334,7 +332,7 @@ def measure(
     args: argparse.Namespace,
     web: str,
     worker: str,
-    store: redis.Redis,
+    nodes: RedisNodes,
     extra: dict[str, list[int]],
 ) -> Any:
     """Open the sockets from the client processes, run every step, stop the clients."""
@@ -359,7 +357,7 @@ def measure(
         procs.append(proc)
         pipes.append(parent)
     clients = [os.getpid(), *(p.pid or 0 for p in procs)]
-    rig = Rig(web, worker, store, extra | {"clients": clients}, pipes)
+    rig = Rig(web, worker, nodes, extra | {"clients": clients}, pipes)
     steps = []
     try:
         opened = [pipe.recv() for pipe in pipes]
@@ -378,7 +376,8 @@ def measure(
         for rate in args.rates:
             time.sleep(args.settle)
             print(f"step: {rate} events/s for {args.seconds:.0f} s …", flush=True)
-            step = run_step(rig, rate, args.seconds)
+            profile = args.profiler if rate == args.profile_rate else None
+            step = run_step(rig, rate, args.seconds, profile)
             steps.append(step)
             lat = step["lat"]
             print(
@@ -457,6 +456,44 @@ def print_sweep(args: argparse.Namespace, res: dict[str, Any]) -> None:
         )
 
 
+def print_costs(args: argparse.Namespace, res: dict[str, Any]) -> None:
+    """CPU µs per event of each process, and Redis's costliest commands per event, per step."""
+    print(
+        "\nCPU µs per event, per process, over each step (CPU seconds / events produced in it; "
+        "Redis: the server process; Kafka: the broker, shared with other traffic; 'others': "
+        "the rest of the machine), and the load average (1/5/15 min) at the step's end"
+    )
+    head = " | ".join(f"{name} µs/event" for name in CPU_COLUMNS)
+    print(f"| offered events/s | events | {head} | load average |")
+    print("|" + "---|" * (3 + len(CPU_COLUMNS)))
+    for step in res["steps"]:
+        sent = max(1, step["sent"])
+        cpu = " | ".join(
+            f"{step['cpu'].get(name, float('nan')) * 1e6 / sent:,.0f}" for name in CPU_COLUMNS
+        )
+        print(f"| {step['rate']:,} | {step['sent']:,} | {cpu} | {step['load']} |")
+    print(
+        "\nRedis commands per event, per step (INFO commandstats: calls and µs per event; "
+        "commands a script runs are counted on their own and inside the script's µs)"
+    )
+    print("| offered events/s | command | calls per event | µs per event | µs per call |")
+    print("|---|---|---|---|---|")
+    for step in res["steps"]:
+        sent = max(1, step["sent"])
+        ranked = sorted(step["commands"].items(), key=lambda kv: -kv[1][1])[: args.top_commands]
+        for name, (calls, usec) in ranked:
+            print(
+                f"| {step['rate']:,} | {name} | {calls / sent:.2f} | {usec / sent:.1f} "
+                f"| {usec / calls:.1f} |"
+            )
+        rest = [stat for name, stat in step["commands"].items() if name != "evalsha"]
+        calls, usec = sum(c for c, _u in rest), sum(u for _c, u in rest)
+        print(
+            f"| {step['rate']:,} | all but evalsha (mostly run by scripts) | {calls / sent:.2f} "
+            f"| {usec / sent:.1f} | {usec / max(1, calls):.1f} |"
+        )
+
+
 def plot_sweep(args: argparse.Namespace, steps: list[dict[str, Any]], path: Path) -> None:
     fig, (left, right) = figure(2)
     rates = [s["rate"] for s in steps]
@@ -496,6 +533,16 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=0, help="client processes (0: 1 per 2,500)")
     parser.add_argument("--sources", type=int, default=4, help="loopback source addresses")
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument(
+        "--top-commands", type=int, default=6, help="Redis commands per step in the cost table"
+    )
+    parser.add_argument(
+        "--profile-rate",
+        type=int,
+        help="profile the step at this rate: SLOWLOG sample of Redis, py-spy of the worker "
+        "(it costs CPU: that step's figures are not comparable)",
+    )
+    parser.add_argument("--slowlog", type=int, default=200_000, help="entries kept (profile)")
     parser.add_argument("--logs", type=Path, help="append the web node's and worker's output here")
     args = parser.parse_args()
     sweep = args.rates is not None
@@ -536,9 +583,26 @@ def main() -> None:
         )
         while processed_total(worker.address) < warmup:
             time.sleep(0.2)
-        res = measure(args, web.address, worker.address, store, extra)
+        nodes = RedisNodes.connect(redis_url, cluster=False)
+        args.profiler = Profile(
+            nodes,
+            args.slowlog,
+            ROOT / "benchmarks/out/kafka_latency_worker.pyspy.txt",
+        )
+        res = measure(args, web.address, worker.address, nodes, extra)
     if sweep:
         print_sweep(args, res)
+        print_costs(args, res)
+        for step in res["steps"]:
+            if step["rate"] == args.profile_rate:
+                sent = max(1, step["sent"])
+                print(f"\nprofile of the {step['rate']:,} events/s step")
+                args.profiler.print(
+                    args.top_commands * 2,
+                    step["commands"],
+                    sent,
+                    step["cpu"]["worker"] * 1e6 / sent,
+                )
         plot_sweep(args, res["steps"], plot)
         return
     step = res["steps"][0]

@@ -46,6 +46,9 @@ class Settings:
     port: int = 8080
     #: External Redis (``redis://…``, ``unix://…``); unset = start a private embedded Redis.
     redis_url: str | None = None
+    #: ``redis_url`` names any node of a Redis Cluster: discover the others, route each command
+    #: by its key's slot, use sharded pub/sub for user channels (see push/redis_client.py).
+    redis_cluster: bool = False
     #: A Redis connection idle this long is checked with a PING before its next use; the broker's
     #: pub/sub connection sends its own PING after this long without traffic (see
     #: sessions/broker_redis.py), so a dead connection is found and its subscriptions remade.
@@ -154,6 +157,14 @@ class Settings:
     #: Personalization consent policy (streams/consent.py): ``implied`` personalizes everyone
     #: who did not deny; ``required`` only users with a recorded grant.
     consent: str = "implied"
+    #: Worker cache of item-side lists for scoring (streams/itemcache.py): an entry is served at
+    #: most this long (s) after it was read; 0 = read every lane. Own writes show at once.
+    item_cache_s: float = 1.0
+    #: ... and at most this many lists are kept (least recently used go first).
+    item_cache_entries: int = 100_000
+    #: Global trending is kept in this many buckets (``pr:{t:<b>}:trend``), so no single key is
+    #: written on every event; changing it makes the existing trending unreachable (rebuilt).
+    trend_buckets: int = 16
 
     def algorithms(self) -> tuple[str, ...]:
         """The accepted token algorithms of ``token_algorithms``, upper-cased, without duplicates.
@@ -256,6 +267,17 @@ class Settings:
             )
         if not (self.web or self.worker):
             raise ConfigError("a node must serve (web), consume (worker), or both")
+        if not (math.isfinite(self.item_cache_s) and self.item_cache_s >= 0):
+            raise ConfigError("PUSHREC_ITEM_CACHE_S must be a finite number >= 0")
+        if self.item_cache_entries < 1 or not 1 <= self.trend_buckets <= 1024:
+            raise ConfigError(
+                "PUSHREC_ITEM_CACHE_ENTRIES must be >= 1 and PUSHREC_TREND_BUCKETS 1 to 1024"
+            )
+        if self.redis_cluster and not (self.redis_url or "").startswith(("redis://", "rediss://")):
+            raise ConfigError(
+                "PUSHREC_REDIS_CLUSTER=1 needs PUSHREC_REDIS_URL naming a node of the cluster "
+                "(redis://host:port or rediss://…; the embedded Redis is a single server)"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError("PUSHREC_PORT must be between 0 and 65535")
         counts = (

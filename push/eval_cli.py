@@ -125,6 +125,7 @@ _ENGINE_ENV = {
     "session_weight": "PUSHREC_SESSION_WEIGHT",
     "repeat_weight": "PUSHREC_REPEAT_WEIGHT",
     "model_weight": "PUSHREC_MODEL_WEIGHT",
+    "item_cache_s": "PUSHREC_ITEM_CACHE_S",
 }
 
 
@@ -244,6 +245,8 @@ def _engine_for(settings: Settings, redis: Redis, *, size: int, feed: str) -> En
         profile=profile,
         scoring=scoring,
         recommender=feed_tuning,
+        item_cache_s=settings.item_cache_s,
+        trend_buckets=settings.trend_buckets,
     )
 
 

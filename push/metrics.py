@@ -164,6 +164,12 @@ class Metrics:
             "Catalog items this node wrote back from its mirror after Redis lost the catalog",
             registry=r,
         )
+        self.item_cache = Counter(
+            "pushrec_item_cache",
+            "Worker item-side cache lookups for scoring (streams/itemcache.py), by hit or miss",
+            ["result"],
+            registry=r,
+        )
         self.feeds_kept = Counter(
             "pushrec_feeds_kept_on_loss",
             "Feeds whose stored version Redis lost, stored again as the list the client held"

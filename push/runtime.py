@@ -25,8 +25,10 @@ from push.protocol import CloseCode
 from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
 from sessions.broker import Broker
+from sessions.broker_cluster import RedisClusterBroker
 from sessions.broker_memory import MemoryBroker
 from sessions.broker_redis import RedisBroker
+from sessions.cluster import is_cluster
 from sessions.feeds import FeedStore
 from sessions.hub import Hub
 from streams.catalog import Catalog, load_items
@@ -35,6 +37,7 @@ from streams.docstore import DocumentFile, DocumentStore, follow_channel
 from streams.experiment_stats import ExperimentStats
 from streams.experiments import ExperimentSet
 from streams.experiments_store import EXPERIMENTS
+from streams.itemcache import ItemCache
 from streams.processor import Processor
 from streams.producer_kafka import KafkaProducer
 from streams.profile import CONTEXT_FEEDS, ProfileStore, ProfileTuning, ScoringTuning
@@ -242,6 +245,18 @@ class Runtime:
             await self.stop()
             raise
 
+    def _broker(self, ping_interval_s: float) -> Broker:
+        """The broker between nodes: sharded pub/sub with one connection per master on a
+        cluster (sessions/broker_cluster.py), plain pub/sub on one Redis."""
+        redis, resync = self.redis, lambda users: self.hub.resync(users)
+        if is_cluster(redis):
+            return RedisClusterBroker(
+                redis,  # type: ignore[arg-type]  # what connect(cluster=True) built
+                on_gap=resync,
+                ping_interval_s=ping_interval_s,
+            )
+        return RedisBroker(redis, on_gap=resync, ping_interval_s=ping_interval_s)
+
     async def _start(self) -> None:
         s = self.settings
         url = s.redis_url
@@ -254,12 +269,15 @@ class Runtime:
         # The health check PINGs a pooled connection idle for that long before using it; the
         # broker's pub/sub connection has none (sessions/broker_redis.py) and PINGs on its own.
         hc_s = s.redis_health_check_s
-        self._redis = connect(url, observe=self.metrics.redis_observed, health_check_interval=hc_s)
+        self._redis = connect(
+            url,
+            observe=self.metrics.redis_observed,
+            cluster=s.redis_cluster,
+            health_check_interval=hc_s,
+        )
         await self._redis.ping()
         if s.kafka_bootstrap is not None:
-            self.broker = RedisBroker(
-                self._redis, on_gap=lambda users: self.hub.resync(users), ping_interval_s=hc_s
-            )
+            self.broker = self._broker(hc_s)
             self.hub = Hub(self.broker)
         self._catalog = Catalog(self._redis)
         self._catalog.restored = self.metrics.catalog_restored.inc
@@ -274,7 +292,18 @@ class Runtime:
             history_ttl_s=s.history_ttl_s,
             history_max_diff_bytes=s.history_max_diff_bytes,
         )
-        profiles = ProfileStore(self._redis, self.profile_tuning, self._scoring)
+        cache = ItemCache(
+            self._redis,
+            max_age_s=s.item_cache_s,
+            max_entries=s.item_cache_entries,
+            buckets=s.trend_buckets,
+            trending_halflife_ms=self.profile_tuning.trending_halflife_ms,
+            observe=lambda result, n: self.metrics.item_cache.labels(result).inc(n),
+        )
+        self._catalog.trend_buckets = s.trend_buckets
+        profiles = ProfileStore(
+            self._redis, self.profile_tuning, self._scoring, cache=cache, buckets=s.trend_buckets
+        )
         recommender = Recommender(self._catalog, self._feed_tuning)
         recommender.observe_rule = lambda action: self.metrics.rule_hits.labels(action).inc()
         self._recommender = recommender

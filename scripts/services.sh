@@ -7,6 +7,9 @@
 #   scripts/services.sh run CMD...    up, run CMD with PUSHREC_TEST_KAFKA_BOOTSTRAP and
 #                                     PUSHREC_TEST_REDIS_URL exported, then down (always);
 #                                     exits with CMD's status. Nested runs reuse the outer services.
+#
+# With SERVICES_CLUSTER=1, a local Redis Cluster too (scripts/redis-cluster.sh: 3 masters + 3
+# replicas), exported as PUSHREC_TEST_REDIS_CLUSTER_URL (tests/integration/test_cluster.py).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,12 +22,13 @@ down() {
   local rc=0
   "$SCRIPTS/kafka.sh" stop || rc=1
   "$SCRIPTS/redis.sh" stop || rc=1
+  if [ "${SERVICES_CLUSTER:-}" = 1 ]; then "$SCRIPTS/redis-cluster.sh" stop || rc=1; fi
   rm -f "$ENV_FILE"
   return "$rc"
 }
 
 up() {
-  local kafka_out redis_out bootstrap redis_url
+  local kafka_out redis_out bootstrap redis_url cluster_out cluster_url=""
   mkdir -p "$(dirname "$ENV_FILE")"
   rm -f "$ENV_FILE"
   if ! redis_out="$("$SCRIPTS/redis.sh" start)"; then
@@ -32,6 +36,12 @@ up() {
   fi
   if ! kafka_out="$("$SCRIPTS/kafka.sh" start)"; then
     log "kafka failed to start"; down >/dev/null 2>&1 || true; return 1
+  fi
+  if [ "${SERVICES_CLUSTER:-}" = 1 ]; then
+    if ! cluster_out="$("$SCRIPTS/redis-cluster.sh" start)"; then
+      log "redis cluster failed to start"; down >/dev/null 2>&1 || true; return 1
+    fi
+    cluster_url="$(sed -n 's/^REDIS_CLUSTER_URL=//p' <<<"$cluster_out")"
   fi
   bootstrap="$(sed -n 's/^KAFKA_BOOTSTRAP=//p' <<<"$kafka_out")"
   redis_url="$(sed -n 's/^REDIS_URL=//p' <<<"$redis_out")"
@@ -44,13 +54,19 @@ up() {
     printf 'PUSHREC_TEST_KAFKA_DIR=%s\n' "${KAFKA_DIR:-$ROOT/.cache/kafka}"
     printf 'PUSHREC_TEST_KAFKA_PORT=%s\n' "${KAFKA_PORT:-19092}"
     printf 'PUSHREC_TEST_KAFKA_CONTROLLER_PORT=%s\n' "${KAFKA_CONTROLLER_PORT:-19093}"
+    if [ -n "$cluster_url" ]; then
+      printf 'PUSHREC_TEST_REDIS_CLUSTER_URL=%s\n' "$cluster_url"
+      # What a test needs to restart a node it killed (scripts/redis-cluster.sh start).
+      printf 'PUSHREC_TEST_REDIS_CLUSTER_DIR=%s\n' "${REDIS_CLUSTER_DIR:-$ROOT/.cache/redis-cluster}"
+    fi
   } >"$ENV_FILE.tmp"
   mv "$ENV_FILE.tmp" "$ENV_FILE"
   cat "$ENV_FILE"
 }
 
 status() {
-  "$SCRIPTS/kafka.sh" status && "$SCRIPTS/redis.sh" status
+  "$SCRIPTS/kafka.sh" status && "$SCRIPTS/redis.sh" status || return 1
+  if [ "${SERVICES_CLUSTER:-}" = 1 ]; then "$SCRIPTS/redis-cluster.sh" status; fi
 }
 
 run() {

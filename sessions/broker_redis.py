@@ -31,8 +31,15 @@ Guarantees, beyond those of :mod:`sessions.broker`:
   version is already stored, so the caller may retry, and clients recover by snapshot anyway.
   ``unwatch`` never raises: the reconnect repairs subscriptions.
 
-Caveat: on Redis Cluster a sharded subscription must be made on the node owning the slot; this
-class holds a single connection, so it serves a standalone Redis (or one shard) only.
+On Redis Cluster a sharded subscription must be made on the node owning the slot; this class
+holds a single connection, so it serves a standalone Redis or one master of a cluster:
+:class:`sessions.broker_cluster.RedisClusterBroker` runs one per master, routes each user to the
+master owning its channel's slot, and is told through two hooks when that may have changed:
+``on_lost`` (each time the connection is found lost, before the backoff) and ``on_moved(users)``
+(the server ended subscriptions it was not asked to end: Redis sends ``sunsubscribe`` for the
+channels of a slot the node no longer serves, after a migration or when it became a replica).
+A user given up with :meth:`RedisBroker.unwatch` while its :meth:`~RedisBroker.watch` still waits
+for confirmation makes that ``watch`` raise :class:`~sessions.exceptions.SubscribeFailed` at once.
 """
 
 from __future__ import annotations
@@ -74,6 +81,8 @@ class RedisBroker:
         sharded: bool = False,
         on_gap: Callable[[frozenset[str]], None] | None = None,
         on_bad_message: Callable[[bytes], None] | None = None,
+        on_lost: Callable[[], None] | None = None,
+        on_moved: Callable[[frozenset[str]], None] | None = None,
         confirm_timeout_s: float = 5.0,
         backoff_s: tuple[float, float] = (0.05, 5.0),
         ping_interval_s: float = 30.0,
@@ -84,6 +93,8 @@ class RedisBroker:
         self._sharded = sharded
         self._on_gap = on_gap
         self._on_bad_message = on_bad_message
+        self._on_lost = on_lost
+        self._on_moved = on_moved
         self._confirm_timeout_s = confirm_timeout_s
         self._ping_interval_s = ping_interval_s
         self._backoff_min, self._backoff_max = backoff_s
@@ -210,6 +221,9 @@ class RedisBroker:
         self._last.pop(user, None)
         channel = channel_key(user)
         self._unconfirmed.discard(channel.encode())
+        waiter = self._waiters.pop(channel.encode(), None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(SubscribeFailed("the user was unwatched before Redis confirmed"))
         self._report_gap()
         if self._pubsub is None or not self._pubsub.connection.is_connected:
             return  # the reconnect drops subscriptions of users no longer watched
@@ -278,6 +292,11 @@ class RedisBroker:
         error = repr(exc) if isinstance(exc, _LOST) else type(exc).__name__
         log.warning("broker.pubsub_lost", error=error, retry_in_s=round(delay, 3))
         await self._drop(pubsub)
+        if self._on_lost is not None:
+            try:
+                self._on_lost()
+            except Exception:
+                log.exception("broker.callback_failed", callback="on_lost")
         await asyncio.sleep(delay)
 
     async def _drop(self, pubsub: Any) -> None:
@@ -301,6 +320,13 @@ class RedisBroker:
             self._unconfirmed.discard(channel)
             self._report_gap()
             return
+        if kind == "sunsubscribe" and self._on_moved is not None:
+            # Ours (unwatch) concern users no longer watched; one of a watched user was pushed by
+            # the server: its slot moved away from this node.
+            user = self._user_of(channel)
+            if user is not None:
+                self._call(self._on_moved, frozenset((user,)))
+            return
         if kind not in ("message", "smessage"):
             return
         try:
@@ -321,6 +347,13 @@ class RedisBroker:
             return
         versions[update.feed] = new
         self._call(self._deliver, update)
+
+    def _user_of(self, channel: bytes) -> str | None:
+        """The watched user whose channel is ``channel`` (a linear scan: rare events only)."""
+        for user in self._watched:
+            if channel_key(user).encode() == channel:
+                return user
+        return None
 
     def _report_gap(self) -> None:
         if self._gap and not self._unconfirmed:

@@ -7,7 +7,8 @@
     ├── VersionConflict     a feed write lost a compare-and-set race; re-read and retry
     ├── WriteRefused        a guarded feed write was refused by its guard (``code`` says which)
     ├── CodecError          bytes from another node are not a well-formed feed update
-    └── SubscribeFailed     the broker could not subscribe a user's updates in time
+    ├── SubscribeFailed     the broker could not subscribe a user's updates in time
+    └── CrossSlot           one script call or transaction named keys of several cluster slots
 """
 
 from __future__ import annotations
@@ -49,3 +50,10 @@ class WriteRefused(SessionsError):
 class SubscribeFailed(SessionsError):
     """The broker could not get a user's subscription confirmed within its timeout (Redis
     unreachable, or refusing the subscription): a connection must not be served without it."""
+
+
+class CrossSlot(SessionsError, ValueError):
+    """One script call (or MULTI) was given keys of several hash slots: Redis Cluster would refuse
+    it (CROSSSLOT), so it is refused before anything is sent. A programming error: every key of
+    one call must share a hash tag (sessions/keys.py). The message names the key positions and
+    their slots, never the keys (they hold user ids)."""

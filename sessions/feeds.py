@@ -24,24 +24,39 @@ Guarantees:
   version; otherwise none do, and the caller sends a snapshot.
 
 **Who shows what** (for catalog propagation, :mod:`streams.propagate`): every write also keeps an
-index, one sorted set per (feed, item) — ``pr:shown:<feed>:<item>``, member the user, score the
-time (ms) the entry was last confirmed — in the same script, atomically with the version:
+index, one sorted set per (item, feed) — ``pr:{i:<item>}:shown:<feed>``
+(:func:`sessions.keys.shown_key`), member the user, score the time (ms, the writer's clock) the
+entry was last confirmed. The index is item-side (each item's key in its own slot), so it is
+written around the user-slot compare-and-set, not inside it (issue 13: every script call on one
+slot):
 
-- an item entering the list is added, an item leaving it is removed; so for a feed that exists,
-  the users in an item's set are exactly those whose stored list shows it (once the feed has been
-  written by this code: a feed stored before the index existed joins it at its next write);
+- items entering the list are added *before* the compare-and-set, in the same pipeline
+  (``lua/shown_add.lua``, one call per item); items leaving it are removed *after* it succeeded
+  (``lua/shown_remove.lua``), only if the entry is older than the write (a later write that put
+  the item back keeps it). So for a feed that exists, the users in an item's set include those
+  whose stored list shows it (once the feed has been written by this code: a feed stored before
+  the index existed joins it at its next write); the set may hold more — stale entries: a write
+  that lost its compare-and-set, a removal not made because the writer died after the write;
 - a feed's key can vanish without a write (TTL, merge, flush), leaving its entries behind. Bound:
   every item of a list is confirmed again by the first write after ``index_refresh_s`` (field
-  ``x`` of the feed hash), so an entry older than the feed TTL plus that interval is surely stale;
-  such entries are trimmed whenever the set gains a member, and a set untouched that long expires.
-  Stale entries met earlier are removed by :meth:`FeedStore.unindex_many` (only if the feed is
-  still as read). So a set holds at most the users whose feed was written, showing the item,
-  within the last TTL + ``index_refresh_s``.
-- Cost per write: one ZADD + EXPIRE per item entering, one ZREM per item leaving, one HGET; once
-  per ``index_refresh_s`` one ZADD + EXPIRE per item of the list.
-- Caveat (Redis Cluster): the index keys are item-side and derived inside the user's write
-  script (like the event script's item-side keys), which needs a single Redis. Item ids must not
-  contain a newline (catalog ids are printable; ids are newline-joined for the script).
+  ``x`` of the feed hash: the write script says when that is due, the confirmations follow the
+  write), so an entry older than the feed TTL plus that interval is surely stale; such entries
+  are trimmed whenever the set gains a member, and a set untouched that long expires. Stale
+  entries met earlier are removed by :meth:`FeedStore.unindex_many` (only if the feed is still as
+  read, and the entry as read). So a set holds at most the users whose feed was written, showing
+  the item, within the last TTL + ``index_refresh_s``;
+- what is given up against the single-script version it replaced: a writer dying between its
+  write and the confirmations that follow it (a full confirmation, not an entering item) leaves
+  those entries unconfirmed until the next one; on Redis Cluster the additions and the write go
+  to different nodes in one round trip, so a crash in that round trip can store the write
+  without its additions (until the next full confirmation); :meth:`FeedStore.unindex_many` can
+  drop an entry whose write's additions and compare-and-set both fall between its two reads
+  (they are one pipeline); writers' clocks are assumed to agree to within the time between two
+  writes of one feed (a removal compares the entry's score with the remover's clock).
+- Cost per write: one script call per item entering (in the write's own round trip); when items
+  leave or a full confirmation is due, one more round trip: one call per item leaving, and once
+  per ``index_refresh_s`` one per item of the list.
+- Item ids must not contain a newline (catalog ids are printable).
 """
 
 from __future__ import annotations
@@ -55,22 +70,26 @@ from importlib import resources
 from typing import Any, TypeGuard
 
 import msgpack
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from sessions.diff import DiffBody, checksum, ids_of, make_diff
 from sessions.exceptions import VersionConflict, WriteRefused
 from sessions.keys import feed_key, history_key
-from sessions.scripts import Call, PipelinedScript
+from sessions.keys import shown_key as _shown_key
+from sessions.scripts import Call, PipelinedScript, run_scripts
 from sessions.versions import Version, new_epoch
+
+log = structlog.get_logger(__name__)
 
 #: The personalised feed every connection follows by default.
 HOME = "home"
 _WRITE_LUA = resources.files("sessions").joinpath("lua/feed_write.lua").read_text()
 _SINCE_LUA = resources.files("sessions").joinpath("lua/feed_since.lua").read_text()
-_UNINDEX_LUA = resources.files("sessions").joinpath("lua/feed_unindex.lua").read_text()
+_ADD_LUA = resources.files("sessions").joinpath("lua/shown_add.lua").read_text()
+_REMOVE_LUA = resources.files("sessions").joinpath("lua/shown_remove.lua").read_text()
 
-#: Prefix of the shown-items index keys (``pr:shown:<feed>:<item>``, see the module docstring).
-SHOWN_PREFIX = "pr:shown:"
 #: How often (at most) a write confirms every item of its list in the index, by default.
 INDEX_REFRESH_S = 3600
 #: History bounds by default: entries per feed, age (s), largest diff kept (bytes).
@@ -79,14 +98,10 @@ HISTORY_TTL_S = 300.0
 HISTORY_MAX_DIFF_BYTES = 1024
 
 
-def shown_prefix(feed: str) -> str:
-    """The prefix of ``feed``'s index keys: an item's key is this plus the item id."""
-    return f"{SHOWN_PREFIX}{feed}:"
-
-
 def shown_key(feed: str, item: str) -> str:
-    """The sorted set of users whose stored ``feed`` shows ``item`` (score: ms last confirmed)."""
-    return shown_prefix(feed) + item
+    """The sorted set of users whose stored ``feed`` shows ``item`` (score: ms last confirmed);
+    :func:`sessions.keys.shown_key` with the arguments in this module's order."""
+    return _shown_key(item, feed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +285,8 @@ class FeedStore:
         self._clock = clock
         self._write = PipelinedScript(redis, _WRITE_LUA)
         self._since = PipelinedScript(redis, _SINCE_LUA)
-        self._unindex = PipelinedScript(redis, _UNINDEX_LUA)
+        self._add = PipelinedScript(redis, _ADD_LUA, name="shown_add.lua")
+        self._remove = PipelinedScript(redis, _REMOVE_LUA, name="shown_remove.lua")
 
     def guarded(self, prelude: str) -> FeedStore:
         """A store on the same Redis and settings whose writes run ``prelude`` (Lua) first, in
@@ -374,8 +390,9 @@ class FeedStore:
         (:class:`VersionConflict`, or a Redis error reply); connection errors raise for all.
         """
         out: list[FeedUpdate | Exception | None] = [None] * len(writes)
-        pending: list[tuple[int, FeedState, FeedState | None, DiffBody | None]] = []
+        pending: list[tuple[int, FeedState, FeedState | None, DiffBody | None, _IndexPlan]] = []
         calls: list[Call] = []
+        adds: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = []
         now_ms = int(self._clock() * 1000)
         for i, (user, feed, base, items) in enumerate(writes):
             diff: DiffBody | None = None
@@ -387,6 +404,19 @@ class FeedStore:
             new_ids = ids_of(items)
             old_ids = ids_of(base.items) if base is not None else []
             new_set, old_set = set(new_ids), set(old_ids)
+            indexed = user not in unindexed
+            plan = _IndexPlan(
+                kept=[i for i in new_ids if i in old_set],
+                leaving=[i for i in old_ids if i not in new_set],
+            )
+            if indexed:
+                # Before the compare-and-set (same round trip): the index never misses an item a
+                # stored list shows; a write that loses leaves stale entries, which are allowed.
+                adds += [
+                    (self._add, [_shown_key(item, feed)], [user, now_ms, self.index_bound_s])
+                    for item in new_ids
+                    if item not in old_set
+                ]
             more_keys, more_args = extras[i] if extras is not None else ((), ())
             calls.append(
                 (
@@ -400,14 +430,9 @@ class FeedStore:
                         self._ttl_s,
                         new_epoch(),
                         draft.sum,
-                        "" if user in unindexed else shown_prefix(feed),
-                        user,
+                        "1" if indexed else "",
                         now_ms,
                         self._index_refresh_s * 1000,
-                        self.index_bound_s,
-                        "\n".join(i for i in new_ids if i not in old_set),
-                        "\n".join(i for i in new_ids if i in old_set),
-                        "\n".join(i for i in old_ids if i not in new_set),
                         "0" if tags is None or tags[i] is None else "1" + str(tags[i]),
                         self._history_ttl_ms,
                         self._history_max_diff_bytes,
@@ -415,11 +440,15 @@ class FeedStore:
                     ],
                 )
             )
-            pending.append((i, draft, base, diff))
+            pending.append((i, draft, base, diff, plan))
         if not pending:
             return out
-        replies = await self._write.run_many(calls)
-        for (i, draft, base, diff), res in zip(pending, replies, strict=True):
+        replies = await run_scripts(self._redis, [*adds, *((self._write, k, a) for k, a in calls)])
+        for reply in replies[: len(adds)]:
+            if isinstance(reply, Exception):
+                raise reply  # nothing of this round is relied on: the caller retries
+        after: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = []
+        for (i, draft, base, diff, plan), res in zip(pending, replies[len(adds) :], strict=True):
             if isinstance(res, Exception):
                 out[i] = res
                 continue
@@ -433,7 +462,37 @@ class FeedStore:
             tag = _text(res[3]) if len(res) > 3 and res[3] else ""
             state = FeedState(draft.user, draft.feed, Version(_text(epoch), n), draft.items, tag)
             out[i] = FeedUpdate(state, base.version if base else None, diff)
+            if draft.user in unindexed:
+                continue
+            user, feed = draft.user, draft.feed
+            # After it: leaving items go, unless a later write put them back (a newer score).
+            after += [
+                (self._remove, [_shown_key(item, feed)], [user, "lt", now_ms])
+                for item in plan.leaving
+            ]
+            if len(res) > 4 and int(res[4]):  # the script says a full confirmation is due
+                after += [
+                    (self._add, [_shown_key(item, feed)], [user, now_ms, self.index_bound_s])
+                    for item in plan.kept
+                ]
+        if after:
+            await self._index_after(after)
         return out
+
+    async def _index_after(
+        self, calls: Sequence[tuple[PipelinedScript, Sequence[str], Sequence[Any]]]
+    ) -> None:
+        """The index work that follows stored writes: the writes stand whatever happens here
+        (a failure leaves stale or unconfirmed entries, which the index tolerates, see the module
+        docstring), so errors are logged, not raised."""
+        try:
+            replies = await run_scripts(self._redis, calls)
+        except (RedisError, OSError) as exc:
+            log.warning("feed_index_failed", calls=len(calls), error=type(exc).__name__)
+            return
+        failed = sum(1 for r in replies if isinstance(r, Exception))
+        if failed:
+            log.warning("feed_index_failed", calls=failed, error="reply")
 
     async def read_many(self, users: Sequence[str], feed: str) -> list[FeedState | None]:
         """:meth:`read` for each of ``users``, in one pipelined round trip."""
@@ -483,31 +542,79 @@ class FeedStore:
         """Remove index entries ``(user, version seen, items)`` the user's feed does not back.
 
         Each entry goes only if the feed is still absent (version None) or at the version seen,
-        which did not show those items; a write in between keeps them. One pipelined round trip;
-        returns how many entries were removed.
+        which did not show those items, and the entry is still as read before that check (a
+        write in between confirms or re-adds it with a newer score: it stays). Two pipelined
+        round trips (the entries' scores with the feeds' versions, then the removals); returns
+        how many entries were removed.
         """
-        calls: list[Call] = [
-            (
-                [feed_key(user, feed)],
-                [
-                    seen.epoch if seen else "",
-                    seen.n if seen else 0,
-                    shown_prefix(feed),
-                    user,
-                    "\n".join(items),
-                ],
-            )
-            for user, seen, items in stale
-            if items
+        wanted = [(user, seen, item) for user, seen, items in stale for item in items]
+        if not wanted:
+            return 0
+        users = list(dict.fromkeys(user for user, _, _ in wanted))
+        pipe = self._redis.pipeline(transaction=False)
+        for user, _, item in wanted:  # the scores first: a write after them changes the score
+            pipe.zscore(_shown_key(item, feed), user)
+        for user in users:
+            pipe.hmget(feed_key(user, feed), ["e", "n"])
+        replies = await pipe.execute()
+        scores, versions = replies[: len(wanted)], replies[len(wanted) :]
+        now: dict[str, Version | None] = {}
+        for user, (epoch, n) in zip(users, versions, strict=True):
+            now[user] = None if epoch is None or n is None else Version(_text(epoch), int(n))
+        calls: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = [
+            (self._remove, [_shown_key(item, feed)], [user, "eq", repr(float(score))])
+            for (user, seen, item), score in zip(wanted, scores, strict=True)
+            if score is not None and now[user] == seen
         ]
         if not calls:
             return 0
         removed = 0
-        for reply in await self._unindex.run_many(calls):
+        for reply in await run_scripts(self._redis, calls):
             if isinstance(reply, Exception):
                 raise reply
             removed += int(reply)
         return removed
+
+    async def unindex(self, user: str, feeds: Sequence[str]) -> int:
+        """Remove ``user`` from the index entries of every item of their stored ``feeds``, and
+        clear each feed's confirmation mark (a later indexed write confirms every item again).
+
+        What a withdrawal of consent calls once the user lane reported it: later writes of a
+        user without consent leave the index alone (``indexed=False``), and the erasure that
+        completes the withdrawal (:func:`streams.privacy.erase_user`) removes any entry this
+        misses (one written concurrently). Two round trips (the feeds' lists, then the
+        removals); returns how many entries were removed.
+        """
+        if not feeds:
+            return 0
+        pipe = self._redis.pipeline(transaction=False)
+        for feed in feeds:
+            pipe.hget(feed_key(user, feed), "b")
+        bodies = await pipe.execute()
+        calls: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = []
+        for feed, body in zip(feeds, bodies, strict=True):
+            for item in ids_of(decode_body(body)):
+                calls.append((self._remove, [_shown_key(item, feed)], [user, "any", 0]))
+        removed = 0
+        if calls:
+            for reply in await run_scripts(self._redis, calls):
+                if isinstance(reply, Exception):
+                    raise reply
+                removed += int(reply)
+        pipe = self._redis.pipeline(transaction=False)
+        for feed, body in zip(feeds, bodies, strict=True):
+            if body is not None:
+                pipe.hdel(feed_key(user, feed), "x")
+        await pipe.execute()
+        return removed
+
+
+@dataclass(frozen=True, slots=True)
+class _IndexPlan:
+    """The index work of one write besides its entering items: what follows a stored write."""
+
+    kept: list[str]
+    leaving: list[str]
 
 
 def _text(value: object) -> str:

@@ -35,11 +35,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessions.cluster import mget, refresh_topology
+from sessions.keys import TREND_BUCKETS
+from streams.aggregates import read_trending
 from streams.exceptions import StreamsError
 
 ITEMS_KEY = "pr:items"  # sorted set of every item id (score 0: ordered by id)
 CHANGES_CHANNEL = "pr:catalog"  # ids of items just written, for other nodes' mirrors
-TRENDING_KEY = "pr:trend"  # written by the event script (streams/lua/event.lua)
 ITEM_FIELDS = frozenset({"item_id", "title", "price", "category", "image", "in_stock", "props"})
 MAX_ITEM_BYTES = 8192
 MAX_PRICE = 1e12
@@ -172,6 +174,9 @@ class Catalog:
         self._words: dict[str, set[str]] | None = None
         #: Called with the number of items written back by each :meth:`restore` (metrics).
         self.restored: Callable[[int], None] | None = None
+        #: Trending buckets and half-life (streams/aggregates.py): :meth:`trending_ids` merges.
+        self.trend_buckets = TREND_BUCKETS
+        self.trending_halflife_ms = 6 * 3_600_000
 
     async def load(self) -> int:
         """Fill the mirror from Redis; returns the item count.
@@ -186,7 +191,7 @@ class Catalog:
             ids = [_text_of(i) for i in await self._redis.zrange(ITEMS_KEY, 0, -1)]
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            for raw in await self._redis.mget([item_key(i) for i in chunk]):
+            for raw in await mget(self._redis, [item_key(i) for i in chunk]):
                 if raw is not None:
                     item = parse_item(json.loads(raw))
                     items[item.item_id] = item
@@ -210,7 +215,8 @@ class Catalog:
             )
         pipe.zadd(ITEMS_KEY, {item.item_id: 0 for item in items})
         # Other nodes refresh these ids from Redis (see follow()); ids only, the store is truth.
-        pipe.publish(CHANGES_CHANNEL, json.dumps([item.item_id for item in items]))
+        # (as a raw command: redis-py's cluster pipeline refuses its publish() method, not PUBLISH)
+        pipe.execute_command("PUBLISH", CHANGES_CHANNEL, json.dumps([i.item_id for i in items]))
         replies = await pipe.execute()
         self._put(items)
         return [_parsed(raw) for raw in replies[: len(items)]]
@@ -279,6 +285,7 @@ class Catalog:
                             await self._refresh(message.get("data"))
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("catalog_follow_lost", error=type(exc).__name__)
+                await refresh_topology(self._redis)  # a cluster: subscribe to a live master
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -290,7 +297,7 @@ class Catalog:
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
             log.warning("catalog_change_ignored")
             return
-        raws = await self._redis.mget([item_key(i) for i in ids]) if ids else []
+        raws = await mget(self._redis, [item_key(i) for i in ids]) if ids else []
         self._put(parse_item(json.loads(raw)) for raw in raws if raw is not None)
 
     def get(self, item_id: str) -> Item | None:
@@ -322,7 +329,10 @@ class Catalog:
 
     async def trending_ids(self, limit: int = 1000) -> list[str]:
         """The most popular items right now (decayed trending counter), best first."""
-        return [_text_of(i) for i in await self._redis.zrevrange(TRENDING_KEY, 0, limit - 1)]
+        ranked = await read_trending(
+            self._redis, limit, self.trend_buckets, self.trending_halflife_ms
+        )
+        return [item for item, _ in ranked]
 
     def categories(self) -> list[str]:
         """Every category in the catalog, sorted."""

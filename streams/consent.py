@@ -12,17 +12,17 @@ events): their ids die with their tokens, and the records of visitors who deny w
 ``required`` personalizes only users with a recorded grant. "Personal" below means: personalized
 under the policy.
 
-**Where it is enforced**: inside the event script (``lua/event.lua``), which reads the record in
-the same atomic step as the profile it would update: no extra round trip, and no event can slip
-between the check and its write. For a user who is not personal an event stores nothing: not its
-id (no dedup: every event of such a user only scores, so a repeat changes nothing), no profile
-key, no item-side index naming the user (``pr:is``), and none of the aggregates either
+**Where it is enforced**: inside the user lane's script (``lua/user_event.lua``), which reads the
+record in the same atomic step as the profile it would update: no extra round trip, and no event can
+slip between the check and its write. For a user who is not personal an event stores nothing: not
+its id (no dedup: every event of such a user only scores, so a repeat changes nothing), no profile
+key, no item-side index naming the user (``pr:{i:<item>}:is``), and none of the aggregates either
 (co-visitation, complements, trending, users seen): they are computed from personal data the user
 did not allow to be processed. Their feeds are scored as for a visitor with no profile (global
 trending, then the business rules) and stored and pushed like any other version, but without the
-``pr:shown`` index (catalog edits then reach those lists at the user's next event) and outside
-experiments (no tag, no exposure). The processor records no trigger times, timers or experiment
-counts for their events.
+shown index (``pr:{i:<item>}:shown:<feed>``; catalog edits then reach those lists at the user's
+next event) and outside experiments (no tag, no exposure). The processor records no trigger
+times, timers or experiment counts for their events.
 
 **Recording a decision** runs the event script too (a ``consent`` event, or
 :meth:`~streams.profile.ProfileStore.record_consent` for the API), so both paths share one
@@ -35,7 +35,7 @@ the same decision again is ``unchanged`` and keeps the first time and source. Ou
 ``stale``.
 
 **A withdrawal** (a denial of a user who has a profile, trigger times or a dedup window) deletes
-those keys at once in the same script, unindexes the user's stored feeds from ``pr:shown``, and
+those keys at once in the same script, unindexes the user's stored feeds from the shown index, and
 sets the ``erase`` marker. The processor lane that sees the marker (the user's next event; the API
 sends a ``consent`` event for that purpose) then erases everything else
 (:func:`streams.privacy.erase_user`: item-side indexes, timers, experiment marks, feeds and their
@@ -54,7 +54,6 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from sessions.feeds import shown_prefix
 from sessions.keys import feed_key, user_tag
 from sessions.scripts import PipelinedScript
 from streams.events import ITEM_TYPES
@@ -178,11 +177,6 @@ class ConsentStore:
         if isinstance(cleared, Exception):
             raise cleared
         return bool(cleared)
-
-
-def feed_prefixes(feeds: Sequence[str]) -> list[str]:
-    """The ``pr:shown`` key prefix of each of ``feeds`` (what a withdrawal unindexes)."""
-    return [shown_prefix(feed) for feed in feeds]
 
 
 def _text(value: object) -> str:

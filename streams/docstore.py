@@ -30,6 +30,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessions.cluster import refresh_topology
 from streams.yamldoc import InvalidDocument
 
 #: KEYS[1] the document hash; ARGV[1] the normalized body, ARGV[2] the channel.
@@ -175,6 +176,7 @@ async def follow_channel(
                     await on_message(message.get("data"))
         except (RedisConnectionError, RedisTimeoutError) as exc:
             log.warning(f"{name}_follow_lost", error=type(exc).__name__)
+            await refresh_topology(redis)  # a cluster: subscribe to a live master next time
         except Exception:  # a bug or an unexpected reply: keep following, loudly
             log.exception(f"{name}_follow_failed")
         await asyncio.sleep(delay)

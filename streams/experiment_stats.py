@@ -15,9 +15,17 @@ Every list computed for a user in an experiment carries a recommendation id (``r
 - **Users exposed** are counted once per user and revision (``pr:{u:<id>}:xe``, the user's
   exposures, with the profile TTL: erasing the user erases them; the aggregate stays).
 
-Keys: ``pr:xs:<experiment>:<revision>`` (hash ``<variant>:i|c|u``), ``pr:xs:<experiment>`` (its
-revisions by first count), ``pr:{u:<id>}:xm`` (lists counted, 1 day). Caveat (Cluster): the
-statistics keys are derived inside the user's script, which needs a single Redis.
+Keys (:mod:`sessions.keys`): per experiment, :data:`~sessions.keys.STATS_BUCKETS` buckets, a
+user's counts always in the same one (crc32 of the id): ``pr:{x:<experiment>:<b>}:s:<revision>``
+(hash ``<variant>:i|c|u``) and ``pr:{x:<experiment>:<b>}:revs`` (the revisions that counted
+in that bucket, by first count); readers sum the buckets (one pipelined round trip). So no key is
+written on every event of an experiment, and on Redis Cluster the buckets spread over the
+shards. ``pr:{u:<id>}:xm`` (lists counted, 1 day) and ``pr:{u:<id>}:xe`` are the user's.
+
+Two steps per batch, each call on one slot: the user's script (``lua/exp_count.lua``) records
+the marks and says what to count, then the counters are incremented (plain ``HINCRBY``,
+pipelined). A worker dying between the two loses those counts (the marks say "counted", so a
+redelivered batch does not count them): counts can fall short, never double.
 """
 
 from __future__ import annotations
@@ -32,7 +40,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from sessions.feeds import parse_rec_id
-from sessions.keys import user_tag
+from sessions.keys import STATS_BUCKETS, revisions_key, stats_bucket, stats_key, user_tag
 from sessions.scripts import Call, PipelinedScript
 from streams.events import Event
 from streams.experiments import Experiment, ExperimentSet, Label, labels_of
@@ -55,16 +63,6 @@ def _ignore(_type: str, _outcome: str) -> None:
     return None
 
 
-def stats_key(experiment: str, revision: str) -> str:
-    """The counters of one revision of an experiment."""
-    return f"pr:xs:{experiment}:{revision}"
-
-
-def revisions_key(experiment: str) -> str:
-    """The revisions of an experiment that counted anything, scored by their first count (ms)."""
-    return f"pr:xs:{experiment}"
-
-
 class ExperimentStats:
     """Counts exposures and reads them back as per-variant rates."""
 
@@ -78,7 +76,7 @@ class ExperimentStats:
     ) -> None:
         self._redis = redis
         self._exposure_ttl_s = exposure_ttl_s
-        self._script = PipelinedScript(redis, _COUNT_LUA)
+        self._script = PipelinedScript(redis, _COUNT_LUA, name="exp_count.lua")
         self.observe = observe
         self._clock = clock
 
@@ -89,7 +87,7 @@ class ExperimentStats:
         One pipelined round trip when any event counts, none otherwise. Returns how many counted.
         """
         calls: list[Call] = []
-        kinds: list[str] = []
+        asked: list[tuple[Event, list[Label]]] = []
         now = int(self._clock() * 1000)
         for event in events:
             kind = KINDS.get(event.type)
@@ -107,21 +105,36 @@ class ExperimentStats:
                 now,
                 MARKS_TTL_S,
                 self._exposure_ttl_s,
-                STATS_TTL_S,
                 MAX_MARKS,
             ]
             for label in labels:
                 args += [label.experiment, label.revision, label.variant]
             calls.append(([tag + "xm", tag + "xe"], args))
-            kinds.append(event.type)
+            asked.append((event, labels))
         if not calls:
             return 0
         counted = 0
-        for etype, reply in zip(kinds, await self._script.run_many(calls), strict=True):
+        pipe = self._redis.pipeline(transaction=False)
+        for (event, labels), reply in zip(asked, await self._script.run_many(calls), strict=True):
             if isinstance(reply, Exception):
                 raise reply
-            counted += int(reply)
-            self.observe(etype, "counted" if int(reply) else "repeat")
+            if not isinstance(reply, list):  # 0: this list was counted before
+                self.observe(event.type, "repeat")
+                continue
+            counted += 1
+            self.observe(event.type, "counted")
+            bucket = stats_bucket(event.user_id)
+            for label, flags in zip(labels, reply, strict=True):
+                key = stats_key(label.experiment, bucket, label.revision)
+                for bit, field in ((4, "i"), (2, "c"), (1, "u")):
+                    if int(flags) & bit:
+                        pipe.hincrby(key, f"{label.variant}:{field}", 1)
+                pipe.expire(key, STATS_TTL_S)
+                revisions = revisions_key(label.experiment, bucket)
+                pipe.zadd(revisions, {label.revision: now}, nx=True)
+                pipe.expire(revisions, STATS_TTL_S)
+        if len(pipe):
+            await pipe.execute()
         return counted
 
     async def read(self, experiment: Experiment | None, name: str) -> dict[str, Any] | None:
@@ -144,11 +157,27 @@ class ExperimentStats:
         return await self._counts(name, revision), [r for r in revisions if r != revision]
 
     async def _revisions(self, name: str) -> list[str]:
-        return [_text(r) for r in await self._redis.zrange(revisions_key(name), 0, -1)]
+        """The revisions that counted in any bucket, by their first count."""
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in range(STATS_BUCKETS):
+            pipe.zrange(revisions_key(name, bucket), 0, -1, withscores=True)
+        first: dict[str, float] = {}
+        for pairs in await pipe.execute():
+            for rev, score in pairs:
+                r = _text(rev)
+                first[r] = min(score, first.get(r, score))
+        return sorted(first, key=lambda r: (first[r], r))
 
     async def _counts(self, name: str, revision: str) -> dict[str, int]:
-        raw = await self._redis.hgetall(stats_key(name, revision))
-        return {_text(k): int(v) for k, v in raw.items()}
+        """One revision's counters, summed over the buckets."""
+        pipe = self._redis.pipeline(transaction=False)
+        for bucket in range(STATS_BUCKETS):
+            pipe.hgetall(stats_key(name, bucket, revision))
+        out: dict[str, int] = {}
+        for raw in await pipe.execute():
+            for k, v in raw.items():
+                out[_text(k)] = out.get(_text(k), 0) + int(v)
+        return out
 
 
 def current_labels(user: str, rec: str, experiments: ExperimentSet) -> list[Label]:

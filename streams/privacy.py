@@ -9,13 +9,20 @@ What mentions a user in Redis:
   ``tagx}:evil``'s keys — and the ``MATCH`` pattern is escaped all the same. Keys written
   before ids were encoded, under the raw id's tag, are found too where that is exact
   (:func:`_legacy_tag`).
-- **Item-side indexes** with the user as a member: ``pr:is:<item>`` (session kNN, members are
-  encoded ids: the event script makes key names of them) and ``pr:shown:<feed>:<item>`` (catalog
-  propagation, members are ids). Their members can outlive the user's own keys (an item dropped
-  from the user's recent list, an expired feed), so every such key is scanned, not only the
-  items the user's keys still name.
-- **Timers** of the user in ``pr:timers`` / ``pr:timers:claimed`` (delayed triggers, offer
-  expiry), and ``pr:merged:<anon>`` markers naming the user or named after them.
+- **Item-side indexes** with the user as a member, tagged by item (:mod:`sessions.keys`):
+  ``pr:{i:<item>}:is`` (session kNN, members are encoded ids) and
+  ``pr:{i:<item>}:shown:<feed>`` (catalog propagation, members are ids). Their members can
+  outlive the user's own keys (an item dropped from the user's recent list, an expired feed), so
+  every such key is found by ``SCAN`` of those patterns, not only the items the user's keys
+  still name; each key is then changed on its own (one slot per command). The names of the
+  layout before issue 13 (``pr:is:<item>``, ``pr:shown:<feed>:<item>``) are scanned too: data
+  stored before an upgrade is unreachable by the engine but still names users.
+- **Timers** of the user: in the user's timers bucket (``pr:{tm:<b>}:timers`` / ``:claimed``,
+  :func:`sessions.keys.timer_bucket`; before issue 13 ``pr:timers`` / ``pr:timers:claimed``).
+- **Merge markers** (:mod:`streams.merge`): the user's own (``pr:{u:<id>}:merged``, a per-user
+  key), the markers of visitors merged into the user (``pr:{u:<anon>}:merged`` whose value is
+  the user; before issue 13 ``pr:merged:<anon>``), and the snapshot of a merge into the user
+  still under way (``pr:{u:<anon>}:merging``).
 
 Aggregates that name no user stay: co-visitation and complements (item → item), trending, the
 count of users seen, experiment totals.
@@ -37,15 +44,42 @@ from typing import Any
 import msgpack
 from redis.asyncio import Redis
 
-from sessions.keys import PREFIX, encode_user, user_tag
+from sessions.keys import (
+    PREFIX,
+    claimed_key,
+    decode_user,
+    encode_user,
+    merged_key,
+    timer_bucket,
+    timers_key,
+    user_tag,
+)
 
 
 def _same(user: str) -> str:
     return user
 
 
-#: Item-side sorted sets whose members name users, and how a member names its user.
-USER_INDEXES: dict[str, Callable[[str], str]] = {"pr:is:": encode_user, "pr:shown:": _same}
+#: Item-side sorted sets whose members name users: export label → how a member names its user.
+USER_INDEXES: dict[str, Callable[[str], str]] = {"is": encode_user, "shown": _same}
+#: The ``SCAN`` patterns of each index, and the exact shape of its keys (a glob ``*`` also
+#: matches ``}``): today's names, then those of the layout before issue 13.
+_INDEX_KEYS: dict[str, list[tuple[str, re.Pattern[str]]]] = {
+    "is": [
+        ("pr:{i:*}:is", re.compile(r"pr:\{i:[^}]*\}:is")),
+        ("pr:is:*", re.compile(r"pr:is:.*", re.S)),
+    ],
+    "shown": [
+        ("pr:{i:*}:shown:*", re.compile(r"pr:\{i:[^}]*\}:shown:[^:]*")),
+        ("pr:shown:*", re.compile(r"pr:shown:.*", re.S)),
+    ],
+}
+#: Merge markers and snapshots of visitors (their values name the user merged into).
+_MERGE_KEYS = re.compile(r"pr:\{u:[^}]*\}:(merged|merging)")
+#: Before issue 13: ``pr:merged:<anon>``, value the user.
+_LEGACY_MERGED = "pr:merged:"
+#: Before issue 13: the global timers.
+_LEGACY_TIMERS = ("pr:timers", "pr:timers:claimed")
 #: Characters that encoding always escapes, ``%`` aside: an id holding one can be no other id's
 #: encoded form, so its keys from before ids were encoded are told apart exactly (below).
 _NEVER_ENCODED = re.compile(r"[{}*?\[\]\\\x00-\x1f\x7f-\x9f]")
@@ -77,17 +111,21 @@ async def _user_keys(redis: Redis, user: str) -> AsyncIterator[list[tuple[str, s
             yield [(key, rest) for key, rest in mine if "}" not in rest]
 
 
-def _members_naming(prefix: str, user: str) -> list[str]:
+def _members_naming(label: str, user: str) -> list[str]:
     """The members of index ``prefix`` that name ``user``: today's, and the raw id an index of
     encoded ids held before ids were encoded (only where :func:`_legacy_tag` tells it apart)."""
-    member = USER_INDEXES[prefix](user)
+    member = USER_INDEXES[label](user)
     if member != user and _legacy_tag(user) is not None:
         return [member, user]
     return [member]
 
 
-TIMER_KEYS = ("pr:timers", "pr:timers:claimed")
-MERGED_PREFIX = "pr:merged:"
+def timer_keys(user: str) -> tuple[str, ...]:
+    """The timers keys that may hold ``user``'s timers: their bucket's, then the old global."""
+    bucket = timer_bucket(user)
+    return (timers_key(bucket), claimed_key(bucket), *_LEGACY_TIMERS)
+
+
 _CHUNK = 500
 
 
@@ -129,27 +167,64 @@ async def erase_user(
         keys = [k for k, _ in found if k not in keep]
         if keys:
             counts["keys"] += int(await redis.unlink(*keys))
-    for prefix in USER_INDEXES:
-        members = _members_naming(prefix, user)
-        async for keys in _scan(redis, prefix + "*"):
+    for label in USER_INDEXES:
+        members = _members_naming(label, user)
+        async for keys in _index_keys(redis, label):
             pipe = redis.pipeline(transaction=False)
             for key in keys:
                 pipe.zrem(key, *members)
             counts["index_entries"] += sum(int(n) for n in await pipe.execute())
-    for key in TIMER_KEYS:
+    for key in timer_keys(user):
         mine = [m for m in await _members(redis, key) if _timer_user(m) == user]
         if mine:
             counts["timers"] += int(await redis.zrem(key, *mine))
-    async for keys in _scan(redis, MERGED_PREFIX + "*"):
-        values = await redis.mget(keys)
-        gone = [
-            k
-            for k, v in zip(keys, values, strict=True)
-            if k == MERGED_PREFIX + user or (v is not None and _text(v) == user)
-        ]
-        if gone:
-            counts["markers"] += int(await redis.unlink(*gone))
+    async for keys in _markers_naming(redis, user):
+        pipe = redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.unlink(key)
+        counts["markers"] += sum(int(n) for n in await pipe.execute())
     return counts
+
+
+async def _index_keys(redis: Redis, label: str) -> AsyncIterator[list[str]]:
+    """The keys of index ``label`` (see :data:`_INDEX_KEYS`), in chunks."""
+    for pattern, shape in _INDEX_KEYS[label]:
+        async for keys in _scan(redis, pattern):
+            mine = [k for k in keys if shape.fullmatch(k)]
+            if mine:
+                yield mine
+
+
+async def _markers_naming(redis: Redis, user: str) -> AsyncIterator[list[str]]:
+    """Merge markers and snapshots of other ids whose value names ``user`` (visitors merged into
+    them), today's and the old ``pr:merged:<anon>``, in chunks. One command per key (each its
+    own slot), pipelined."""
+    for pattern in ("pr:{u:*}:merg*", _LEGACY_MERGED + "*"):
+        async for keys in _scan(redis, pattern):
+            found = [k for k in keys if k.startswith(_LEGACY_MERGED) or _MERGE_KEYS.fullmatch(k)]
+            if not found:
+                continue
+            pipe = redis.pipeline(transaction=False)
+            for key in found:
+                if key.endswith(":merging"):
+                    pipe.hget(key, "user")
+                else:
+                    pipe.get(key)
+            values = await pipe.execute()
+            mine = [
+                k for k, v in zip(found, values, strict=True) if v is not None and _text(v) == user
+            ]
+            if mine:
+                yield mine
+
+
+def _anon_of(key: str) -> str:
+    """The id whose tag a marker key ``pr:{u:<encoded id>}:merged`` is under."""
+    encoded = key[len(PREFIX) + 3 : key.index("}")]
+    try:
+        return decode_user(encoded)
+    except ValueError:  # written before ids were encoded: the raw id
+        return encoded
 
 
 async def _members(redis: Redis, key: str) -> list[str]:
@@ -167,10 +242,10 @@ async def export_user(redis: Redis, user: str) -> dict[str, Any]:
         for key, name in sorted(found):
             (keys if key.startswith(tag) else legacy)[name] = await _dump(redis, key)
     indexes: dict[str, list[str]] = {}
-    for prefix in USER_INDEXES:
-        members = _members_naming(prefix, user)
+    for label in USER_INDEXES:
+        members = _members_naming(label, user)
         listed: set[str] = set()
-        async for chunk in _scan(redis, prefix + "*"):
+        async for chunk in _index_keys(redis, label):
             pipe = redis.pipeline(transaction=False)
             for key in chunk:
                 for member in members:
@@ -180,18 +255,32 @@ async def export_user(redis: Redis, user: str) -> dict[str, Any]:
             listed |= {
                 k for k, s in zip(chunk, per_key, strict=True) if any(x is not None for x in s)
             }
-        indexes[prefix.rstrip(":")] = sorted(listed)
+        indexes[label] = sorted(listed)
     timers = {
-        key: sorted(m for m in await _members(redis, key) if _timer_user(m) == user)
-        for key in TIMER_KEYS
+        key: mine
+        for key in timer_keys(user)
+        if (mine := sorted(m for m in await _members(redis, key) if _timer_user(m) == user))
     }
-    merged = _text(raw) if (raw := await redis.get(MERGED_PREFIX + user)) is not None else None
+    raw = await redis.get(merged_key(user))
+    if raw is None:
+        raw = await redis.get(_LEGACY_MERGED + user)
+    merged = _text(raw) if raw is not None else None
+    merged_from = sorted(
+        [
+            k[len(_LEGACY_MERGED) :] if k.startswith(_LEGACY_MERGED) else _anon_of(k)
+            async for keys in _markers_naming(redis, user)
+            for k in keys
+            if not k.endswith(":merging")
+        ]
+    )
     return {
         "user": user,
         "keys": keys,
         "indexes": indexes,
         "timers": timers,
         "merged_into": merged,
+        # Visitors merged into this user (their markers name the user).
+        "merged_from": merged_from,
         # Keys written before user ids were encoded in key names, under the raw id's tag.
         **({"legacy_keys": legacy} if legacy else {}),
     }

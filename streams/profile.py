@@ -1,18 +1,28 @@
-"""The Redis profile model: one round trip applies an event and returns the recompute inputs.
+"""The user lane of the event path, and the view scoring makes of it.
 
 Per-user keys (one hash tag, one slot): ``dedup`` (event ids seen, by time, capped), ``recent``
-(distinct items by last touch), ``aff`` (category affinity, decayed), ``cart``, ``bought``, ``p``
-(profile scalars). Item-side keys: ``pr:nb:<item>`` (co-visitation neighbours, capped),
-``pr:trend`` and ``pr:trend:c:<category>`` (decayed popularity), ``pr:meta``.
+(distinct items by last touch), ``aff`` (category affinity, decayed, origin ``a0`` in ``p``),
+``cart``, ``bought``, ``p`` (profile scalars), ``consent``, ``feed:<name>``.
 
-The same script scores the user's candidates right after the update (see
-:class:`ScoringTuning`), so what crosses the wire is a short ranked list, not the raw inputs.
+One event costs (issue 13, docs/ARCHITECTURE.md "Event path"):
 
-Guarantees: the update is atomic (one Lua script); an event id seen within the dedup window
-changes nothing and is reported as a duplicate; every per-user key carries the profile TTL. The
-user's consent record is read in the same script: for a user without personalization consent
-nothing is written and the candidates are a visitor's with no profile (:mod:`streams.consent`).
-Caveat: the script derives item-side key names itself, so it needs a single Redis (not Cluster).
+1. **The user lane** (``lua/user_event.lua``): one slot-local script call per event, pipelined
+   per lane, touching only the user's keys: consent, dedup, the profile update; it returns what
+   the item side and scoring need (a typed :class:`UserLaneReply`, a msgpack map). Its cost does
+   not depend on how many other visitors share an item.
+2. **The item-side aggregates** (:mod:`streams.aggregates`): co-visitation, complements, the
+   session index, trending and the users count, merged per key over the lane and written per
+   slot in one pipelined round trip, only for events the lane applied (never twice for a
+   redelivered event, at most once across a crash between the two steps).
+3. **Scoring in the worker** (:mod:`streams.scoring`) on item-side lists read through the
+   worker's :class:`~streams.itemcache.ItemCache` (at most ``max_age_s`` stale, the worker's own
+   writes seen at once): one pipelined read for what the lane misses, one more for the chosen
+   session neighbours' items and the offline model's lists.
+
+Guarantees: the user lane is atomic; an event id seen within the dedup window changes nothing and
+is reported as a duplicate; every per-user key carries the profile TTL. The user's consent record
+is read in the same script: for a user without personalization consent nothing is written (no
+aggregate either) and the candidates are a visitor's with no profile (:mod:`streams.consent`).
 """
 
 from __future__ import annotations
@@ -23,12 +33,33 @@ from importlib import resources
 from string import Template
 from typing import Any
 
+import msgpack
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessions.feeds import FeedState, decode_body
-from sessions.keys import encode_user, feed_key, user_tag
+from sessions.keys import (
+    MODEL_KEY,
+    TREND_BUCKETS,
+    category_trend_key,
+    complements_key,
+    encode_user,
+    encoded_user_tag,
+    feed_key,
+    model_neighbours_key,
+    neighbours_key,
+    shown_key,
+    trend_key,
+    trend_meta_key,
+    user_tag,
+    visitors_key,
+)
 from sessions.scripts import PipelinedScript, run_scripts
 from sessions.versions import Version
+from streams import itemcache, scoring
+from streams.aggregates import Accepted, Aggregates
 from streams.consent import (
     DENIED,
     GRANTED,
@@ -36,14 +67,16 @@ from streams.consent import (
     ConsentChange,
     ConsentStore,
     consent_key,
-    feed_prefixes,
     parse_record,
     withdrawal_keys,
 )
 from streams.events import CONSENT, Event
+from streams.itemcache import ItemCache, Snapshot, Want
 from streams.rules import OFFER_FEEDS
 
-_EVENT_LUA = resources.files("streams").joinpath("lua/event.lua").read_text()
+log = structlog.get_logger(__name__)
+
+_USER_LUA = resources.files("streams").joinpath("lua/user_event.lua").read_text()
 
 #: (affinity, co-visitation, trending) weight of each event type.
 WEIGHTS: dict[str, tuple[float, float, float]] = {
@@ -59,8 +92,6 @@ WEIGHTS: dict[str, tuple[float, float, float]] = {
 }
 
 Scored = list[tuple[str, float]]
-#: Scripts kept per scoring tuning before the cache starts over.
-_MAX_SCRIPTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +106,7 @@ class ProfileTuning:
     affinity_halflife_ms: int = 3 * 86_400_000
     trending_halflife_ms: int = 6 * 3_600_000
     covisit_window: int = 5
-    #: Latest users kept per item in the session-kNN index (``pr:is:<item>``, members are ids
+    #: Latest users kept per item in the session-kNN index (``pr:{i:<item>}:is``, members are ids
     #: encoded as in key names, :func:`sessions.keys.encode_user`).
     session_index_max: int = 200
     #: Consent policy (``PUSHREC_CONSENT``, streams/consent.py): personalize only users with a
@@ -85,14 +116,14 @@ class ProfileTuning:
 
 @dataclass(frozen=True, slots=True)
 class ScoringTuning:
-    """How candidates are scored (inside the event script).
+    """How candidates are scored (in the worker, streams/scoring.py).
 
     Sources, each normalised to [0, 1] by its best score: co-visitation neighbours of the user's
     latest ``recent_fetched`` items (``neighbour_w``, times ``recency_decay`` per step back),
     trending items of the user's top ``categories_fetched`` categories (``category_w`` times the
     category's share of the user's affinity), global trending (``global_w``), and session kNN
-    (``session_w``: users with overlapping recent items vote for theirs, see event.lua). With
-    ``repeat_w`` > 0 the item being looked at leads the list. The best ``candidates`` (bought
+    (``session_w``: users with overlapping recent items vote for theirs, streams/scoring.py).
+    With ``repeat_w`` > 0 the item being looked at leads the list. The best ``candidates`` (bought
     items excluded) come back, best first, ties by id.
     """
 
@@ -129,7 +160,7 @@ class ScoringTuning:
     model_fetched: int = 15
 
 
-#: The context feeds the event script can score (see ``lua/event.lua``): ``similar``, the
+#: The context feeds the worker can score (see :mod:`streams.scoring`): ``similar``, the
 #: neighbours of the item being looked at, and ``cart``, the complements of the cart.
 CONTEXT_FEEDS = ("similar", "cart")
 #: Every feed a user can have (what a withdrawal of consent unindexes, erases and rebuilds).
@@ -159,55 +190,203 @@ class ProfileView:
 
 
 def user_keys(user: str) -> list[str]:
-    """The per-user keys the event script touches, in its KEYS order."""
+    """The per-user profile keys the user lane touches, in its KEYS order."""
     tag = user_tag(user)
     return [tag + k for k in ("dedup", "recent", "aff", "cart", "bought", "p")]
 
 
-def script_source(profile: ProfileTuning, scoring: ScoringTuning) -> str:
-    """The event script with its tuning constants filled in (numbers only, from typed settings)."""
+def script_source(profile: ProfileTuning, _scoring: ScoringTuning | None = None) -> str:
+    """The user-lane script with the profile constants filled in (numbers only, from typed
+    settings). Scoring runs in the worker: its tuning is no part of the script."""
     values: dict[str, int | float] = {}
-    for tuning in (profile, scoring):
-        for f in fields(tuning):
-            value = getattr(tuning, f.name)
-            if isinstance(value, bool):  # a flag is 1 or 0 in Lua ("true" would not compile)
-                value = int(value)
-            if not isinstance(value, int | float):
-                raise TypeError(f"tuning {f.name} must be a number")
-            values[f.name.upper()] = value
-    return Template(_EVENT_LUA).substitute(values)
+    for f in fields(profile):
+        value = getattr(profile, f.name)
+        if isinstance(value, bool):  # a flag is 1 or 0 in Lua ("true" would not compile)
+            value = int(value)
+        if not isinstance(value, int | float):
+            raise TypeError(f"tuning {f.name} must be a number")
+        values[f.name.upper()] = value
+    return Template(_USER_LUA).substitute(values)
+
+
+@dataclass(frozen=True, slots=True)
+class UserLaneRequest:
+    """One event for the user lane (``lua/user_event.lua``, ARGV[1] as a msgpack map)."""
+
+    event_id: str
+    type: str
+    item: str
+    categories: Sequence[str]
+    ts: int
+    w_aff: float
+    w_cov: float
+    #: False: applied only, a later event of the user in the same batch scores.
+    score: bool
+    user: str
+    #: The home feed version the caller holds ('' / 0: none): then no body comes back.
+    known_epoch: str
+    known_n: int
+    #: Context feeds to report even when the user has none stored yet.
+    context: Sequence[str]
+    #: How many recent items and top categories scoring reads.
+    recent_n: int
+    cats_n: int
+    #: Consent events: the decision and its source.
+    decision: str = ""
+    source: str = ""
+
+    def pack(self) -> bytes:
+        """The msgpack map the script reads."""
+        req: dict[str, Any] = {
+            "id": self.event_id,
+            "type": self.type,
+            "item": self.item,
+            "cats": list(self.categories),
+            "ts": self.ts,
+            "w_aff": self.w_aff,
+            "w_cov": self.w_cov,
+            "score": self.score,
+            "user": self.user,
+            "e": self.known_epoch,
+            "n": self.known_n,
+            "context": list(self.context),
+            "recent_n": self.recent_n,
+            "cats_n": self.cats_n,
+        }
+        if self.decision:
+            req["decision"] = self.decision
+            req["source"] = self.source
+        packed: bytes = msgpack.packb(req)
+        return packed
+
+
+@dataclass(frozen=True, slots=True)
+class FeedReply:
+    """A stored feed's state as the user lane saw it; ``same``: the caller's copy is current
+    (no body was sent)."""
+
+    epoch: str
+    n: int
+    body: bytes
+    same: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UserLaneReply:
+    """The user lane's answer for one event (the script's msgpack map)."""
+
+    #: ``duplicate``, ``applied``, ``coalesced``, ``noop`` or ``no_consent``.
+    outcome: str
+    personal: bool
+    #: The user's latest distinct items before the event, newest first (co-visitation).
+    prev: tuple[str, ...] = ()
+    #: The event started the user's recent list (the users count).
+    new_user: bool = False
+    #: Cart sample and items bought within the hour (complements).
+    partners: tuple[str, ...] = ()
+    #: Scored entries: recent items newest first, top categories, bought, cart sample.
+    recent: tuple[str, ...] = ()
+    categories: tuple[tuple[str, float], ...] = ()
+    bought: frozenset[str] = frozenset()
+    cart: tuple[str, ...] = ()
+    #: Scored entries: the home feed and each context feed reported (None: not scored).
+    feeds: dict[str, FeedReply] | None = None
+    #: Consent: a withdrawal's pending erasure marker, what recording a decision did, the
+    #: record's time, and the stored lists to take out of the shown index.
+    marker: str = ""
+    change: str = ""
+    at: str = ""
+    unindex: dict[str, bytes] = field(default_factory=dict)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> UserLaneReply:
+        """Decode the script's reply (feed bodies are binary: kept as bytes)."""
+        m = msgpack.unpackb(raw, raw=False, unicode_errors="surrogateescape")
+        feeds = None
+        if "feeds" in m:
+            feeds = {
+                name: FeedReply(
+                    str(st.get("e") or ""),
+                    int(st.get("n") or 0),
+                    _bytes(st.get("b")),
+                    bool(st.get("same")),
+                )
+                for name, st in m["feeds"].items()
+            }
+        cats = m.get("cats") or []
+        unindex = m.get("unindex") or {}
+        return cls(
+            outcome=m["outcome"],
+            personal=bool(m.get("personal")),
+            prev=tuple(m.get("prev") or ()),
+            new_user=bool(m.get("new_user")),
+            partners=tuple(m.get("partners") or ()),
+            recent=tuple(m.get("recent") or ()),
+            categories=tuple((cats[i], float(cats[i + 1])) for i in range(0, len(cats), 2)),
+            bought=frozenset(m.get("bought") or ()),
+            cart=tuple(m.get("cart") or ()),
+            feeds=feeds,
+            marker=str(m.get("marker") or ""),
+            change=str(m.get("change") or ""),
+            at=str(m.get("at") or ""),
+            unindex={k: _bytes(v) for k, v in unindex.items()} if isinstance(unindex, dict) else {},
+        )
+
+
+def _bytes(value: object) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape")
+    return b""
+
+
+#: The user lane's outcomes as the processor names them.
+_STATUS = {"applied": "ok", "no_consent": NO_CONSENT}
+#: Outcomes whose event the item side counts (when the user is personal).
+_ACCEPTED = ("applied", "coalesced")
+
+Entry = tuple[Event, list[str], FeedState | None, bool]
 
 
 class ProfileStore:
-    """Applies events to profiles in Redis."""
+    """Applies events to profiles in Redis and scores the users' candidates."""
 
     def __init__(
         self,
         redis: Redis,
         tuning: ProfileTuning | None = None,
         scoring: ScoringTuning | None = None,
+        *,
+        cache: ItemCache | None = None,
+        buckets: int = TREND_BUCKETS,
     ) -> None:
         self._redis = redis
         self.tuning = tuning or ProfileTuning()
         self.scoring = scoring or ScoringTuning()
-        #: One registered script per scoring tuning in use (the default, and each experiment
-        #: arm's): the tuning is compiled into the script's constants.
-        self._scripts: dict[ScoringTuning, PipelinedScript] = {}
-        self._script = self._script_for(self.scoring)
+        self._script = PipelinedScript(redis, script_source(self.tuning))
+        #: Item-side reads for scoring (staleness and memory bounds: see streams/itemcache.py).
+        self.cache = (
+            cache
+            if cache is not None  # an empty cache is falsy (it has a length)
+            else ItemCache(
+                redis, buckets=buckets, trending_halflife_ms=self.tuning.trending_halflife_ms
+            )
+        )
+        #: The item-side writes after the user lane (streams/aggregates.py).
+        self.aggregates = Aggregates(
+            redis,
+            self.cache,
+            neighbours_kept=self.tuning.neighbours_kept,
+            session_index_max=self.tuning.session_index_max,
+            trending_halflife_ms=self.tuning.trending_halflife_ms,
+            buckets=self.cache.buckets,
+        )
         #: Consent records and the erasure completing a withdrawal (streams/consent.py).
         self.consent = ConsentStore(redis, required=self.tuning.consent_required)
 
-    def _script_for(self, scoring: ScoringTuning) -> PipelinedScript:
-        script = self._scripts.get(scoring)
-        if script is None:
-            if len(self._scripts) >= _MAX_SCRIPTS:  # experiments come and go: forget old arms
-                self._scripts = {self.scoring: self._script}
-            script = PipelinedScript(self._redis, script_source(self.tuning, scoring))
-            self._scripts[scoring] = script
-        return script
-
     async def apply(self, event: Event, categories: list[str]) -> tuple[str, ProfileView | None]:
-        """Apply ``event`` in one round trip.
+        """Apply ``event`` and score its user.
 
         Returns ``("duplicate", None)`` for an event id already seen, ``("noop", None)`` for an
         event that cannot change a feed (impression), else ``("ok", view)``.
@@ -219,17 +398,20 @@ class ProfileStore:
 
     async def apply_many(
         self,
-        batch: Sequence[tuple[Event, list[str], FeedState | None, bool]],
+        batch: Sequence[Entry],
         scorings: Sequence[ScoringTuning | None] | None = None,
         *,
         context: Sequence[str] = (),
         withdrawals: dict[str, str] | None = None,
     ) -> list[tuple[str, ProfileView | None] | Exception]:
-        """Several :meth:`apply` calls in one pipelined round trip, in order.
+        """Several :meth:`apply` calls: the user lane of all in one pipelined round trip, in
+        order, then the lane's item-side aggregates (one more), then the scoring reads the
+        cache misses (at most two more).
 
         Redis runs a pipeline's scripts one after the other, in order, so several events of one
         user in one batch apply in batch order. An entry whose last flag is False is applied but
-        not scored (``("coalesced", None)``): a later event of the same user will score.
+        not scored (``("coalesced", None)``): a later event of the same user will score, and
+        sees every aggregate of the lane.
 
         Each entry may carry the feed state the caller believes is stored; when it still is,
         Redis sends back only its version and the view reuses the caller's copy.
@@ -248,29 +430,79 @@ class ProfileStore:
         A Redis error reply fails that event alone (returned in its place); connection errors
         raise for all, and a retry is absorbed by dedup.
         """
-        calls: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = []
-        for i, (event, categories, known, score) in enumerate(batch):
-            chosen = scorings[i] if scorings is not None else None
-            script = self._script if chosen is None else self._script_for(chosen)
-            calls.append((script, *self._call(event, categories, known, score, context)))
-        replies = await run_scripts(self._redis, calls)
-        out: list[tuple[str, ProfileView | None] | Exception] = []
-        for (event, _, known, _), res in zip(batch, replies, strict=True):
+        tunings = [
+            (scorings[i] if scorings is not None else None) or self.scoring
+            for i in range(len(batch))
+        ]
+        calls = [
+            (self._script, *self._call(event, cats, known, score, context, tunings[i]))
+            for i, (event, cats, known, score) in enumerate(batch)
+        ]
+        raw = await run_scripts(self._redis, calls)
+        replies: list[UserLaneReply | Exception] = []
+        for res in raw:
             if isinstance(res, Exception):
-                out.append(res)
+                replies.append(res)
                 continue
-            code = int(res[0])
-            scored = code in (1, 5)
-            tail = res[7:] if scored else res[1:]
-            status = _STATUS[code]
-            if tail:  # a consent event, or a withdrawal awaiting its erasure
-                marker, change = _text(tail[0]), _text(tail[1])
-                if marker and withdrawals is not None:
-                    withdrawals[event.user_id] = marker
-                status = change or status
-            view = self._view(event.user_id, res, known, personal=code == 1) if scored else None
+            try:
+                replies.append(UserLaneReply.unpack(res))
+            except Exception as exc:  # a malformed reply fails that event alone
+                replies.append(exc)
+        await self._after_lane(batch, replies)
+        views = await self._score(batch, replies, tunings)
+        out: list[tuple[str, ProfileView | None] | Exception] = []
+        for (event, _, _, _), reply, view in zip(batch, replies, views, strict=True):
+            if isinstance(reply, Exception):
+                out.append(reply)
+                continue
+            if reply.marker and withdrawals is not None:
+                withdrawals[event.user_id] = reply.marker
+            status = reply.change or _STATUS.get(reply.outcome, reply.outcome)
             out.append((status, view))
         return out
+
+    async def _after_lane(
+        self, batch: Sequence[Entry], replies: Sequence[UserLaneReply | Exception]
+    ) -> None:
+        """The item side of the lane: aggregates of the accepted events, the shown index of
+        withdrawn users' lists, and the cache's copies of the lane's users' lists."""
+        accepted: list[Accepted] = []
+        unindex: list[tuple[str, str, str]] = []  # (feed, item, user)
+        cache = self.cache
+        for (event, cats, _, _), reply in zip(batch, replies, strict=True):
+            if isinstance(reply, Exception):
+                continue
+            if reply.outcome in _ACCEPTED and reply.personal and event.item_id:
+                accepted.append(
+                    Accepted(
+                        event,
+                        cats,
+                        WEIGHTS[event.type],
+                        reply.prev,
+                        reply.new_user,
+                        reply.partners,
+                    )
+                )
+                # Its recent list changed: another user's scoring must not read an old copy.
+                cache.invalidate(user_tag(event.user_id) + "recent")
+            for feed, body in reply.unindex.items():
+                for p in decode_body(body or None):
+                    if isinstance(p, dict) and p.get("id") is not None:
+                        unindex.append((feed, str(p["id"]), event.user_id))
+            if reply.change:  # a withdrawal may have erased the profile
+                cache.invalidate(user_tag(event.user_id) + "recent")
+        if unindex:
+            pipe = self._redis.pipeline(transaction=False)
+            for feed, item, user in unindex:
+                pipe.zrem(shown_key(item, feed), user)
+            await pipe.execute()
+        if accepted:
+            try:
+                await self.aggregates.write(self.aggregates.collect(accepted))
+            except (RedisConnectionError, RedisTimeoutError):
+                raise  # the batch is retried: its events are duplicates then, counted once
+            except Exception as exc:  # one slot's script failed: the others were written
+                log.error("aggregates_failed", error=str(exc)[:200])
 
     def _call(
         self,
@@ -279,39 +511,99 @@ class ProfileStore:
         known: FeedState | None,
         score: bool,
         context: Sequence[str],
+        tuning: ScoringTuning,
         source: str = "event",
     ) -> tuple[list[str], list[Any]]:
-        """The event script's keys and arguments for one entry (see ``lua/event.lua``)."""
+        """The user lane's keys and request for one entry (see ``lua/user_event.lua``)."""
         user = event.user_id
-        w_aff, w_cov, w_trend = WEIGHTS[event.type]
+        w_aff, w_cov, _ = WEIGHTS[event.type]
         keys = [
             *user_keys(user),
+            consent_key(user),
             feed_key(user, "home"),
             *(feed_key(user, f) for f in CONTEXT_FEEDS),
-            consent_key(user),
         ]
-        args: list[Any] = [
-            event.event_id,
-            event.type,
-            event.item_id or "",
-            "\n".join(categories),
-            event.ts,
-            w_aff,
-            w_cov,
-            w_trend,
-            known.version.epoch if known else "",
-            known.version.n if known else 0,
-            "1" if score else "0",
-            user,
-            "\n".join(context),
-            encode_user(user),  # the session-kNN index's member: key names are built from it
-        ]
+        decision = ""
         if event.type == CONSENT:
-            granted = event.props.get("personalization") is True
-            # The script's feeds: KEYS[7..9], then the offers feed.
+            decision = GRANTED if event.props.get("personalization") is True else DENIED
             keys += [feed_key(user, OFFER_FEEDS[0]), *withdrawal_keys(user)]
-            args += [GRANTED if granted else DENIED, source, *feed_prefixes(USER_FEEDS)]
-        return keys, args
+        req = UserLaneRequest(
+            event_id=event.event_id,
+            type=event.type,
+            item=event.item_id or "",
+            categories=categories,
+            ts=event.ts,
+            w_aff=w_aff,
+            w_cov=w_cov,
+            score=score,
+            user=user,
+            known_epoch=known.version.epoch if known else "",
+            known_n=known.version.n if known else 0,
+            context=context,
+            recent_n=max(tuning.recent_fetched, tuning.session_items),
+            cats_n=tuning.categories_fetched,
+            decision=decision,
+            source=source,
+        )
+        return keys, [req.pack()]
+
+    async def _score(
+        self,
+        batch: Sequence[Entry],
+        replies: Sequence[UserLaneReply | Exception],
+        tunings: Sequence[ScoringTuning],
+    ) -> list[ProfileView | None]:
+        """The views of the scored entries (None for the others), from one cache snapshot."""
+        jobs: list[tuple[int, scoring.UserInputs, ScoringTuning, FeedReply | None]] = []
+        for i, ((event, cats, _, _), reply) in enumerate(zip(batch, replies, strict=True)):
+            if isinstance(reply, Exception) or reply.feeds is None:
+                continue
+            personal = reply.personal
+            user = scoring.UserInputs(
+                me=encode_user(event.user_id),
+                item=(event.item_id or "") if personal else "",
+                categories=tuple(cats) if personal else (),
+                recent=reply.recent,
+                top_categories=reply.categories,
+                bought=reply.bought,
+                cart=reply.cart,
+                personal=personal,
+            )
+            jobs.append((i, user, tunings[i], reply.feeds.get("home")))
+        views: list[ProfileView | None] = [None] * len(batch)
+        if not jobs:
+            return views
+        snap = await self.cache.prefetch(
+            w for _, user, t, _ in jobs for w in _first_reads(user, t, self.cache.buckets)
+        )
+        chosen: list[list[tuple[str, float]]] = []
+        second: list[Want] = []
+        version = snap.model_version()
+        for _, user, t, _ in jobs:
+            neighbours = scoring.session_neighbours(user, snap, t)
+            chosen.append(neighbours)
+            second.extend(_second_reads(user, t, neighbours, version))
+        if second:
+            await self.cache.prefetch(second, into=snap)
+        for (i, user, t, home), neighbours in zip(jobs, chosen, strict=True):
+            reply = replies[i]
+            assert not isinstance(reply, Exception) and reply.feeds is not None
+            event, _, known, _ = batch[i]
+            context: dict[str, ContextView] = {}
+            for name, st in reply.feeds.items():
+                if name == "similar":
+                    ranked = scoring.similar(user, snap, t)
+                elif name == "cart":
+                    ranked = scoring.cart(user, snap, t)
+                else:
+                    continue
+                context[name] = ContextView(ranked, _state(event.user_id, name, st))
+            feed = known if home is not None and home.same and known is not None else None
+            if feed is None and home is not None:
+                feed = _state(event.user_id, "home", home)
+            candidates = scoring.home(user, snap, t, neighbours)
+            views[i] = ProfileView(candidates, feed, context, user.personal)
+        return views
 
     async def record_consent(self, user: str, granted: bool, *, source: str) -> ConsentChange:
         """Record ``user``'s decision now, from ``source`` (``api``), as a ``consent`` event
@@ -319,40 +611,78 @@ class ProfileStore:
         is read back. A withdrawal's erasure is left to the user's lane (``ConsentChange.marker``).
         """
         event = Event("", user, CONSENT, None, 0, {"personalization": granted})
-        keys, args = self._call(event, [], None, False, (), source)
+        keys, args = self._call(event, [], None, False, (), self.scoring, source)
         [res] = await run_scripts(self._redis, [(self._script, keys, args)])
         if isinstance(res, Exception):
             raise res
-        marker, change, _ = (_text(x) for x in res[1:4])
+        reply = UserLaneReply.unpack(res)
+        await self._after_lane([(event, [], None, False)], [reply])
         fields = await self._redis.hmget(consent_key(user), ["state", "at", "source", "erase"])
-        return ConsentChange(change, parse_record(list(fields)), marker or None)
-
-    @staticmethod
-    def _view(user: str, res: list[Any], known: FeedState | None, *, personal: bool) -> ProfileView:
-        flat, fe, fn, fb, same, context = res[1:7]
-        # The caller's copy when Redis says it is still the stored one (no body was sent).
-        feed = known if int(same) and known is not None else _state(user, "home", fe, fn, fb)
-        views = {
-            name.decode(): ContextView(_scored(cands), _state(user, name.decode(), e, n, b))
-            for name, cands, e, n, b in context
-        }
-        return ProfileView(_scored(flat), feed, views, personal)
+        return ConsentChange(reply.change, parse_record(list(fields)), reply.marker or None)
 
 
-#: The event script's status codes (``lua/event.lua``).
-_STATUS = {0: "duplicate", 1: "ok", 2: "noop", 3: "coalesced", 4: NO_CONSENT, 5: NO_CONSENT}
+def _first_reads(user: scoring.UserInputs, t: ScoringTuning, buckets: int) -> list[Want]:
+    """What scoring ``user`` reads before the session neighbours are known."""
+    nb_depth = 2 * t.neighbours_fetched  # the similar feed reads twice the home feed's
+    wants = [itemcache.fields(MODEL_KEY, "nb")]
+    for b in range(buckets):
+        wants.append(itemcache.top(trend_key(b), t.trending_fetched))
+        wants.append(itemcache.fields(trend_meta_key(b), "t0", "users"))
+    for r in user.recent[: t.recent_fetched]:
+        wants.append(itemcache.top(neighbours_key(r), nb_depth))
+    for c, _ in user.top_categories:
+        wants.append(itemcache.top(category_trend_key(c), t.trending_fetched))
+    if user.categories:
+        wants.append(itemcache.top(category_trend_key(user.categories[0]), t.trending_fetched))
+    if t.session_w > 0:
+        for it in scoring.mine(user, t):
+            wants.append(itemcache.index(visitors_key(it), t.session_sample))
+    latest = scoring.latest_item(user, t)
+    if latest:
+        wants.append(itemcache.top(neighbours_key(latest), nb_depth))
+    for c in user.cart:
+        wants.append(itemcache.top(complements_key(c), t.neighbours_fetched))
+        wants.append(itemcache.top(neighbours_key(c), nb_depth))
+    return wants
 
 
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+def _second_reads(
+    user: scoring.UserInputs,
+    t: ScoringTuning,
+    neighbours: Sequence[tuple[str, float]],
+    version: str | None,
+) -> list[Want]:
+    """What scoring ``user`` reads once the session neighbours and the model version are known."""
+    wants = [itemcache.seq(encoded_user_tag(m) + "recent", t.session_seq) for m, _ in neighbours]
+    if version is not None and t.model_w > 0:
+        items = list(user.recent[: t.recent_fetched])
+        latest = scoring.latest_item(user, t)
+        if latest:
+            items.append(latest)
+        for it in items:
+            wants.append(itemcache.top(model_neighbours_key(version, it), t.model_fetched))
+    return wants
 
 
-def _scored(flat: list[bytes]) -> Scored:
-    return [(flat[i].decode(), float(flat[i + 1])) for i in range(0, len(flat), 2)]
-
-
-def _state(user: str, feed: str, epoch: bytes, n: bytes, body: bytes) -> FeedState | None:
-    """A stored feed's state from the script's reply (None: no feed stored)."""
-    if not epoch:
+def _state(user: str, feed: str, st: FeedReply) -> FeedState | None:
+    """A stored feed's state from the user lane's reply (None: no feed stored)."""
+    if not st.epoch:
         return None
-    return FeedState(user, feed, Version(epoch.decode(), int(n)), decode_body(body or None))
+    return FeedState(user, feed, Version(st.epoch, st.n), decode_body(st.body or None))
+
+
+__all__ = [
+    "CONTEXT_FEEDS",
+    "USER_FEEDS",
+    "WEIGHTS",
+    "ContextView",
+    "ProfileStore",
+    "ProfileTuning",
+    "ProfileView",
+    "Scored",
+    "ScoringTuning",
+    "Snapshot",
+    "UserLaneReply",
+    "UserLaneRequest",
+    "user_keys",
+]

@@ -14,11 +14,12 @@ recomputed: a removed item leaves the list one shorter until the user's next eve
 Design:
 
 - **Who shows what**: the index kept by every feed write (:mod:`sessions.feeds`,
-  ``pr:shown:<feed>:<item>``, maintained atomically with the version in ``feed_write.lua``; the
-  offers writes go through the same script, so their index is kept too). It may hold stale users
-  (a feed that expired or was deleted); the edit meets them, and removes their entries only if
-  the feed is still as read (:meth:`FeedStore.unindex_many`). Each of the propagator's
-  ``feed_names`` (default :data:`FEEDS`) is handled on its own: its index, edits, settle pass.
+  ``pr:{i:<item>}:shown:<feed>``, written around each compare-and-set, one item's slot per call;
+  the offers writes go through the same store, so their index is kept too). It may hold stale
+  users (a feed that expired or was deleted, a write that lost its race); the edit meets them,
+  and removes their entries only if the feed is still as read (:meth:`FeedStore.unindex_many`).
+  Each of the propagator's ``feed_names`` (default :data:`FEEDS`) is handled on its own: its
+  index, edits, settle pass.
 - **Which node**: the one that received ``PUT /v1/items`` (:meth:`Propagator.upsert`), once per
   change; the other nodes only refresh their catalog mirrors. The broker carries the updates to
   whichever nodes hold the sockets.
@@ -31,9 +32,10 @@ Design:
   idempotent: a feed already right is not written.
 - **Round trips** per PUT, whatever the number of users (in chunks of :data:`CHUNK` users): mark
   pending (1), catalog write (1), then per feed an index read (1) and per chunk: feed reads (1),
-  writes with the stale-entry removals beside them (1, both pipelines concurrently), publish (1);
-  unmark (1). A lost compare-and-set (an event recomputed that user meanwhile) costs one re-read
-  and one write for those users, up to :data:`_CAS_TRIES` times.
+  writes with the stale-entry removals beside them (2, both concurrently: a write and the index
+  work after it; the removals' check and the removals), publish (1); unmark (1). A lost
+  compare-and-set (an event recomputed that user meanwhile) costs one re-read and one write for
+  those users, up to :data:`_CAS_TRIES` times.
 - **Settle pass**: a recompute computed from the catalog mirror *before* the change can be stored
   *after* the edit — either its write lost the race to the edit and was rebased, or the item
   entered that user's list after the index was read. So :data:`SETTLE_S` later the users edited

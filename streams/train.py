@@ -10,22 +10,27 @@
   divided by ``support(b) ** popularity_exponent`` (support = the sessions holding ``b``), a
   cosine-like damping of items that co-occur with everything, and each item keeps its best
   ``neighbours``, best first, ties by id.
-- :func:`load_model` — writes the neighbours under a new version (``pr:nbm:<version>:<item>``
-  zsets, pipelined in chunks), then points ``pr:model`` field ``nb`` at it in one script, then
-  removes the previous version's keys (SCAN by prefix, UNLINK). The event script reads the
-  pointer and the neighbour lists inside one script call, so no reader ever sees a version
-  whose keys are incomplete or being deleted.
+- :func:`load_model` — writes the neighbours under a new version (``pr:{i:<item>}:nbm:<version>``
+  zsets, :func:`~sessions.keys.model_neighbours_key`, in the item's slot; pipelined in chunks),
+  then points ``pr:model`` field ``nb`` at it in one script, then removes the previous version's
+  keys (SCAN by pattern, UNLINK one key at a time) :data:`RETIRE_GRACE_S` later. Readers read
+  the pointer first and then the lists of the version it names (each list in its item's slot:
+  no script can read them with the pointer), so a version is complete before the pointer names
+  it, and its lists stay for a grace period after the pointer moved on, longer than a reader
+  keeps the pointer: no reader sees a version whose keys are incomplete or being deleted.
 
-Keys: ``pr:model`` (hash: ``nb`` = current version, ``nb_items``, ``nb_edges``,
-``nb_loaded_ms``), ``pr:model:versions`` (zset version → load start, ms: every version written
-and not yet removed), ``pr:nbm:<version>:<item>`` (zset neighbour → score). Model keys carry no
-TTL (a model must not decay key by key); cleanup is explicit: each load removes the version it
-replaced and any version that never became current and started more than ``stale_s`` ago (a
-crashed load). :func:`unload_model` removes the pointer and every version.
+Keys: ``pr:model`` (:data:`~sessions.keys.MODEL_KEY`, hash: ``nb`` = current version,
+``nb_items``, ``nb_edges``, ``nb_loaded_ms``, and one field ``v:<version>`` = load start (ms)
+per version written and not yet removed: one key, so the pointer's scripts touch one slot),
+``pr:{i:<item>}:nbm:<version>`` (zset neighbour → score). Model keys carry no TTL (a model must
+not decay key by key); cleanup is explicit: each load removes the version it replaced and any
+version that never became current and started more than ``stale_s`` ago (a crashed load).
+:func:`unload_model` removes the pointer and every version.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 import re
 import secrets
@@ -36,13 +41,14 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
+from sessions.keys import MODEL_KEY, model_neighbours_key
 from streams.evaluation.readers import Interaction
 
-#: The pointer hash: field ``nb`` names the current neighbour model version.
-MODEL_KEY = "pr:model"
-#: Every version written and not yet removed, by load start (ms).
-VERSIONS_KEY = "pr:model:versions"
-NEIGHBOUR_PREFIX = "pr:nbm:"
+#: How long a replaced version's lists stay after the pointer moved on (s): longer than a
+#: reader keeps the pointer (the workers' item cache holds it at most 1 s).
+RETIRE_GRACE_S = 2.0
+#: The field of :data:`MODEL_KEY` registering a version (``v:<version>`` → load start, ms).
+VERSION_FIELD = "v:"
 #: Neighbours kept per item by default (``pushrec train --neighbours``).
 DEFAULT_NEIGHBOURS = 50
 _VERSION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -52,7 +58,7 @@ Neighbours = dict[str, list[tuple[str, float]]]
 # Swap the pointer to a fully written version, in one step; refuse a version no longer
 # registered (removed as stale by another loader meanwhile). Returns the previous version.
 _SWAP = """
-if not redis.call('ZSCORE', KEYS[2], ARGV[1]) then
+if redis.call('HEXISTS', KEYS[1], 'v:' .. ARGV[1]) == 0 then
   return redis.error_reply('model version ' .. ARGV[1] .. ' is not registered')
 end
 local old = redis.call('HGET', KEYS[1], 'nb')
@@ -63,7 +69,7 @@ return old or false
 # Claim a version for removal: never the current one. Returns 1 when it may be deleted.
 _CLAIM = """
 if redis.call('HGET', KEYS[1], 'nb') == ARGV[1] then return 0 end
-redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[1], 'v:' .. ARGV[1])
 return 1
 """
 
@@ -150,8 +156,19 @@ def new_version(now_ms: int | None = None) -> str:
 
 
 def neighbour_key(version: str, item: str) -> str:
-    """The zset holding ``item``'s neighbours in model ``version``."""
-    return f"{NEIGHBOUR_PREFIX}{version}:{item}"
+    """The zset holding ``item``'s neighbours in model ``version`` (in the item's slot)."""
+    return model_neighbours_key(version, item)
+
+
+async def versions(redis: Redis) -> dict[str, int]:
+    """Every version written and not yet removed, with its load start (ms)."""
+    fields = await redis.hgetall(MODEL_KEY)
+    out: dict[str, int] = {}
+    for name, value in fields.items():
+        text = name.decode() if isinstance(name, bytes) else str(name)
+        if text.startswith(VERSION_FIELD):
+            out[text[len(VERSION_FIELD) :]] = int(value)
+    return out
 
 
 def _now_ms() -> int:
@@ -171,14 +188,16 @@ async def load_model(
     version: str | None = None,
     chunk: int = 500,
     stale_s: float = 3600.0,
+    grace_s: float = RETIRE_GRACE_S,
 ) -> LoadReport:
-    """Write ``neighbours`` as a new version, make it current in one step, then remove the
-    version it replaced (and stale unfinished ones). See the module docstring."""
+    """Write ``neighbours`` as a new version, make it current in one step, then, ``grace_s``
+    later, remove the version it replaced (and stale unfinished ones). See the module
+    docstring."""
     started = time.perf_counter()
     version = version or new_version()
     if not _VERSION.match(version):
         raise ValueError("a model version is 1-64 characters among A-Z a-z 0-9 _ . -")
-    await redis.zadd(VERSIONS_KEY, {version: _now_ms()}, nx=True)
+    await redis.hsetnx(MODEL_KEY, VERSION_FIELD + version, _now_ms())
     items = [item for item in sorted(neighbours) if neighbours[item]]
     edges = 0
     for start in range(0, len(items), chunk):
@@ -190,12 +209,12 @@ async def load_model(
             pipe.zadd(key, dict(row))
             edges += len(row)
         await pipe.execute()
-    previous = await redis.eval(
-        _SWAP, 2, MODEL_KEY, VERSIONS_KEY, version, len(items), edges, _now_ms()
-    )
+    previous = await redis.eval(_SWAP, 1, MODEL_KEY, version, len(items), edges, _now_ms())
     old = previous.decode() if isinstance(previous, bytes) else previous
     removed = 0
     if old and old != version:
+        # Readers holding the old pointer (a worker's cache, a read in flight) finish first.
+        await asyncio.sleep(grace_s)
         removed += await remove_version(redis, old)
     removed += await remove_stale(redis, stale_s, keep=version)
     return LoadReport(version, len(items), edges, old, removed, time.perf_counter() - started)
@@ -205,18 +224,28 @@ async def remove_version(redis: Redis, version: str, *, batch: int = 1000) -> in
     """Delete every key of ``version`` unless it is current; returns the keys deleted."""
     if not _VERSION.match(version):
         raise ValueError(f"not a model version: {version!r}")
-    if not await redis.eval(_CLAIM, 2, MODEL_KEY, VERSIONS_KEY, version):
+    if not await redis.eval(_CLAIM, 1, MODEL_KEY, version):
         return 0
     removed = 0
     pending: list[bytes] = []
-    async for key in redis.scan_iter(match=f"{NEIGHBOUR_PREFIX}{version}:*", count=batch):
+    # Each item's list is in its own slot: found by pattern (the version holds no glob special,
+    # item ids are encoded), removed one key per command, pipelined.
+    pattern = model_neighbours_key(version, "*").replace("{i:%2A}", "{i:*}")
+    async for key in redis.scan_iter(match=pattern, count=batch):
         pending.append(key)
         if len(pending) >= batch:
-            removed += await redis.unlink(*pending)
+            removed += await _unlink_each(redis, pending)
             pending = []
     if pending:
-        removed += await redis.unlink(*pending)
+        removed += await _unlink_each(redis, pending)
     return removed
+
+
+async def _unlink_each(redis: Redis, keys: Sequence[bytes]) -> int:
+    pipe = redis.pipeline(transaction=False)
+    for key in keys:
+        pipe.unlink(key)
+    return sum(int(n) for n in await pipe.execute())
 
 
 async def remove_stale(redis: Redis, stale_s: float, *, keep: str | None = None) -> int:
@@ -224,9 +253,8 @@ async def remove_stale(redis: Redis, stale_s: float, *, keep: str | None = None)
     ``stale_s`` seconds ago: loads that crashed or were superseded before their cleanup."""
     cutoff = _now_ms() - stale_s * 1000
     removed = 0
-    for raw in await redis.zrangebyscore(VERSIONS_KEY, "-inf", cutoff):
-        name = raw.decode() if isinstance(raw, bytes) else str(raw)
-        if name != keep:
+    for name, started in sorted((await versions(redis)).items()):
+        if started <= cutoff and name != keep:
             removed += await remove_version(redis, name)
     return removed
 
@@ -235,8 +263,8 @@ async def unload_model(redis: Redis) -> int:
     """No model any more: drop the pointer, then every version's keys; returns keys deleted."""
     await redis.hdel(MODEL_KEY, "nb", "nb_items", "nb_edges", "nb_loaded_ms")
     removed = 0
-    for raw in await redis.zrange(VERSIONS_KEY, 0, -1):
-        removed += await remove_version(redis, raw.decode() if isinstance(raw, bytes) else str(raw))
+    for name in sorted(await versions(redis)):
+        removed += await remove_version(redis, name)
     return removed
 
 

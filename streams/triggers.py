@@ -18,17 +18,22 @@ The schema is in :mod:`streams.rules` (``triggers:``) and ``docs/RULES.md``. Her
   writes keep the shown-items index like every feed write, so catalog propagation
   (:mod:`streams.propagate`) drops an item that goes out of stock from open offers feeds and
   brings a changed payload in, keeping the entry's offer fields.
-- **Durable timers** (:class:`Triggers`, ``pr:timers`` zset, score = due ms, member
+- **Durable timers** (:class:`Triggers`), in :data:`~sessions.keys.TIMER_BUCKETS` buckets: a
+  user's timers are in bucket ``crc32(user) % buckets`` (:func:`~sessions.keys.timer_bucket`),
+  zset ``pr:{tm:<b>}:timers``, score = due ms, member
   ``o\\n<trigger>\\n<user>\\n<item>\\n<event ts>\\n<due>`` for a delayed trigger,
-  ``x\\n<feed>\\n<user>\\n\\n0\\n<due>`` for an expiry). A poller in every worker claims due members
-  with one script (``lua/timer_claim.lua``: moved to ``pr:timers:claimed`` with a lease), handles
+  ``x\\n<feed>\\n<user>\\n\\n0\\n<due>`` for an expiry. Recording returns the delayed triggers'
+  timers and they are added (``ZADD NX``) in one more pipelined round trip, after the user's script:
+  every script call touches one slot (the user's, or one bucket's). A poller in every worker
+  claims due members of every bucket, one script call per bucket, pipelined
+  (``lua/timer_claim.lua``: moved to the bucket's ``pr:{tm:<b>}:claimed`` with a lease), handles
   them, then removes them from the claimed set.
 
 Guarantees:
 
 - **Exactly once, effectively.** The claim is atomic, so of any number of pollers exactly one gets
   a due member. A node dying (or stalling past the lease, 30 s) between claim and acknowledgement
-  leaves the member in ``pr:timers:claimed``; once its lease runs out the next claim puts it back
+  leaves the member in its bucket's claimed set; once its lease runs out the next claim puts it back
   and another poller handles it again: at least once. The handling is idempotent: the entry it
   writes is fixed by the timer (item, trigger, badge, ``expires_at`` = due + ttl), and an offers
   write that finds the same entry already there leaves the list as it is (no new version), so a
@@ -48,12 +53,16 @@ Guarantees:
   offer of the item. Idempotent: a retried batch finds the entry gone and writes nothing; an
   entry made after the event (not held back by it) is kept.
 - **A merged visitor's timers reach the user.** ``identify`` (:mod:`streams.merge`) carries the
-  visitor's event times into the user's and marks the visitor as merged (``pr:merged:<anon>``,
-  :func:`merged_key`); a delayed timer of that visitor is retargeted to the user when it falls
-  due: checked against the user's event times (and the visitor's, for events still in flight)
-  and offered in the user's feed, never in the deleted visitor's. A merge landing between the
-  handler's look at the marker and its write refuses the write (the marker is a guard too), and
-  the timer is retargeted at once.
+  visitor's event times into the user's and marks the visitor as merged
+  (``pr:{u:<anon>}:merged``, :func:`~sessions.keys.merged_key`, in the visitor's slot); a delayed
+  timer of that visitor is retargeted to the user when it falls due: checked against the user's
+  event times (and the visitor's, for events still in flight) and offered in the user's feed,
+  never in the deleted visitor's. A merge landing between the handler's look at the marker and
+  its write refuses the write (the marker is a guard too, in the visitor's slot like the
+  visitor's feed), and the timer is retargeted at once. The retargeted write's guard is the
+  user's event times (the user's slot); the visitor's are read just before it (another slot:
+  not atomic with the write), so a purchase of the visitor recorded in between does not hold
+  that offer back.
 
 Counters (``observe(kind, outcome, n)``): kind ``offers`` — ``fired_immediate``,
 ``fired_delayed`` (entries written), ``suppressed`` (held back by ``unless``, at evaluation or by
@@ -68,8 +77,11 @@ client anyway). An unless event is guarded against once :meth:`Triggers.record` 
 which is right after the event script applied it; an offer written in that gap is taken back by
 the same record call. Time is the events' own ``ts`` for windows and for due times (a replayed old
 log fires at once, and its offers are already expired, so none are made); expiry is wall-clock.
-The event-time hashes are per user (one slot); ``pr:timers`` and the merge marker are global (one
-Redis, like the event script's item-side keys).
+Recording and a crash: the user's script and the timers' ``ZADD NX`` are two round trips; a node
+dying in between leaves the event recorded without its timer, and the batch's redelivery schedules
+it (recording returns the delayed triggers' timers whether or not the event was new).
+Every script call touches one slot: the event-time hashes and the offers feed are the user's, the
+timers one bucket's, the merge marker (a guard of a visitor's offers write) the visitor's.
 """
 
 from __future__ import annotations
@@ -90,7 +102,14 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sessions.broker import Broker
 from sessions.exceptions import VersionConflict, WriteRefused
 from sessions.feeds import FeedState, FeedStore, FeedUpdate
-from sessions.keys import user_tag
+from sessions.keys import (
+    TIMER_BUCKETS,
+    claimed_key,
+    merged_key,
+    timer_bucket,
+    timers_key,
+    user_tag,
+)
 from sessions.scripts import Call, PipelinedScript
 from sessions.tokens import ANON_PREFIX
 from streams.catalog import Catalog
@@ -104,8 +123,6 @@ _CLAIM_LUA = resources.files("streams").joinpath("lua/timer_claim.lua").read_tex
 #: The prelude of the guarded offers writes (see sessions.feeds.FeedStore.guarded).
 _GUARD_LUA = resources.files("streams").joinpath("lua/offer_guard.lua").read_text()
 
-TIMERS_KEY = "pr:timers"
-CLAIMED_KEY = "pr:timers:claimed"
 #: Entries kept per (user, event type, item): enough for any ``count.at_least``.
 KEEP_PER_ITEM = 16
 MAX_OFFERS = 20
@@ -123,11 +140,6 @@ TriggerObserver = Callable[[str, str, int], None]
 def events_key(user: str, etype: str) -> str:
     """The hash of ``user``'s recent event times of type ``etype``, per item."""
     return f"{user_tag(user)}ev:{etype}"
-
-
-def merged_key(anon: str) -> str:
-    """The marker naming the user an anonymous visitor was merged into (``identify``)."""
-    return f"pr:merged:{anon}"
 
 
 def _text(value: object) -> str:
@@ -297,7 +309,7 @@ class Offers:
                 # An expiry timer per new entry: the write that removes it happens when it expires.
                 member = f"x\n{feed}\n{user}\n\n0\n"
                 expiries = {f"{member}{o.expires_at}": o.expires_at for o in added}
-                await self._redis.zadd(TIMERS_KEY, expiries, nx=True)
+                await self._redis.zadd(timers_key(timer_bucket(user)), expiries, nx=True)
             return OfferChange(update, list(added), refused, removed)
 
     async def _write(
@@ -366,8 +378,10 @@ class Triggers:
         self._lease_ms = lease_ms
         self._interval_s = interval_s
         self._observe = observe
-        self._record = PipelinedScript(redis, _RECORD_LUA)
-        self._claim = PipelinedScript(redis, _CLAIM_LUA)
+        self._record = PipelinedScript(redis, _RECORD_LUA, name="trigger_record.lua")
+        self._claim = PipelinedScript(redis, _CLAIM_LUA, name="timer_claim.lua")
+        #: How many timer buckets the poller visits (the writers' bucket count).
+        self._buckets = TIMER_BUCKETS
 
     def _seen(self, kind: str, outcome: str, n: int = 1) -> None:
         if self._observe is not None and n:
@@ -419,7 +433,7 @@ class Triggers:
             args.append(len(later))
             for t in later:
                 args += [t.name, t.delay_ms]
-            keys = [events_key(event.user_id, t) for t in types] + [TIMERS_KEY]
+            keys = [events_key(event.user_id, t) for t in types]
             calls.append((keys, args))
             cancels = [t for t in rules.triggers if t.unless_event == event.type]
             asked.append((event, now, cancels))
@@ -427,14 +441,20 @@ class Triggers:
             return 0
         plans: dict[tuple[str, str], _Plan] = defaultdict(_Plan)
         blocked = 0
+        due: dict[str, dict[str, int]] = {}  # timers key → {member: due ms}
         replies = await self._record.run_many(calls)
         for (event, now, cancels), reply in zip(asked, replies, strict=True):
             if isinstance(reply, Exception):
                 log.error("trigger_record_failed", event_id=event.event_id, error=str(reply)[:200])
                 continue
             assert event.item_id is not None
-            positions, held = reply
+            positions, held, timers = reply
             blocked += int(held)
+            if timers:
+                bucket = timers_key(timer_bucket(event.user_id))
+                due.setdefault(bucket, {}).update(
+                    {_text(timers[j]): int(timers[j + 1]) for j in range(0, len(timers), 2)}
+                )
             for position in positions:
                 t = now[int(position) - 1]
                 # Re-checked at the write: an unless event recorded after this evaluation (later
@@ -456,6 +476,11 @@ class Triggers:
             for t in cancels:
                 plans[(event.user_id, t.offer.feed)].takebacks.append((event.item_id, t, event.ts))
         self._seen("offers", "suppressed", blocked)
+        if due:  # idempotent (NX): a redelivered batch schedules the same members again
+            pipe = self._redis.pipeline(transaction=False)
+            for key, members in due.items():
+                pipe.zadd(key, members, nx=True)
+            await pipe.execute()
         if not plans:
             return 0
         changes = await asyncio.gather(
@@ -473,37 +498,43 @@ class Triggers:
         return made
 
     async def poll_once(self) -> list[str]:
-        """Claim the due timers and handle them; returns the members handled (acknowledged)."""
+        """Claim the due timers of every bucket and handle them; returns the members handled
+        (acknowledged). One pipelined round trip claims from every bucket (one script call per
+        bucket: one slot each); a bucket that gave a full batch is asked again."""
         done: list[str] = []
-        while True:
-            [claimed] = await self._claim.run_many(
+        buckets = list(range(self._buckets))
+        while buckets:
+            now = int(self._clock() * 1000)
+            replies = await self._claim.run_many(
                 [
-                    (
-                        [TIMERS_KEY, CLAIMED_KEY],
-                        [int(self._clock() * 1000), self._lease_ms, CLAIM_BATCH],
-                    )
+                    ([timers_key(b), claimed_key(b)], [now, self._lease_ms, CLAIM_BATCH])
+                    for b in buckets
                 ]
             )
-            if isinstance(claimed, Exception):
-                raise claimed
-            due, requeued = claimed
-            members = [_text(m) for m in due]
-            self._seen("timers", "retried", int(requeued))
-            self._seen("timers", "claimed", len(members))
-            for member in members:
-                try:
-                    await self._handle(member)
-                except (RedisConnectionError, RedisTimeoutError):
-                    raise  # not acknowledged: handled again once the lease runs out
-                except Exception:
-                    # Not a transient failure: retrying would fail the same way every lease.
-                    log.exception("timer_failed", timer=member.replace("\n", "|")[:200])
-                    self._seen("timers", "failed")
-                await self._redis.zrem(CLAIMED_KEY, member)
-                self._seen("timers", "handled")
-                done.append(member)
-            if len(members) < CLAIM_BATCH:
-                return done
+            full: list[int] = []
+            for bucket, claimed in zip(buckets, replies, strict=True):
+                if isinstance(claimed, Exception):
+                    raise claimed
+                due, requeued = claimed
+                members = [_text(m) for m in due]
+                self._seen("timers", "retried", int(requeued))
+                self._seen("timers", "claimed", len(members))
+                for member in members:
+                    try:
+                        await self._handle(member)
+                    except (RedisConnectionError, RedisTimeoutError):
+                        raise  # not acknowledged: handled again once the lease runs out
+                    except Exception:
+                        # Not a transient failure: retrying would fail the same way every lease.
+                        log.exception("timer_failed", timer=member.replace("\n", "|")[:200])
+                        self._seen("timers", "failed")
+                    await self._redis.zrem(claimed_key(bucket), member)
+                    self._seen("timers", "handled")
+                    done.append(member)
+                if len(members) >= CLAIM_BATCH:
+                    full.append(bucket)
+            buckets = full
+        return done
 
     async def _handle(self, member: str) -> None:
         parts = member.split("\n")
@@ -531,10 +562,13 @@ class Triggers:
                     target = _text(merged)
                     self._seen("timers", "retargeted")
             if trigger.unless_event is not None:
-                # Since the after event, of the user the offer goes to and of the id the event
-                # came under (a visitor's events may still arrive after its merge).
-                for who in dict.fromkeys((target, user)):
-                    guards.append(Guard(events_key(who, trigger.unless_event), ref))
+                # Since the after event, of the user the offer goes to (a guard: atomic with the
+                # write, in the target's slot) and of the id the event came under (a visitor's
+                # events may still arrive after its merge: another slot, so read just before).
+                guards.append(Guard(events_key(target, trigger.unless_event), ref))
+                if target != user and await self._held_back(user, trigger.unless_event, item, ref):
+                    self._seen("offers", "suppressed")
+                    return
             entry = OfferEntry(
                 trigger.offer.feed,
                 item,
@@ -553,6 +587,16 @@ class Triggers:
                 continue  # refused by the merge marker: retarget
             self._seen("offers", "suppressed")
             return
+
+    async def _held_back(self, user: str, etype: str, item: str, since: int) -> bool:
+        """Whether ``user``'s event times of ``etype`` hold an entry of ``item`` at or after
+        ``since`` (ms): the check ``lua/offer_guard.lua`` makes, as a plain read."""
+        raw = await self._redis.hget(events_key(user, etype), item)
+        for line in _text(raw).split("\n") if raw is not None else ():
+            ts, _, _ = line.partition("/")
+            if ts.lstrip("-").isdigit() and int(ts) >= since:
+                return True
+        return False
 
     async def run(self) -> None:
         """Poll every ``interval_s`` until cancelled; Redis failures are logged and retried."""

@@ -1,9 +1,10 @@
 """The real-time engine, wired for a replay: the real pipeline on a Redis the caller brings.
 
 The same components as a node's runtime (``push/runtime.py``), built the same way: the catalog
-mirror, the profile store (the event script with its profile and scoring tunings), the
-recommender, the feed store (versioned compare-and-set writes with diffs) and the
-:class:`~streams.processor.Processor` that drives them. The caller passes the tunings a node
+mirror, the profile store (the user lane, the item-side aggregates and scoring through the
+worker's item cache, ``item_cache_s`` stale at most), the recommender, the feed store
+(versioned compare-and-set writes with diffs) and the :class:`~streams.processor.Processor`
+that drives them. The caller passes the tunings a node
 would use (``push/eval_cli.py`` derives them from the settings as the runtime does); the defaults
 are the tunings' own, with ``2 * size`` candidates. Only the broker differs:
 :class:`ScreenRecorder` keeps, for each user, the feed last published — what a connected client
@@ -24,9 +25,11 @@ from redis.asyncio import Redis
 
 from sessions.broker import Deliver
 from sessions.feeds import HOME, FeedStore, FeedUpdate
+from sessions.keys import TREND_BUCKETS
 from streams.catalog import Catalog, Item
 from streams.evaluation.readers import Interaction
 from streams.events import Event
+from streams.itemcache import ItemCache
 from streams.processor import Processor
 from streams.profile import CONTEXT_FEEDS, ProfileStore, ProfileTuning, ScoringTuning
 from streams.recommender import Recommender, RecommenderTuning
@@ -76,6 +79,9 @@ def catalog_item(item_id: str, category: str) -> Item:
 class Engine:
     """The real pipeline on ``redis``, showing ``size`` items; see the module docstring.
 
+    ``item_cache_s`` and ``trend_buckets``: the item cache's staleness bound and the trending
+    buckets (``PUSHREC_ITEM_CACHE_S``, ``PUSHREC_TREND_BUCKETS``).
+
     ``redis`` should hold no other pushrec data: the replay writes profiles, neighbours,
     trending counters, feeds and the catalog into it. Without ``scoring``, the default tuning
     with ``2 * size`` candidates; without ``recommender``, ``size`` items and the current item
@@ -92,6 +98,8 @@ class Engine:
         profile: ProfileTuning | None = None,
         scoring: ScoringTuning | None = None,
         recommender: RecommenderTuning | None = None,
+        item_cache_s: float = 1.0,
+        trend_buckets: int = TREND_BUCKETS,
     ) -> None:
         if feed != HOME and feed not in CONTEXT_FEEDS:
             raise ValueError(f"the engine computes {HOME!r} and {', '.join(CONTEXT_FEEDS)} only")
@@ -115,7 +123,18 @@ class Engine:
         self._timing = False
         self._seq = 0
         self.processor = Processor(
-            profiles=ProfileStore(redis, profile, scoring),
+            profiles=ProfileStore(
+                redis,
+                profile,
+                scoring,
+                cache=ItemCache(
+                    redis,
+                    max_age_s=item_cache_s,
+                    buckets=trend_buckets,
+                    trending_halflife_ms=profile.trending_halflife_ms,
+                ),
+                buckets=trend_buckets,
+            ),
             recommender=Recommender(self.catalog, recommender),
             feeds=FeedStore(redis, ttl_s=profile.ttl_s, history_len=history_len),
             broker=self.screens,

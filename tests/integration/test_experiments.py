@@ -190,7 +190,9 @@ def test_impressions_and_clicks_count_once_per_list_and_only_for_the_users_varia
 
 def _clean(url: str) -> None:
     client = redis.Redis.from_url(url)
-    client.delete(EXPERIMENTS_KEY, "pr:rules", *client.keys("pr:xs:*"))
+    client.delete(EXPERIMENTS_KEY, "pr:rules")
+    for key in client.keys("pr:{x:*"):  # experiment counters: one slot per key
+        client.delete(key)
     client.close()
 
 

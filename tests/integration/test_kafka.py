@@ -16,6 +16,7 @@ import httpx
 import msgpack
 from aiokafka import AIOKafkaConsumer
 
+from sessions.keys import TREND_BUCKETS, neighbours_key, trend_bucket, trend_key
 from tests.integration.harness import SCALE, FeedClient, new_id, version_key, ws_client
 from tests.integration.kafka_cluster import Cluster, Record, cluster
 
@@ -157,7 +158,7 @@ def test_replayed_events_change_a_profile_once() -> None:
         asyncio.run(c.produce(raw))
         asyncio.run(_until(lambda: _recent(c, user) == ["books-8", "books-9"]))
         # The first event of a fresh database sets the decay origin: one view scores exactly 1.
-        assert c.redis().zscore("pr:trend", "books-9") == 1.0
+        assert c.redis().zscore(trend_key(trend_bucket("books-9")), "books-9") == 1.0
         assert c.redis().zcard(f"pr:{{u:{user}}}:dedup") == 2
 
 
@@ -245,9 +246,11 @@ def _model(c: Cluster, users: list[str]) -> dict[str, Any]:
         top = max(pairs.values(), default=1.0) if normalise else 1.0
         return {m: round(s / top, 9) for m, s in pairs.items()}
 
-    model: dict[str, Any] = {"trend": scored("pr:trend", normalise=True)}
+    model: dict[str, Any] = {
+        f"trend:{b}": scored(trend_key(b), normalise=True) for b in range(TREND_BUCKETS)
+    }
     for item in ITEMS:
-        model[f"nb:{item}"] = scored(f"pr:nb:{item}")
+        model[f"nb:{item}"] = scored(neighbours_key(item))
     for user in users:
         tag = f"pr:{{u:{user}}}:"
         model[user] = {

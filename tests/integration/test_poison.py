@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from redis.asyncio import Redis
 
+from sessions.keys import trend_bucket, trend_key, trend_meta_key
 from streams.events import MAX_PROPS_DEPTH, Event
 from streams.profile import ProfileStore, ProfileTuning, ScoringTuning, user_keys
 from tests.integration.harness import SCALE, Server, metric, new_id
@@ -146,8 +147,9 @@ def test_a_far_future_event_is_dead_lettered_and_trending_is_untouched() -> None
         asyncio.run(_produce(c, [(other.encode(), _json(_view(other, "phones-1")), [])]))
         asyncio.run(_until(lambda: _recent(c, other) == ["phones-1"]))
         store = c.redis()
-        t0 = store.hget("pr:meta", "t0")
-        trend = store.zscore("pr:trend", "phones-1")
+        meta = trend_meta_key(trend_bucket("phones-1"))
+        t0 = store.hget(meta, "t0")
+        trend = store.zscore(trend_key(trend_bucket("phones-1")), "phones-1")
         assert t0 is not None and trend is not None and trend > 0
         future = _view(user, "phones-2", ts=YEAR_2100)
         good = _view(user, "phones-3")
@@ -157,9 +159,9 @@ def test_a_far_future_event_is_dead_lettered_and_trending_is_untouched() -> None
         asyncio.run(_until(lambda: _recent(c, user) == ["phones-3"]))
         [letter] = asyncio.run(_dead_letters(c, 1))
         assert _headers(letter)["x-pushrec-reason"] == "bad_ts"
-        assert store.hget("pr:meta", "t0") == t0
-        assert store.zscore("pr:trend", "phones-1") == trend
-        assert store.zscore("pr:trend", "phones-2") is None
+        assert store.hget(meta, "t0") == t0
+        assert store.zscore(trend_key(trend_bucket("phones-1")), "phones-1") == trend
+        assert store.zscore(trend_key(trend_bucket("phones-2")), "phones-2") is None
 
 
 def test_one_event_cannot_move_the_decay_origins_past_now() -> None:
@@ -173,18 +175,19 @@ def test_one_event_cannot_move_the_decay_origins_past_now() -> None:
                 store = ProfileStore(r, ProfileTuning(), ScoringTuning())
                 now = int(time.time() * 1000)
                 await store.apply(Event("e1", "u1", "view", "i1", now), ["cat"])
-                before = float(await r.zscore("pr:trend", "i1") or 0)
+                before = float(await r.zscore(trend_key(trend_bucket("i1")), "i1") or 0)
                 assert before > 0
                 await store.apply(Event("e2", "u2", "view", "i2", YEAR_2100), ["cat"])
                 seconds, micros = await r.time()
                 redis_now = seconds * 1000 + micros // 1000
-                t0 = int(await r.hget("pr:meta", "t0") or 0)
+                t0 = int(await r.hget(trend_meta_key(trend_bucket("i2")), "t0") or 0)
                 a0 = int(await r.hget(user_keys("u2")[5], "a0") or 0)
                 assert now <= t0 <= redis_now
                 assert 0 < a0 <= redis_now
                 # Trending kept its meaning: the old item still counts, the new one counts once.
-                assert float(await r.zscore("pr:trend", "i1") or 0) > 0
-                assert float(await r.zscore("pr:trend", "i2") or 0) <= 2 * before
+                assert float(await r.zscore(trend_key(trend_bucket("i1")), "i1") or 0) > 0
+                i2 = float(await r.zscore(trend_key(trend_bucket("i2")), "i2") or 0)
+                assert i2 <= 2 * before
             finally:
                 await r.aclose()
 

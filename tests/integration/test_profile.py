@@ -1,4 +1,5 @@
-"""Integration tests of streams/profile.py and its event script (streams/lua/event.lua).
+"""Integration tests of streams/profile.py: the user lane (streams/lua/user_event.lua), the
+item-side aggregates (streams/aggregates.py) and scoring in the worker (streams/scoring.py).
 
 Redis is real: the one named by ``PUSHREC_TEST_REDIS_URL`` (on a dedicated DB, flushed), else a
 private embedded server. Nothing is mocked: events go through :class:`ProfileStore` and the test
@@ -6,7 +7,8 @@ reads the keys back. Every test starts from an empty DB (trending is global).
 
 Scores are asserted exactly where the model makes them exact: the ``EXACT`` tuning sets half-lives
 so long that no decay shows within a test, so each score is a plain sum of normalised counts (and
-the script sends them with 14 significant digits, hence the 1e-12 tolerance).
+scores keep 14 significant digits, hence the 1e-12 tolerance). Global trending is bucketed
+(``pr:{t:<b>}:trend``): :func:`trending` reads it back merged, as scoring does.
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from redis.asyncio import Redis
 
 from push.redis_server import EmbeddedRedis
 from sessions.feeds import FeedState, FeedStore
-from sessions.keys import feed_key, user_tag
+from sessions.keys import (
+    TREND_BUCKETS,
+    category_trend_key,
+    feed_key,
+    neighbours_key,
+    trend_bucket,
+    trend_key,
+    trend_meta_key,
+    user_tag,
+    visitors_key,
+)
 from sessions.versions import Version
 from streams.events import Event
 from streams.profile import ProfileStore, ProfileTuning, ProfileView, Scored, ScoringTuning
@@ -152,6 +164,29 @@ async def zset(r: Redis, name: str) -> list[tuple[str, float]]:
     return [(m.decode(), float(s)) for m, s in flat]
 
 
+async def trending(
+    r: Redis, origin: int = NOW, halflife_ms: float = EXACT.trending_halflife_ms
+) -> list[tuple[str, float]]:
+    """Global trending, every bucket merged on decay origin ``origin``, best first (as
+    ``ZREVRANGE``: ties by the greater member)."""
+    merged: list[tuple[str, float]] = []
+    for b in range(TREND_BUCKETS):
+        t0 = await r.hget(trend_meta_key(b), "t0")
+        factor = 2.0 ** ((int(t0) - origin) / halflife_ms) if t0 is not None else 1.0
+        merged.extend((m, s * factor) for m, s in await zset(r, trend_key(b)))
+    return sorted(merged, key=lambda kv: (kv[1], kv[0]), reverse=True)
+
+
+async def trend_score(r: Redis, item: str) -> float | None:
+    """``item``'s raw score in its trending bucket."""
+    return await r.zscore(trend_key(trend_bucket(item)), item)
+
+
+async def users_seen(r: Redis) -> int:
+    """The users count (the session idf's N), summed over the buckets."""
+    return sum([int(await r.hget(trend_meta_key(b), "users") or 0) for b in range(TREND_BUCKETS)])
+
+
 async def snapshot(r: Redis) -> dict[bytes, bytes | None]:
     """Every key's serialised value: equal snapshots mean no state changed."""
     names: list[Any] = await r.keys("*")
@@ -169,9 +204,9 @@ def test_neighbours_of_the_latest_item_rank_first(redis_url: str) -> None:
         await sim.views("o3", "n1", "x")
         for n in range(5):
             await sim.views(f"t{n}", "t")  # t: the most popular item, but no neighbour of x
-        assert await zset(r, "pr:nb:x") == [("n1", 2.0), ("n2", 1.0)]
-        assert await zset(r, "pr:nb:n1") == [("x", 2.0)]
-        assert await zset(r, "pr:trend") == [("t", 5.0), ("x", 3.0), ("n1", 2.0), ("n2", 1.0)]
+        assert await zset(r, neighbours_key("x")) == [("n1", 2.0), ("n2", 1.0)]
+        assert await zset(r, neighbours_key("n1")) == [("x", 2.0)]
+        assert await trending(r) == [("t", 5.0), ("x", 3.0), ("n1", 2.0), ("n2", 1.0)]
 
         view = await sim.views("u", "x")
         # n1: 2/2 + 0.1 * 2/5; n2: 1/2 + 0.1 * 1/5; t: 0.1 * 5/5; x is the current item.
@@ -185,11 +220,19 @@ def test_co_visits_weigh_less_with_distance(redis_url: str) -> None:
     async def body(r: Redis) -> None:
         sim = Sim(r)
         await sim.views("o1", "a", "b", "c", "d")
-        assert await zset(r, "pr:nb:d") == [("c", 1.0), ("b", 0.5), ("a", pytest.approx(1 / 3))]
-        assert await zset(r, "pr:nb:a") == [("b", 1.0), ("c", 0.5), ("d", pytest.approx(1 / 3))]
+        assert await zset(r, neighbours_key("d")) == [
+            ("c", 1.0),
+            ("b", 0.5),
+            ("a", pytest.approx(1 / 3)),
+        ]
+        assert await zset(r, neighbours_key("a")) == [
+            ("b", 1.0),
+            ("c", 0.5),
+            ("d", pytest.approx(1 / 3)),
+        ]
         # Viewing an item again does not make it its own neighbour.
         await sim.views("o1", "d")
-        assert "d" not in dict(await zset(r, "pr:nb:d"))
+        assert "d" not in dict(await zset(r, neighbours_key("d")))
 
     run(redis_url, body)
 
@@ -232,8 +275,8 @@ def test_preferred_category_trending_ranks_above_global_trending(redis_url: str)
     async def body(r: Redis) -> None:
         sim = Sim(r)
         await _categorised_trending(sim)
-        assert await zset(r, "pr:trend:c:hats") == [("g", 3.0)]
-        assert await zset(r, "pr:trend:c:shoes") == [("s", 1.0)]
+        assert await zset(r, category_trend_key("hats")) == [("g", 3.0)]
+        assert await zset(r, category_trend_key("shoes")) == [("s", 1.0)]
         await sim.ok("u", "search", None, ["shoes"])
         view = await sim.ok("u", "search", None, ["shoes", "hats"])
         assert await zset(r, key("u", "aff")) == [("shoes", 4.0), ("hats", 2.0)]
@@ -371,12 +414,12 @@ def test_duplicate_event_changes_nothing(redis_url: str) -> None:
         status, view = await sim.send("u", "view", "a", ["hats"], eid="dup")
         assert status == "ok"
         assert view is not None
-        trend = await r.zscore("pr:trend", "a")
+        trend = await trend_score(r, "a")
         recent = await zset(r, key("u", "recent"))
         before = await snapshot(r)
         for etype, item in [("view", "a"), ("view", "b"), ("purchase", "b"), ("impression", "a")]:
             assert await sim.send("u", etype, item, ["shoes"], eid="dup") == ("duplicate", None)
-        assert await r.zscore("pr:trend", "a") == trend == 2.0
+        assert await trend_score(r, "a") == trend == 2.0
         assert await zset(r, key("u", "recent")) == recent == [("a", float(NOW + 3000))]
         assert await snapshot(r) == before
 
@@ -391,7 +434,7 @@ def test_duplicate_within_one_batch(redis_url: str) -> None:
         results = await sim.store.apply_many([(first, [], None, True), (again, [], None, True)])
         assert results[0] == ("ok", ProfileView([], None))
         assert results[1] == ("duplicate", None)
-        assert await zset(r, "pr:trend") == [("a", 1.0)]
+        assert await trending(r) == [("a", 1.0)]
 
     run(redis_url, body)
 
@@ -454,7 +497,7 @@ def test_cart_and_bought(redis_url: str) -> None:
         await sim.ok("u", "purchase", "z")  # bought without a cart
         assert await zset(r, bought) == [("z", float(sim.clock)), ("y", float(paid))]
         # remove_from_cart weighs nothing: no trending, no co-visit, no recent entry.
-        assert await zset(r, "pr:trend") == [("y", 5.0), ("x", 4.0), ("z", 3.0)]
+        assert await trending(r) == [("y", 5.0), ("x", 4.0), ("z", 3.0)]
         assert [m for m, _ in await zset(r, key("u", "recent"))] == ["z", "y", "x"]
 
     run(redis_url, body)
@@ -470,7 +513,9 @@ def test_a_redis_error_fails_that_event_alone(redis_url: str) -> None:
             (sim.event("good", "view", "b"), [], None, True),
         ]
         results = await sim.store.apply_many(batch)
-        assert results[0] == ("ok", ProfileView([], None))
+        # Every entry of a batch is scored after the whole batch's aggregates: the first sees b
+        # (co-visited with its a by the third) as the third does.
+        assert results[0] == ("ok", ProfileView([("b", 1.1)], None))
         assert isinstance(results[1], Exception)
         assert not isinstance(results[2], Exception)
         status, view = results[2]
@@ -493,11 +538,11 @@ def test_neighbours_are_capped_keeping_the_strongest(redis_url: str) -> None:
             await sim.views(f"o{n}", "hub", "top")
         for n in range(12):
             await sim.views(f"p{n}", "hub", f"x{n:02d}")
-            assert await r.zcard("pr:nb:hub") <= 5
-        nb = await zset(r, "pr:nb:hub")
+            assert await r.zcard(neighbours_key("hub")) <= 5
+        nb = await zset(r, neighbours_key("hub"))
         assert len(nb) == 5
         assert nb[0] == ("top", 3.0)
-        for name in await r.keys("pr:nb:*"):
+        for name in await r.keys("pr:{i:*}:nb"):
             assert await r.zcard(name) <= 5
 
     run(redis_url, body)
@@ -511,7 +556,7 @@ def test_recent_is_capped_to_the_latest(redis_url: str) -> None:
             await sim.views("u", item)
             assert await r.zcard(key("u", "recent")) == min(n + 1, 4)
         assert [m for m, _ in await zset(r, key("u", "recent"))] == items[:-5:-1]
-        for name in await r.keys("pr:nb:*"):
+        for name in await r.keys("pr:{i:*}:nb"):
             assert await r.zcard(name) <= 5
         await sim.views("u", "i09")  # an item already there moves up, nothing is dropped
         assert [m for m, _ in await zset(r, key("u", "recent"))] == ["i09", "i11", "i10", "i08"]
@@ -532,7 +577,8 @@ def test_dedup_is_capped_on_trim_events(redis_url: str) -> None:
 def test_trending_is_capped(redis_url: str) -> None:
     async def body(r: Redis) -> None:
         sim = Sim(r, SMALL)
-        # The trending caps are fixed in the script: 1000 items per category, 5000 overall.
+        # The trending caps are fixed: 1000 items per category, 5000 overall, bucketed: each of
+        # the 16 buckets keeps its share (313).
         batch: list[Batched] = [
             (sim.event(f"u{n}", "view", f"it{n:05d}"), ["c"] if n < 1010 else [], None, False)
             for n in range(5010)
@@ -540,8 +586,14 @@ def test_trending_is_capped(redis_url: str) -> None:
         for start in range(0, len(batch), 1000):
             for res in await sim.store.apply_many(batch[start : start + 1000]):
                 assert res == ("coalesced", None)  # applied, not scored: keeps the test fast
-        assert await r.zcard("pr:trend:c:c") == 1000
-        assert await r.zcard("pr:trend") == 5000
+        assert await r.zcard(category_trend_key("c")) == 1000
+        per_bucket: dict[int, int] = {}
+        for n in range(5010):
+            b = trend_bucket(f"it{n:05d}")
+            per_bucket[b] = per_bucket.get(b, 0) + 1
+        for b in range(TREND_BUCKETS):
+            assert await r.zcard(trend_key(b)) == min(per_bucket.get(b, 0), 313)
+        assert sum(per_bucket.values()) == 5010
 
     run(redis_url, body)
 
@@ -663,21 +715,25 @@ def test_known_feed_shortcut(redis_url: str) -> None:
 # Decay ------------------------------------------------------------------------------------------
 
 
+SIX_H = 6 * 3_600_000
+
+
 def test_decay_origin_moves_and_the_recent_event_dominates(redis_url: str) -> None:
     async def body(r: Redis) -> None:
         sim = Sim(r, ProfileTuning())  # real half-lives: 3 days (affinity), 6 h (trending)
         past = NOW - 700 * DAY_MS  # 2800 trending and 233 affinity half-lives back
         await sim.ok("u", "view", "old", ["vintage"], ts=past)
         await sim.ok("o", "view", "old", ["vintage"], ts=past + 1000)
-        assert await r.hget("pr:meta", "t0") == str(past).encode()
+        old_meta = trend_meta_key(trend_bucket("old"))
+        assert await r.hget(old_meta, "t0") == str(past).encode()
         view = await sim.ok("u", "view", "new", ["modern"], ts=NOW)
         # Both origins moved to now: the new increments weigh exactly their weight.
-        assert await r.hget("pr:meta", "t0") == str(NOW).encode()
+        assert await r.hget(trend_meta_key(trend_bucket("new")), "t0") == str(NOW).encode()
         assert await r.hget(key("u", "p"), "a0") == str(NOW).encode()
-        assert await r.zscore("pr:trend", "new") == 1.0
-        assert await r.zscore("pr:trend:c:modern", "new") == 1.0
+        assert await trend_score(r, "new") == 1.0
+        assert await r.zscore(category_trend_key("modern"), "new") == 1.0
         assert await r.zscore(key("u", "aff"), "modern") == 1.0
-        assert (await r.zscore("pr:trend", "old") or 0.0) < 1e-300
+        assert dict(await trending(r, halflife_ms=SIX_H)).get("old", 0.0) < 1e-300
         assert (await r.zscore(key("u", "aff"), "vintage") or 0.0) < 1e-60
         assert [i for i, _ in view.candidates] == ["old"]  # a neighbour; its trending is gone
         assert_scored(await sim.refresh("cold"), [("new", 0.1)])
@@ -685,8 +741,7 @@ def test_decay_origin_moves_and_the_recent_event_dominates(redis_url: str) -> No
         # Within the horizon the origin stays and newer increments simply weigh more.
         later = NOW + 10 * 6 * 3_600_000  # 10 trending half-lives
         await sim.ok("o2", "view", "newer", ts=later)
-        assert await r.hget("pr:meta", "t0") == str(NOW).encode()
-        assert await r.zscore("pr:trend", "newer") == 2.0**10
+        assert dict(await trending(r, halflife_ms=SIX_H))["newer"] == 2.0**10
         assert_scored(await sim.refresh("cold"), [("newer", 0.1), ("new", 0.1 / 2**10)])
 
         # A late event from far back changes nothing visible and raises nothing.
@@ -726,9 +781,9 @@ def test_session_index_is_capped_and_keeps_the_latest_users(redis_url: str) -> N
         sim = Sim(r, ProfileTuning(session_index_max=3), KNN_ONLY)
         for n in range(5):
             await sim.views(f"v{n}", "hot")
-        members = [m for m, _ in await zset(r, "pr:is:hot")]
+        members = [m for m, _ in await zset(r, visitors_key("hot"))]
         assert sorted(members) == ["v2", "v3", "v4"]
-        assert int(await r.hget("pr:meta", "users") or 0) == 5
+        assert await users_seen(r) == 5
 
     run(redis_url, body)
 

@@ -19,15 +19,16 @@ import pytest
 from redis.asyncio import Redis
 
 from push.redis_client import connect
+from sessions.keys import MODEL_KEY
 from streams.events import Event
+from streams.itemcache import ItemCache
 from streams.profile import ProfileStore, ProfileTuning, Scored, ScoringTuning
 from streams.train import (
-    MODEL_KEY,
-    VERSIONS_KEY,
     current_version,
     load_model,
     neighbour_key,
     unload_model,
+    versions,
 )
 from tests.integration.conftest import ROOT, redis_database, run
 
@@ -51,7 +52,7 @@ def model(items: int, per_item: int, tag: str = "") -> dict[str, list[tuple[str,
 
 
 async def keys_of(redis: Redis, version: str) -> list[bytes]:
-    return [k async for k in redis.scan_iter(match=f"pr:nbm:{version}:*", count=1000)]
+    return [k async for k in redis.scan_iter(match=f"pr:{{i:*}}:nbm:{version}", count=1000)]
 
 
 def test_load_writes_the_version_then_points_at_it(redis_url: str) -> None:
@@ -66,7 +67,7 @@ def test_load_writes_the_version_then_points_at_it(redis_url: str) -> None:
             neighbour_key(report.version, "a"), 0, -1, withscores=True
         ) == [(b"b", 2.0), (b"c", 1.0)]
         assert await redis.ttl(neighbour_key(report.version, "a")) == -1  # no key-by-key decay
-        assert await redis.zrange(VERSIONS_KEY, 0, -1) == [report.version.encode()]
+        assert list(await versions(redis)) == [report.version]
 
     run(redis_url, body)
 
@@ -79,7 +80,7 @@ def test_reload_swaps_and_removes_the_previous_version(redis_url: str) -> None:
         assert await current_version(redis) == second.version
         assert await keys_of(redis, first.version) == []
         assert len(await keys_of(redis, second.version)) == 200
-        assert await redis.zrange(VERSIONS_KEY, 0, -1) == [second.version.encode()]
+        assert list(await versions(redis)) == [second.version]
         # The same version loaded again replaces its own keys and removes nothing.
         again = await load_model(redis, {"i0": [("x", 1.0)]}, version=second.version)
         assert again.previous == second.version and again.removed_keys == 0
@@ -89,16 +90,8 @@ def test_reload_swaps_and_removes_the_previous_version(redis_url: str) -> None:
 
 
 def test_a_reader_never_sees_a_version_with_incomplete_keys(redis_url: str) -> None:
-    # The reader does what the event script does: pointer and lists in one script call.
-    check = """
-    local v = redis.call('HGET', KEYS[1], 'nb')
-    if not v then return {'', 0} end
-    local n = 0
-    for i = 0, tonumber(ARGV[1]) - 1 do
-      n = n + redis.call('EXISTS', 'pr:nbm:' .. v .. ':i' .. i)
-    end
-    return {v, n}
-    """
+    # The reader does what the workers do: the pointer, then the lists of the version it names
+    # (each in its item's slot), pipelined.
     items = 1500
 
     async def body(redis: Redis) -> None:
@@ -109,9 +102,13 @@ def test_a_reader_never_sees_a_version_with_incomplete_keys(redis_url: str) -> N
             client = connect(redis_url)
             try:
                 while not done.is_set():
-                    version, present = await client.eval(check, 1, MODEL_KEY, items)
+                    version = await current_version(client)
                     if version:
-                        seen.setdefault(version.decode(), set()).add(int(present))
+                        pipe = client.pipeline(transaction=False)
+                        for i in range(items):
+                            pipe.exists(neighbour_key(version, f"i{i}"))
+                        present = sum(await pipe.execute())
+                        seen.setdefault(version, set()).add(int(present))
                     await asyncio.sleep(0)
             finally:
                 await client.aclose()
@@ -119,7 +116,7 @@ def test_a_reader_never_sees_a_version_with_incomplete_keys(redis_url: str) -> N
         task = asyncio.create_task(reader())
         reports = []
         for tag in ("a", "b", "c"):
-            reports.append(await load_model(redis, model(items, 4, tag), chunk=50))
+            reports.append(await load_model(redis, model(items, 4, tag), chunk=50, grace_s=0.5))
             await asyncio.sleep(0.01)
         done.set()
         await task
@@ -136,10 +133,10 @@ def test_a_crashed_load_is_removed_once_stale_and_never_the_current_model(
     async def body(redis: Redis) -> None:
         live = await load_model(redis, model(10, 2))
         # A load that died half way, long ago: registered, some keys, never current.
-        await redis.zadd(VERSIONS_KEY, {"crashed-1": NOW - 86_400_000})
+        await redis.hset(MODEL_KEY, "v:crashed-1", NOW - 86_400_000)
         await redis.zadd(neighbour_key("crashed-1", "i0"), {"x": 1.0})
         # A load in progress right now (another loader): must be left alone.
-        await redis.zadd(VERSIONS_KEY, {"running-2": 10**13})
+        await redis.hset(MODEL_KEY, "v:running-2", 10**13)
         await redis.zadd(neighbour_key("running-2", "i0"), {"y": 1.0})
         report = await load_model(redis, model(10, 2, "n"))
         assert report.removed_keys == 10 + 1
@@ -148,8 +145,8 @@ def test_a_crashed_load_is_removed_once_stale_and_never_the_current_model(
         assert await current_version(redis) == report.version
         assert await unload_model(redis) == 10 + 1
         assert await current_version(redis) is None
-        assert [k async for k in redis.scan_iter(match="pr:nbm:*")] == []
-        assert await redis.zcard(VERSIONS_KEY) == 0
+        assert [k async for k in redis.scan_iter(match="pr:{i:*}:nbm:*")] == []
+        assert await versions(redis) == {}
 
     run(redis_url, body)
 
@@ -166,8 +163,11 @@ async def candidates(store: ProfileStore, event: Event) -> Scored:
 
 def test_the_event_script_adds_the_models_neighbours_of_the_latest_items(redis_url: str) -> None:
     async def body(redis: Redis) -> None:
-        store = ProfileStore(redis, EXACT, SCORING)
-        off = ProfileStore(redis, EXACT, replace(SCORING, model_w=0.0))
+        # The model is loaded behind the stores' backs: read it fresh (no cache staleness).
+        store = ProfileStore(redis, EXACT, SCORING, cache=ItemCache(redis, max_age_s=0))
+        off = ProfileStore(
+            redis, EXACT, replace(SCORING, model_w=0.0), cache=ItemCache(redis, max_age_s=0)
+        )
         # No model: nothing about X is known yet, so no candidates at all.
         assert await candidates(store, view("u1", "X", 1)) == []
         await load_model(redis, {"X": [("A", 4.0), ("B", 2.0)], "W": [("C", 1.0)]})

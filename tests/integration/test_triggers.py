@@ -22,17 +22,15 @@ import redis
 from push.redis_client import connect as redis_connect
 from sessions.broker_memory import MemoryBroker
 from sessions.feeds import FeedState, FeedStore, shown_key
+from sessions.keys import TIMER_BUCKETS, claimed_key, merged_key, timer_bucket, timers_key
 from streams.catalog import Catalog, Item
 from streams.events import Event
 from streams.merge import merge_profiles
 from streams.rules import parse_rules
 from streams.triggers import (
-    CLAIMED_KEY,
-    TIMERS_KEY,
     Offers,
     Triggers,
     events_key,
-    merged_key,
 )
 from tests.integration.conftest import redis_database, start_server, stop_server
 from tests.integration.harness import (
@@ -198,8 +196,9 @@ def test_a_delayed_trigger_fires_once_after_its_delay(node: Server, redis_url: s
             assert len(feed.frames) == frames
         r = redis.Redis.from_url(redis_url)
         try:
-            members = [m for m in _members(r, TIMERS_KEY) if user.encode() in m]
-            claimed = [m for m in _members(r, CLAIMED_KEY) if user.encode() in m]
+            bucket = timer_bucket(user)
+            members = [m for m in _members(r, timers_key(bucket)) if user.encode() in m]
+            claimed = [m for m in _members(r, claimed_key(bucket)) if user.encode() in m]
         finally:
             r.close()
         assert not [m for m in members if m.startswith(b"o\n")]
@@ -348,7 +347,7 @@ def test_a_timer_survives_a_restart() -> None:
             stop_server(proc)
         r = redis.Redis.from_url(url)
         try:
-            pending = [m for m in _members(r, TIMERS_KEY) if user.encode() in m]
+            pending = [m for m in _members(r, timers_key(timer_bucket(user))) if user.encode() in m]
             assert len(pending) == 1 and pending[0].startswith(b"o\ncart-reminder\n")
         finally:
             r.close()
@@ -420,6 +419,11 @@ async def _engine(
     return Triggers(client, offers, lambda: parsed, clock=clock, observe=observe), client
 
 
+async def _count(client: Any, key: Callable[[int], str]) -> int:
+    """Members of every timers bucket (``key``: :func:`timers_key` or :func:`claimed_key`)."""
+    return sum([await client.zcard(key(b)) for b in range(TIMER_BUCKETS)])
+
+
 def _store(client: Any) -> FeedStore:
     return FeedStore(client, ttl_s=3600, history_len=50)
 
@@ -459,11 +463,11 @@ def test_two_pollers_racing_fire_each_timer_once() -> None:
                     for n in range(50)
                 ]
                 assert await first.record(events) == 0  # delayed: nothing fires now
-                assert await c1.zcard(TIMERS_KEY) == 50
+                assert await _count(c1, timers_key) == 50
                 done = await asyncio.gather(*(p.poll_once() for p in (first, second) * 4))
                 handled = [m for d in done for m in d if m.startswith("o\n")]
                 assert len(handled) == 50 and len(set(handled)) == 50
-                assert await c1.zcard(CLAIMED_KEY) == 0
+                assert await _count(c1, claimed_key) == 0
                 store = FeedStore(c1, ttl_s=3600, history_len=50)
                 for n in range(50):
                     state = await store.read(f"racer-{n}", "offers")
@@ -498,14 +502,15 @@ def test_a_lost_lease_is_handled_again_without_a_second_offer() -> None:
                 assert first is not None and [p["id"] for p in first.items] == ["item-1"]
                 # The crash window: the member claimed again and never acknowledged.
                 offer_timer = f"o\nlater\nlease\nitem-1\n{ts}\n{ts + 1000}"
-                await client.zadd(CLAIMED_KEY, {offer_timer: int(now[0] * 1000) + 30_000})
+                lease = claimed_key(timer_bucket("lease"))
+                await client.zadd(lease, {offer_timer: int(now[0] * 1000) + 30_000})
                 assert await engine.poll_once() == []  # its lease holds: nobody takes it
                 now[0] += 31  # the lease runs out
                 handled = await engine.poll_once()
                 assert offer_timer in handled
                 again = await store.read("lease", "offers")
                 assert again == first  # same version: nothing written twice
-                assert await client.zcard(CLAIMED_KEY) == 0
+                assert await client.zcard(lease) == 0
                 assert counts[("timers", "retried")] == 1
                 assert counts[("timers", "claimed")] == counts[("timers", "handled")] == 2
                 assert counts[("offers", "fired_delayed")] == 1  # the second run wrote nothing
@@ -528,7 +533,7 @@ def test_recording_is_idempotent_per_event() -> None:
                 await engine.record([event])
                 raw = await client.hget("pr:{u:idem}:ev:add_to_cart", "item-2")
                 assert raw is not None and raw.decode().count("/") == 1
-                members = await client.zrange(TIMERS_KEY, 0, -1)
+                members = await client.zrange(timers_key(timer_bucket("idem")), 0, -1)
                 assert len(members) == 1
                 assert json.dumps(members[0].decode().split("\n")[:4]) == json.dumps(
                     ["o", "later", "idem", "item-2"]

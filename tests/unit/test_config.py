@@ -197,6 +197,7 @@ def test_every_field_is_read_from_its_variable(tmp_path: Path) -> None:
     env["PUSHREC_ALLOWED_ORIGINS"] = "https://shop.example"
     env["PUSHREC_CONSENT"] = "required"
     env["PUSHREC_LOG_LEVEL_LIBS"] = "debug"
+    env["PUSHREC_REDIS_URL"] = "redis://redis:6379/0"  # PUSHREC_REDIS_CLUSTER needs a node's URL
     settings = Settings.from_env(env)
     assert settings.port == 7
     assert settings.consent == "required"

@@ -106,7 +106,7 @@ def test_versions_and_keys() -> None:
     version = new_version(1_767_225_600_000)
     assert re.fullmatch(r"20260101T000000-[0-9a-f]{6}", version)
     assert new_version() != new_version()
-    assert neighbour_key("v1", "it:em") == "pr:nbm:v1:it:em"
+    assert neighbour_key("v1", "it:em") == "pr:{i:it:em}:nbm:v1"
 
 
 def test_training_events_use_only_the_training_part_of_a_yoochoose_directory(

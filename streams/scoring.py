@@ -1,0 +1,265 @@
+"""Candidate scoring in the worker: pure functions on plain data (no I/O).
+
+The sources and weights are :class:`streams.profile.ScoringTuning`'s; the math is the one the
+event script ran inside Redis before the event path was split (issue 13), step for step, so that
+relevance is unchanged:
+
+- each source is normalised by its best score (no source drowns the others by scale), then
+  weighted: co-visitation neighbours of the user's latest ``recent_fetched`` items
+  (``neighbour_w``, times ``recency_decay`` per step back), the offline model's neighbours of the
+  same items (``model_w``, the same decay), trending of the user's top categories (``category_w``
+  times the category's share of the user's affinity), global trending (``global_w``);
+- session kNN (after V-SKNN / VSTAN): other users whose recent items overlap the user's latest
+  ``session_items`` ones are neighbours, each shared item counting by how recent it is here
+  (``exp((p - L) / session_position_decay)``) and how rare it is (idf
+  ``log(max(users / n, 1.0001))``); the best ``session_neighbours`` vote for their latest
+  ``session_seq`` items by their distance to the last item shared
+  (``exp(-|q - last| / session_item_decay)``), normalised by the best vote;
+- the repeat slot: with ``repeat_w`` > 0 the item being looked at leads the list;
+- the best ``candidates``, bought items excluded, best first, ties by id.
+
+Reads go through an :class:`ItemSource` (the worker's :class:`streams.itemcache.ItemCache`
+after its prefetch): every list is what ``ZREVRANGE … WITHSCORES`` returns, best first, ties in
+Redis's order (greater member first).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from streams.profile import ScoringTuning
+
+Ranked = list[tuple[str, float]]
+
+
+class ItemSource(Protocol):
+    """The item-side lists scoring reads (each at most ``n`` long, best first)."""
+
+    def neighbours(self, item: str, n: int) -> Ranked:
+        """Co-visitation neighbours of ``item``."""
+
+    def complements(self, item: str, n: int) -> Ranked:
+        """Items carted or bought together with ``item``."""
+
+    def model(self, item: str, n: int) -> Ranked:
+        """The offline model's neighbours of ``item`` (empty without a model)."""
+
+    def category_trend(self, category: str, n: int) -> Ranked:
+        """Trending items of ``category``."""
+
+    def global_trend(self, n: int) -> Ranked:
+        """Global trending (the buckets merged on one decay origin)."""
+
+    def visitors(self, item: str, n: int) -> tuple[list[str], int]:
+        """The latest ``n`` users (encoded ids) who touched ``item``, newest first, and how many
+        the index holds."""
+
+    def users(self) -> int:
+        """Users seen (the N of the session idf)."""
+
+    def sequence(self, member: str, n: int) -> list[str]:
+        """The latest ``n`` items of user ``member`` (an encoded id), oldest first."""
+
+
+@dataclass(frozen=True, slots=True)
+class UserInputs:
+    """What the user lane returned for scoring one user (streams/lua/user_event.lua)."""
+
+    #: The user id as encoded in key names (the session index's members).
+    me: str
+    #: The item of the event being scored ('' for none: a refresh, a search).
+    item: str = ""
+    #: The event's categories (empty for a user without consent).
+    categories: Sequence[str] = ()
+    #: The user's latest distinct items, newest first (empty without consent).
+    recent: Sequence[str] = ()
+    #: The user's top categories with their affinity, best first.
+    top_categories: Sequence[tuple[str, float]] = ()
+    bought: frozenset[str] = frozenset()
+    #: A sample of the cart (at most 20), for the ``cart`` feed.
+    cart: Sequence[str] = ()
+    personal: bool = True
+
+
+@dataclass(slots=True)
+class _Acc:
+    scores: dict[str, float] = field(default_factory=dict)
+
+    def add(self, ranked: Ranked, weight: float) -> None:
+        """Add ``ranked`` normalised by its best score, times ``weight`` (event.lua's ``add``)."""
+        if weight <= 0 or not ranked:
+            return
+        top = ranked[0][1]
+        if top <= 0:
+            return
+        scores = self.scores
+        for member, s in ranked:
+            if s > 0:
+                scores[member] = scores.get(member, 0) + weight * s / top
+
+
+def mine(user: UserInputs, tuning: ScoringTuning) -> list[str]:
+    """The user's latest ``session_items`` items, oldest first (the session-kNN query)."""
+    return list(reversed(user.recent[: tuning.session_items]))
+
+
+def session_neighbours(
+    user: UserInputs, source: ItemSource, tuning: ScoringTuning
+) -> list[tuple[str, float]]:
+    """The best ``session_neighbours`` other users (encoded ids) with their similarity, best
+    first, ties by id; empty when session kNN is off or the user has no recent item."""
+    items = mine(user, tuning)
+    count = len(items)
+    if tuning.session_w <= 0 or count == 0:
+        return []
+    users = source.users()
+    sim: dict[str, float] = {}
+    for p, it in enumerate(items, start=1):
+        members, n = source.visitors(it, tuning.session_sample)
+        if n <= 0:
+            continue
+        w = math.exp((p - count) / tuning.session_position_decay) * math.log(max(users / n, 1.0001))
+        for o in members:
+            if o != user.me:
+                sim[o] = sim.get(o, 0) + w
+    ranked = sorted(sim.items(), key=_by_score_then_id)
+    return ranked[: tuning.session_neighbours]
+
+
+def home(
+    user: UserInputs,
+    source: ItemSource,
+    tuning: ScoringTuning,
+    neighbours: Sequence[tuple[str, float]] = (),
+) -> Ranked:
+    """The home feed's candidates; ``neighbours`` from :func:`session_neighbours`."""
+    acc = _Acc()
+    recent = user.recent[: tuning.recent_fetched]
+    w = tuning.neighbour_w
+    for r in recent:
+        acc.add(source.neighbours(r, tuning.neighbours_fetched), w)
+        w *= tuning.recency_decay
+    if tuning.model_w > 0:
+        mw = tuning.model_w
+        for r in recent:
+            acc.add(source.model(r, tuning.model_fetched), mw)
+            mw *= tuning.recency_decay
+    top = user.top_categories
+    total = 0.0
+    for _, s in top:
+        total += max(s, 0)
+    if total > 0:
+        for c, s in top:
+            acc.add(
+                source.category_trend(c, tuning.trending_fetched),
+                tuning.category_w * (max(s, 0) / total),
+            )
+    acc.add(source.global_trend(tuning.trending_fetched), tuning.global_w)
+    scores = acc.scores
+    latest_items = mine(user, tuning)
+    if neighbours:
+        _session_knn(scores, latest_items, neighbours, source, tuning)
+    latest = user.item or (latest_items[-1] if latest_items else "")
+    if tuning.repeat_w > 0 and latest:
+        top_score = max(scores.values(), default=0.0)
+        scores[latest] = scores.get(latest, 0) + tuning.repeat_w * max(top_score, 1)
+    excluded = "" if tuning.repeat_w > 0 else user.item
+    return best(scores, tuning.candidates, user.bought, {excluded})
+
+
+def _session_knn(
+    scores: dict[str, float],
+    items: list[str],
+    neighbours: Sequence[tuple[str, float]],
+    source: ItemSource,
+    tuning: ScoringTuning,
+) -> None:
+    pos = set(items)
+    knn: dict[str, float] = {}
+    best_vote = 0.0
+    decay = tuning.session_item_decay
+    for member, v in neighbours:
+        seq = source.sequence(member, tuning.session_seq)
+        last = 0
+        for q, it in enumerate(seq, start=1):
+            if it in pos:
+                last = q
+        for q, it in enumerate(seq, start=1):
+            s = knn.get(it, 0) + v * math.exp(-abs(q - last) / decay)
+            knn[it] = s
+            if s > best_vote:
+                best_vote = s
+    if best_vote > 0:
+        w = tuning.session_w
+        for it, s in knn.items():
+            scores[it] = scores.get(it, 0) + w * s / best_vote
+
+
+def latest_item(user: UserInputs, tuning: ScoringTuning) -> str:
+    """The item a context feed is about: the event's, else the user's newest."""
+    return user.item or (user.recent[0] if user.recent and tuning.session_items > 0 else "")
+
+
+def similar(user: UserInputs, source: ItemSource, tuning: ScoringTuning) -> Ranked:
+    """More like the item being looked at: its co-visitation (and offline model) neighbours,
+    then trending of its category, then global trending, so the list is never empty."""
+    acc = _Acc()
+    latest = latest_item(user, tuning)
+    if latest:
+        acc.add(source.neighbours(latest, 2 * tuning.neighbours_fetched), 1.0)
+        if tuning.model_w > 0:
+            acc.add(source.model(latest, tuning.model_fetched), tuning.model_w)
+    if user.categories:
+        acc.add(source.category_trend(user.categories[0], tuning.trending_fetched), 0.3)
+    acc.add(source.global_trend(tuning.trending_fetched), 0.05)
+    return best(acc.scores, tuning.candidates, user.bought, {latest} if latest else set())
+
+
+def cart(user: UserInputs, source: ItemSource, tuning: ScoringTuning) -> Ranked:
+    """Goes with the cart: items carted or bought together with its items, co-views as a weaker
+    fallback; never an item already in it. An empty cart has no complements."""
+    acc = _Acc()
+    for c in user.cart:
+        acc.add(source.complements(c, tuning.neighbours_fetched), 1.0)
+        acc.add(source.neighbours(c, tuning.neighbours_fetched), 0.25)
+    return best(acc.scores, tuning.candidates, user.bought, set(user.cart))
+
+
+def best(
+    scores: dict[str, float], n: int, bought: Iterable[str] = (), skip: Iterable[str] = ()
+) -> Ranked:
+    """The best ``n`` of ``scores`` but ``bought`` and ``skip``, best first, ties by id; each
+    score rounded to 14 significant digits (what the event script sent as text)."""
+    excluded = set(bought)
+    excluded.update(skip)
+    eligible = [(k, v) for k, v in scores.items() if k not in excluded]
+    if len(eligible) > n:
+        # Only the best few need ordering: the n-th best score is the cut-off.
+        cut = sorted(v for _, v in eligible)[len(eligible) - n]
+        eligible = [kv for kv in eligible if kv[1] >= cut]
+    eligible.sort(key=_by_score_then_id)
+    return [(k, float(f"{v:.14g}")) for k, v in eligible[:n]]
+
+
+def _by_score_then_id(kv: tuple[str, float]) -> tuple[float, str]:
+    return (-kv[1], kv[0])
+
+
+def merge_buckets(tops: Iterable[tuple[Ranked, float]], n: int) -> Ranked:
+    """The best ``n`` of several buckets' top lists, each scaled by its factor (its decay origin
+    relative to a common one), best first; ties like Redis's (the greater member first)."""
+    merged: Ranked = []
+    for ranked, factor in tops:
+        merged.extend((m, s * factor) for m, s in ranked)
+    merged.sort(key=redis_order, reverse=True)
+    return merged[:n]
+
+
+def redis_order(kv: tuple[str, float]) -> tuple[float, str]:
+    """With ``reverse=True``, ``ZREVRANGE``'s order: descending score, then descending member
+    (code point order is UTF-8 byte order, which Redis compares)."""
+    return (kv[1], kv[0])

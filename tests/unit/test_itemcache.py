@@ -1,0 +1,198 @@
+"""Unit tests of streams/itemcache.py: staleness, memory bound, own writes, hit/miss counts.
+
+Redis is replaced by a tiny in-memory stand-in of the four reads the cache pipelines (sorted
+sets and hashes held in dicts); the integration tests (tests/integration/test_event_path.py)
+run the cache on a real Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from streams.itemcache import ItemCache, fields, index, seq, top
+
+
+class Pipe:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._ops: list[Any] = []
+
+    def zrevrange(self, key: str, start: int, stop: int, withscores: bool) -> None:
+        self._ops.append(lambda: self._store.zrev(key)[start : stop + 1])
+
+    def zcard(self, key: str) -> None:
+        self._ops.append(lambda: len(self._store.z.get(key, {})))
+
+    def zrange(self, key: str, start: int, stop: int) -> None:
+        self._ops.append(lambda: [m for m, _ in reversed(self._store.zrev(key))][start:])
+
+    def hmget(self, key: str, names: list[str]) -> None:
+        h = self._store.h.get(key, {})
+        self._ops.append(lambda: [h[n].encode() if n in h else None for n in names])
+
+    async def execute(self) -> list[Any]:
+        self._store.round_trips += 1
+        return [op() for op in self._ops]
+
+
+class Store:
+    """Sorted sets and hashes; answers as redis-py does (bytes members, float scores)."""
+
+    def __init__(self) -> None:
+        self.z: dict[str, dict[str, float]] = {}
+        self.h: dict[str, dict[str, str]] = {}
+        self.round_trips = 0
+
+    def zrev(self, key: str) -> list[tuple[bytes, float]]:
+        items = sorted(self.z.get(key, {}).items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+        return [(m.encode(), s) for m, s in items]
+
+    def pipeline(self, transaction: bool = False) -> Pipe:
+        return Pipe(self)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make(store: Store, clock: Clock, **kw: Any) -> tuple[ItemCache, list[tuple[str, int]]]:
+    seen: list[tuple[str, int]] = []
+    cache = ItemCache(
+        store,  # type: ignore[arg-type]  # the stand-in answers the calls the cache makes
+        clock=clock,
+        observe=lambda result, n: seen.append((result, n)),
+        **kw,
+    )
+    return cache, seen
+
+
+def test_entries_are_served_until_max_age_then_read_again() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        store.z["k"] = {"a": 2.0, "b": 1.0}
+        cache, seen = make(store, clock, max_age_s=1.0)
+        snap = await cache.prefetch([top("k", 10)])
+        assert snap.entries["k"].value == [("a", 2.0), ("b", 1.0)]
+        store.z["k"]["c"] = 5.0  # another worker's write
+        clock.now += 1.0
+        assert (await cache.prefetch([top("k", 10)])).entries["k"].value[0] == ("a", 2.0)
+        clock.now += 0.01
+        assert (await cache.prefetch([top("k", 10)])).entries["k"].value[0] == ("c", 5.0)
+        assert seen == [("miss", 1), ("hit", 1), ("miss", 1)]
+        assert store.round_trips == 2
+
+    asyncio.run(main())
+
+
+def test_zero_max_age_reads_every_time_and_misses_share_one_round_trip() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        cache, _ = make(store, clock, max_age_s=0.0)
+        wants = [top("a", 5), index("b", 5), seq("c", 3), fields("d", "t0", "users")]
+        await cache.prefetch(wants)
+        clock.now += 0.001
+        await cache.prefetch(wants)
+        assert store.round_trips == 2
+
+    asyncio.run(main())
+
+
+def test_a_deeper_read_of_a_cut_list_misses_but_a_whole_list_serves_any_depth() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        store.z["long"] = {f"m{n}": float(n) for n in range(40)}
+        store.z["short"] = {"x": 1.0}
+        cache, seen = make(store, clock)
+        await cache.prefetch([top("long", 15), top("short", 15)])
+        await cache.prefetch([top("long", 30), top("short", 30)])
+        assert seen == [("miss", 2), ("hit", 1), ("miss", 1)]
+
+    asyncio.run(main())
+
+
+def test_memory_is_bounded_least_recently_used_first() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        cache, _ = make(store, clock, max_entries=2)
+        await cache.prefetch([top("a", 1), top("b", 1)])
+        await cache.prefetch([top("a", 1)])  # a is now the most recently used
+        await cache.prefetch([top("c", 1)])
+        assert len(cache) == 2
+        before = store.round_trips
+        await cache.prefetch([top("a", 1)])
+        assert store.round_trips == before  # a stayed, b went
+        await cache.prefetch([top("b", 1)])
+        assert store.round_trips == before + 1
+
+    asyncio.run(main())
+
+
+def test_own_writes_keep_a_cached_top_exact() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        store.z["k"] = {"a": 5.0, "b": 4.0, "c": 3.0, "d": 1.0}
+        cache, _ = make(store, clock)
+        await cache.prefetch([top("k", 3)])
+        cache.scores_written("k", [("d", 4.5), ("e", 0.5), ("c", 6.0)])
+        snap = await cache.prefetch([top("k", 3)])
+        # d entered (4.5 beats the cut), e did not (0.5), c moved up; the cut list stays 3 long.
+        assert snap.entries["k"].value == [("c", 6.0), ("a", 5.0), ("d", 4.5)]
+        cache.index_written("k", [], 9)  # not an index: ignored
+
+    asyncio.run(main())
+
+
+def test_own_index_writes_update_members_and_size() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        store.z["is"] = {"u1": 1.0, "u2": 2.0}
+        cache, _ = make(store, clock)
+        await cache.prefetch([index("is", 200)])
+        cache.index_written("is", [("u3", 3.0), ("u1", 4.0)], 3)
+        entry = (await cache.prefetch([index("is", 200)])).entries["is"]
+        assert entry.value == [("u1", 4.0), ("u3", 3.0), ("u2", 2.0)]
+        assert entry.card == 3
+
+    asyncio.run(main())
+
+
+def test_a_write_during_a_read_in_flight_is_not_kept_past_that_read() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        store.z["k"] = {"a": 1.0}
+        cache, _ = make(store, clock)
+        gate = asyncio.Event()
+        original = Pipe.execute
+
+        async def slow(self: Pipe) -> list[Any]:
+            await gate.wait()
+            return await original(self)
+
+        Pipe.execute = slow  # type: ignore[method-assign]
+        try:
+            reading = asyncio.create_task(cache.prefetch([top("k", 5)]))
+            await asyncio.sleep(0)
+            cache.scores_written("k", [("a", 2.0)])  # lands while the read is in flight
+            store.z["k"]["a"] = 2.0
+            gate.set()
+            first = await reading
+        finally:
+            Pipe.execute = original  # type: ignore[method-assign]
+        assert first.entries["k"].value == [("a", 2.0)]
+        before = store.round_trips
+        await cache.prefetch([top("k", 5)])
+        assert store.round_trips == before + 1  # the in-flight answer was not kept
+
+    asyncio.run(main())
+
+
+def test_bad_bounds_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_age_s"):
+        ItemCache(None, max_age_s=-1)  # type: ignore[arg-type]
