@@ -25,6 +25,7 @@ from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
 from push.runtime import engine_tunings
 from push.train_cli import loaded_line
+from sessions.cluster import dbsize
 from streams.evaluation.baselines import BASELINES, make_baseline
 from streams.evaluation.engine import Engine
 from streams.evaluation.harness import Result, run_baseline, run_engine
@@ -253,9 +254,9 @@ def _engine_for(settings: Settings, redis: Redis, *, size: int, feed: str) -> En
 async def _engine(
     settings: Settings, url: str, args: argparse.Namespace, dataset: Dataset, bar: Progress
 ) -> Result:
-    redis = connect(url)
+    redis = connect(url, cluster=settings.redis_cluster)
     try:
-        if await redis.dbsize():
+        if await dbsize(redis):  # every master's, on a cluster
             if not args.flush:
                 raise _NotEmpty(
                     "the Redis database is not empty; the replay needs an empty one "

@@ -114,7 +114,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
         file=err,
     )
     try:
-        report = asyncio.run(_load(str(url), model))
+        report = asyncio.run(_load(str(url), model, cluster=settings.redis_cluster))
     except (OSError, RedisError) as exc:
         print(f"pushrec: cannot load into Redis: {exc}", file=err)
         return 1
@@ -132,8 +132,11 @@ def loaded_line(report: LoadReport) -> str:
     )
 
 
-async def _load(url: str, model: dict[str, list[tuple[str, float]]]) -> LoadReport:
-    redis = connect(url)
+async def _load(
+    url: str, model: dict[str, list[tuple[str, float]]], *, cluster: bool
+) -> LoadReport:
+    # PUSHREC_REDIS_CLUSTER=1: the URL names one node; the item lists go to every master.
+    redis = connect(url, cluster=cluster)
     try:
         return await load_model(redis, model)
     finally:

@@ -110,7 +110,9 @@ start_node() {
   if pid_alive; then return 0; fi
   port_busy "$p" && die "port $p is already in use (a stale server? set REDIS_CLUSTER_PORT)"
   mkdir -p "$NODE_DIR"
-  rm -f "$PIDFILE"
+  # A replication sync may leave a dump.rdb behind even with --save '': loaded at start, its keys
+  # would make a fresh node "not empty" for --cluster create (a rejoining node resyncs anyway).
+  rm -f "$PIDFILE" "$NODE_DIR/dump.rdb"
   : >"$NODE_DIR/redis.log"
   "$server" --bind 127.0.0.1 --port "$p" --protected-mode yes \
     --cluster-enabled yes --cluster-config-file nodes.conf --cluster-node-timeout "$NODE_TIMEOUT" \
@@ -163,7 +165,7 @@ stop() {
     node "$p"
     stop_pidfile 10 2>&1 | sed "s/^/node $p: /" >&2
     # The cluster's membership lives in nodes.conf: without it the next start is a fresh cluster.
-    rm -f "$NODE_DIR/nodes.conf"
+    rm -f "$NODE_DIR/nodes.conf" "$NODE_DIR/dump.rdb"
   done
 }
 

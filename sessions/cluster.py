@@ -58,6 +58,14 @@ async def mget(redis: Redis, keys: Sequence[str]) -> list[Any]:
     return list(await redis.mget(list(keys)))
 
 
+async def dbsize(redis: Redis) -> int:
+    """How many keys the database holds: on a cluster, summed over every master (redis-py's
+    ``dbsize()`` asks only its default node, which may hold none of them)."""
+    if is_cluster(redis):
+        return int(await cast(RedisCluster, redis).dbsize(target_nodes=RedisCluster.PRIMARIES))
+    return int(await redis.dbsize())
+
+
 async def refresh_topology(redis: Redis) -> None:
     """Re-read the cluster's slot map now (a no-op on a single Redis; never raises).
 

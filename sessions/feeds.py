@@ -30,21 +30,26 @@ entry was last confirmed. The index is item-side (each item's key in its own slo
 written around the user-slot compare-and-set, not inside it (issue 13: every script call on one
 slot):
 
-- items entering the list are added *before* the compare-and-set, in the same pipeline
-  (``lua/shown_add.lua``, one call per item); items leaving it are removed *after* it succeeded
-  (``lua/shown_remove.lua``), only if the entry is older than the write (a later write that put
-  the item back keeps it). So for a feed that exists, the users in an item's set include those
-  whose stored list shows it (once the feed has been written by this code: a feed stored before
-  the index existed joins it at its next write); the set may hold more — stale entries: a write
-  that lost its compare-and-set, a removal not made because the writer died after the write;
+- items entering the list are added *before* the compare-and-set, in the same pipeline (plain
+  ``ZADD … GT`` and ``EXPIRE`` commands, one of each per item key for all the writes of a
+  round, however many users share the item: the score only moves forward, so a writer whose
+  clock is behind never ages an entry); items leaving it are removed *after* it succeeded
+  (``lua/shown_remove.lua``, one call per item key for the round), only if the entry is older
+  than the write (a later write that put the item back keeps it). So for a feed that exists,
+  the users in an item's set include those whose stored list shows it (once the feed has been
+  written by this code: a feed stored before the index existed joins it at its next write); the
+  set may hold more — stale entries: a write that lost its compare-and-set, a removal not made
+  because the writer died after the write;
 - a feed's key can vanish without a write (TTL, merge, flush), leaving its entries behind. Bound:
   every item of a list is confirmed again by the first write after ``index_refresh_s`` (field
   ``x`` of the feed hash: the write script says when that is due, the confirmations follow the
   write), so an entry older than the feed TTL plus that interval is surely stale; such entries
-  are trimmed whenever the set gains a member, and a set untouched that long expires. Stale
-  entries met earlier are removed by :meth:`FeedStore.unindex_many` (only if the feed is still as
-  read, and the entry as read). So a set holds at most the users whose feed was written, showing
-  the item, within the last TTL + ``index_refresh_s``;
+  are trimmed right after a round's additions gain the set a member (a plain
+  ``ZREMRANGEBYSCORE`` after the write; each store trims a set at most once per
+  ``index_refresh_s``), and a set untouched that long expires. Stale entries met earlier are
+  removed by :meth:`FeedStore.unindex_many` (only if the feed is still as read, and the entry
+  as read). So a set holds at most the users whose feed was written, showing the item, within
+  the last TTL + twice ``index_refresh_s``, plus those a crashed writer added without its trim;
 - what is given up against the single-script version it replaced: a writer dying between its
   write and the confirmations that follow it (a full confirmation, not an entering item) leaves
   those entries unconfirmed until the next one; on Redis Cluster the additions and the write go
@@ -53,9 +58,11 @@ slot):
   drop an entry whose write's additions and compare-and-set both fall between its two reads
   (they are one pipeline); writers' clocks are assumed to agree to within the time between two
   writes of one feed (a removal compares the entry's score with the remover's clock).
-- Cost per write: one script call per item entering (in the write's own round trip); when items
-  leave or a full confirmation is due, one more round trip: one call per item leaving, and once
-  per ``index_refresh_s`` one per item of the list.
+- Cost per round of writes (:meth:`FeedStore.write_many`): two plain commands per item key
+  entering any of its lists (in the writes' own round trip); when items leave, a set gained a
+  member or a full confirmation is due, one more round trip: one script call per item key
+  leaving, one plain command per set to trim (at most once per ``index_refresh_s``), and once
+  per ``index_refresh_s`` two plain commands per item key of the confirmed lists.
 - Item ids must not contain a newline (catalog ids are printable).
 """
 
@@ -87,11 +94,12 @@ log = structlog.get_logger(__name__)
 HOME = "home"
 _WRITE_LUA = resources.files("sessions").joinpath("lua/feed_write.lua").read_text()
 _SINCE_LUA = resources.files("sessions").joinpath("lua/feed_since.lua").read_text()
-_ADD_LUA = resources.files("sessions").joinpath("lua/shown_add.lua").read_text()
 _REMOVE_LUA = resources.files("sessions").joinpath("lua/shown_remove.lua").read_text()
 
 #: How often (at most) a write confirms every item of its list in the index, by default.
 INDEX_REFRESH_S = 3600
+#: Index keys whose last trim a store remembers (bounds its memory: ~100 bytes a key).
+TRIMS_KEPT = 100_000
 #: History bounds by default: entries per feed, age (s), largest diff kept (bytes).
 HISTORY_LEN = 32
 HISTORY_TTL_S = 300.0
@@ -285,8 +293,9 @@ class FeedStore:
         self._clock = clock
         self._write = PipelinedScript(redis, _WRITE_LUA)
         self._since = PipelinedScript(redis, _SINCE_LUA)
-        self._add = PipelinedScript(redis, _ADD_LUA, name="shown_add.lua")
         self._remove = PipelinedScript(redis, _REMOVE_LUA, name="shown_remove.lua")
+        #: Index key → when this store last trimmed it (ms; see :meth:`_trim_due`).
+        self._trimmed: OrderedDict[str, int] = OrderedDict()
 
     def guarded(self, prelude: str) -> FeedStore:
         """A store on the same Redis and settings whose writes run ``prelude`` (Lua) first, in
@@ -392,7 +401,7 @@ class FeedStore:
         out: list[FeedUpdate | Exception | None] = [None] * len(writes)
         pending: list[tuple[int, FeedState, FeedState | None, DiffBody | None, _IndexPlan]] = []
         calls: list[Call] = []
-        adds: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = []
+        entering: dict[str, list[str]] = {}  # index key → users whose write adds the item
         now_ms = int(self._clock() * 1000)
         for i, (user, feed, base, items) in enumerate(writes):
             diff: DiffBody | None = None
@@ -412,11 +421,9 @@ class FeedStore:
             if indexed:
                 # Before the compare-and-set (same round trip): the index never misses an item a
                 # stored list shows; a write that loses leaves stale entries, which are allowed.
-                adds += [
-                    (self._add, [_shown_key(item, feed)], [user, now_ms, self.index_bound_s])
-                    for item in new_ids
-                    if item not in old_set
-                ]
+                for item in new_ids:
+                    if item not in old_set:
+                        entering.setdefault(_shown_key(item, feed), []).append(user)
             more_keys, more_args = extras[i] if extras is not None else ((), ())
             calls.append(
                 (
@@ -443,11 +450,21 @@ class FeedStore:
             pending.append((i, draft, base, diff, plan))
         if not pending:
             return out
-        replies = await run_scripts(self._redis, [*adds, *((self._write, k, a) for k, a in calls)])
+        adds = self._confirm(entering, now_ms)
+        replies = await run_scripts(
+            self._redis, [(self._write, k, a) for k, a in calls], commands=adds
+        )
         for reply in replies[: len(adds)]:
             if isinstance(reply, Exception):
                 raise reply  # nothing of this round is relied on: the caller retries
-        after: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = []
+        # A set that gained a member is trimmed of its surely stale entries (after the write).
+        trims: list[tuple[Any, ...]] = [
+            ("ZREMRANGEBYSCORE", cmd[1], "-inf", f"({now_ms - self.index_bound_s * 1000}")
+            for cmd, added in zip(adds[0::2], replies[0 : len(adds) : 2], strict=True)
+            if int(added) and self._trim_due(cmd[1], now_ms)
+        ]
+        leaving: dict[str, list[Any]] = {}  # index key → (user, 'lt', now) triples
+        confirming: dict[str, list[str]] = {}
         for (i, draft, base, diff, plan), res in zip(pending, replies[len(adds) :], strict=True):
             if isinstance(res, Exception):
                 out[i] = res
@@ -466,29 +483,57 @@ class FeedStore:
                 continue
             user, feed = draft.user, draft.feed
             # After it: leaving items go, unless a later write put them back (a newer score).
-            after += [
-                (self._remove, [_shown_key(item, feed)], [user, "lt", now_ms])
-                for item in plan.leaving
-            ]
+            for item in plan.leaving:
+                leaving.setdefault(_shown_key(item, feed), []).extend((user, "lt", now_ms))
             if len(res) > 4 and int(res[4]):  # the script says a full confirmation is due
-                after += [
-                    (self._add, [_shown_key(item, feed)], [user, now_ms, self.index_bound_s])
-                    for item in plan.kept
-                ]
-        if after:
-            await self._index_after(after)
+                for item in plan.kept:
+                    confirming.setdefault(_shown_key(item, feed), []).append(user)
+        after = [*trims, *self._confirm(confirming, now_ms)]
+        removals = [(self._remove, [key], triples) for key, triples in leaving.items()]
+        if after or removals:
+            await self._index_after(removals, after)
+        return out
+
+    def _trim_due(self, key: str, now_ms: int) -> bool:
+        """Whether this store trims ``key`` now: at most once per ``index_refresh_s`` per key
+        (a trim finds nothing to remove that much sooner; remembered for the latest
+        :data:`TRIMS_KEPT` keys)."""
+        last = self._trimmed.get(key)
+        if last is not None and 0 <= now_ms - last < self._index_refresh_s * 1000:
+            return False
+        self._trimmed[key] = now_ms
+        self._trimmed.move_to_end(key)
+        if len(self._trimmed) > TRIMS_KEPT:
+            self._trimmed.popitem(last=False)
+        return True
+
+    def _confirm(self, users: dict[str, list[str]], now_ms: int) -> list[tuple[Any, ...]]:
+        """Plain commands confirming ``users`` in each index key at ``now_ms``: per key one
+        ``ZADD GT`` (the score only moves forward: a writer whose clock is behind never ages an
+        entry) and one ``EXPIRE`` (a set untouched for the bound expires), in that order."""
+        out: list[tuple[Any, ...]] = []
+        for key, members in users.items():
+            zadd: list[Any] = ["ZADD", key, "GT"]
+            for user in members:
+                zadd += (now_ms, user)
+            out.append(tuple(zadd))
+            out.append(("EXPIRE", key, self.index_bound_s))
         return out
 
     async def _index_after(
-        self, calls: Sequence[tuple[PipelinedScript, Sequence[str], Sequence[Any]]]
+        self,
+        calls: Sequence[tuple[PipelinedScript, Sequence[str], Sequence[Any]]],
+        commands: Sequence[Sequence[Any]] = (),
     ) -> None:
         """The index work that follows stored writes: the writes stand whatever happens here
         (a failure leaves stale or unconfirmed entries, which the index tolerates, see the module
         docstring), so errors are logged, not raised."""
         try:
-            replies = await run_scripts(self._redis, calls)
+            replies = await run_scripts(self._redis, calls, commands=commands)
         except (RedisError, OSError) as exc:
-            log.warning("feed_index_failed", calls=len(calls), error=type(exc).__name__)
+            log.warning(
+                "feed_index_failed", calls=len(calls) + len(commands), error=type(exc).__name__
+            )
             return
         failed = sum(1 for r in replies if isinstance(r, Exception))
         if failed:
@@ -561,11 +606,13 @@ class FeedStore:
         now: dict[str, Version | None] = {}
         for user, (epoch, n) in zip(users, versions, strict=True):
             now[user] = None if epoch is None or n is None else Version(_text(epoch), int(n))
-        calls: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = [
-            (self._remove, [_shown_key(item, feed)], [user, "eq", repr(float(score))])
-            for (user, seen, item), score in zip(wanted, scores, strict=True)
-            if score is not None and now[user] == seen
-        ]
+        triples: dict[str, list[Any]] = {}
+        for (user, seen, item), score in zip(wanted, scores, strict=True):
+            if score is not None and now[user] == seen:
+                triples.setdefault(_shown_key(item, feed), []).extend(
+                    (user, "eq", repr(float(score)))
+                )
+        calls = [(self._remove, [key], args) for key, args in triples.items()]
         if not calls:
             return 0
         removed = 0
@@ -593,7 +640,7 @@ class FeedStore:
         bodies = await pipe.execute()
         calls: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = []
         for feed, body in zip(feeds, bodies, strict=True):
-            for item in ids_of(decode_body(body)):
+            for item in dict.fromkeys(ids_of(decode_body(body))):
                 calls.append((self._remove, [_shown_key(item, feed)], [user, "any", 0]))
         removed = 0
         if calls:

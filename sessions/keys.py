@@ -111,9 +111,14 @@ def model_neighbours_key(version: str, item: str) -> str:
     return f"{item_tag(item)}nbm:{version}"
 
 
+def _bucket(text: str, buckets: int) -> int:
+    """The bucket of ``text``: crc32 of its UTF-8 bytes modulo ``buckets``."""
+    return zlib.crc32(text.encode()) % buckets
+
+
 def trend_bucket(item: str, buckets: int = TREND_BUCKETS) -> int:
     """The trending bucket ``item`` counts in: crc32 of its id modulo ``buckets``."""
-    return zlib.crc32(item.encode()) % buckets
+    return _bucket(item, buckets)
 
 
 def trend_key(bucket: int) -> str:
@@ -150,10 +155,6 @@ STATS_BUCKETS = 8
 #: The pointer hash of the offline model: field ``nb`` the current version; fields
 #: ``v:<version>`` the versions written and not yet removed (value: load start, ms).
 MODEL_KEY = f"{PREFIX}model"
-
-
-def _bucket(text: str, buckets: int) -> int:
-    return zlib.crc32(text.encode()) % buckets
 
 
 def shown_key(item: str, feed: str) -> str:

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import NoScriptError
 
+from sessions import rawpipe
 from sessions.cluster import check_one_slot, is_cluster
 
 Call = tuple[Sequence[str], Sequence[Any]]  # (keys, args)
@@ -56,9 +57,14 @@ async def run_scripts(
     calls: Sequence[tuple[PipelinedScript, Sequence[str], Sequence[Any]]],
     *,
     strict_slots: bool = False,
+    commands: Sequence[Sequence[Any]] = (),
 ) -> list[Any]:
     """Calls of several scripts in one pipelined round trip, in order (see
     :meth:`PipelinedScript.run_many`); a script Redis lost is loaded and its calls sent again.
+
+    ``commands``: plain one-key commands (``("ZADD", key, …)``) sent first in the same round
+    trip, for writes that need no script's atomicity (a script call has a fixed cost several
+    times a plain command's); their replies (or errors, in place) come first.
 
     Raises :class:`~sessions.exceptions.CrossSlot`, having sent nothing, when a call's keys span
     several hash slots on a cluster (or anywhere with ``strict_slots``)."""
@@ -66,7 +72,8 @@ async def run_scripts(
     if cluster or strict_slots:
         for script, keys, _ in calls:
             check_one_slot(keys, script.name)
-    replies = await _execute(redis, calls)
+    replies = await _execute(redis, calls, commands)
+    plain, replies = replies[: len(commands)], replies[len(commands) :]
     for _ in range(_RELOADS):
         missing = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
         if not missing:
@@ -75,7 +82,7 @@ async def run_scripts(
         again = await _execute(redis, [calls[i] for i in missing])
         for i, reply in zip(missing, again, strict=True):
             replies[i] = reply
-    return replies
+    return [*plain, *replies]
 
 
 async def _load(
@@ -104,10 +111,16 @@ async def _load(
 
 
 async def _execute(
-    redis: Redis, calls: Sequence[tuple[PipelinedScript, Sequence[str], Sequence[Any]]]
+    redis: Redis,
+    calls: Sequence[tuple[PipelinedScript, Sequence[str], Sequence[Any]]],
+    commands: Sequence[Sequence[Any]] = (),
 ) -> list[Any]:
-    pipe = redis.pipeline(transaction=False)
-    for script, keys, args in calls:
-        pipe.evalsha(script.sha, len(keys), *keys, *args)
-    replies: list[Any] = await pipe.execute(raise_on_error=False)
-    return replies
+    # Raw replies under one deadline per round trip (sessions/rawpipe.py): redis-py's pipeline
+    # spent more Python per call than the event path's scripts cost Redis.
+    return await rawpipe.execute(
+        redis,
+        [
+            *(tuple(command) for command in commands),
+            *(("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args in calls),
+        ],
+    )

@@ -29,10 +29,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from operator import itemgetter
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
+from sessions import rawpipe
 from sessions.keys import (
     MODEL_KEY,
     TREND_BUCKETS,
@@ -45,7 +47,8 @@ from sessions.keys import (
     trend_meta_key,
     visitors_key,
 )
-from streams.scoring import Ranked, merge_buckets, redis_order
+from sessions.rawpipe import score_pairs
+from streams.scoring import Ranked, merge_buckets
 
 # Kinds of read: top of a sorted set with scores; the same plus its size (the session index);
 # a user's latest items (ascending); a hash's fields.
@@ -73,9 +76,10 @@ def _ignore(_result: str, _n: int) -> None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class Want:
-    """One read a lane needs: ``kind`` of ``key``, ``depth`` members (or hash fields)."""
+class Want(NamedTuple):
+    """One read a lane needs: ``kind`` of ``key``, ``depth`` members (or hash fields).
+
+    A named tuple, not a dataclass: a lane builds about a hundred per event."""
 
     kind: str
     key: str
@@ -83,24 +87,33 @@ class Want:
     fields: tuple[str, ...] = ()
 
 
+#: Builds a :class:`Want` without the named tuple's generated ``__new__`` (a Python lambda).
+_new_want = tuple.__new__
+
+
 def top(key: str, depth: int) -> Want:
     """The best ``depth`` members of sorted set ``key`` with their scores."""
-    return Want(_TOP, key, depth)
+    return _new_want(Want, (_TOP, key, depth, ()))
 
 
 def index(key: str, depth: int) -> Want:
     """The latest ``depth`` members of session index ``key``, and its size."""
-    return Want(_INDEX, key, depth)
+    return _new_want(Want, (_INDEX, key, depth, ()))
 
 
 def seq(key: str, depth: int) -> Want:
     """The latest ``depth`` members of a user's ``recent`` list, oldest first."""
-    return Want(_SEQ, key, depth)
+    return _new_want(Want, (_SEQ, key, depth, ()))
+
+
+def seqs(keys: Iterable[str], depth: int) -> list[Want]:
+    """:func:`seq` of each of ``keys`` (a lane names some fifty per event)."""
+    return [_new_want(Want, (_SEQ, key, depth, ())) for key in keys]
 
 
 def fields(key: str, *names: str) -> Want:
     """Fields of hash ``key``."""
-    return Want(_HASH, key, 0, names)
+    return _new_want(Want, (_HASH, key, 0, names))
 
 
 class ItemCache:
@@ -136,37 +149,41 @@ class ItemCache:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def _fresh(self, want: Want, now: float) -> _Entry | None:
-        entry = self._entries.get(want.key)
-        if entry is None or entry.kind != want.kind or now - entry.at > self.max_age_s:
-            return None
-        if want.kind in (_TOP, _INDEX, _SEQ) and entry.depth < want.depth and not entry.complete:
-            return None
-        if want.kind == _HASH and not set(want.fields) <= entry.value.keys():
-            return None
-        self._entries.move_to_end(want.key)
-        return entry
-
     async def prefetch(self, wants: Iterable[Want], into: Snapshot | None = None) -> Snapshot:
         """Every entry of ``wants`` in a :class:`Snapshot` (``into``'s, when given), the missing
         or expired ones read in one pipelined round trip."""
         snap = into if into is not None else Snapshot(self)
-        now = self._clock()
+        oldest = self._clock() - self.max_age_s
+        entries = snap.entries
+        cached = self._entries
         missing: dict[str, Want] = {}
         hits = 0
+        # The lane's hot loop (about a hundred wants per event, most of them hits): inlined.
         for want in wants:
-            if want.key in snap.entries and want.key not in missing:
-                known = snap.entries[want.key]
-                if known.depth >= want.depth or known.complete or want.kind == _HASH:
-                    continue
-            entry = self._fresh(want, now)
-            if entry is not None:
-                snap.entries[want.key] = entry
+            kind, key, depth, names = want
+            known = entries.get(key)
+            if known is not None and (
+                kind == _HASH or known.depth >= depth or len(known.value) < known.depth
+            ):
+                continue  # already in this snapshot, deep enough (or the whole list)
+            entry = cached.get(key)
+            if (
+                entry is not None
+                and entry.kind == kind
+                and entry.at >= oldest
+                and (
+                    entry.value.keys() >= set(names)
+                    if kind == _HASH
+                    else entry.depth >= depth or len(entry.value) < entry.depth
+                )
+            ):
+                cached.move_to_end(key)
+                entries[key] = entry
                 hits += 1
                 continue
-            prior = missing.get(want.key)
-            if prior is None or prior.depth < want.depth:
-                missing[want.key] = want
+            prior = missing.get(key)
+            if prior is None or prior.depth < depth:
+                missing[key] = want
         if hits:
             self.observe("hit", hits)
         if missing:
@@ -175,37 +192,41 @@ class ItemCache:
         return snap
 
     async def _read(self, wants: Sequence[Want], snap: Snapshot) -> None:
-        pipe = self._redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         for w in wants:
-            if w.kind == _TOP:
-                pipe.zrevrange(w.key, 0, w.depth - 1, withscores=True)
-            elif w.kind == _INDEX:
-                pipe.zrevrange(w.key, 0, w.depth - 1, withscores=True)
-                pipe.zcard(w.key)
-            elif w.kind == _SEQ:
-                pipe.zrange(w.key, -w.depth, -1)
+            kind = w.kind
+            if kind == _TOP:
+                commands.append(("ZREVRANGE", w.key, 0, w.depth - 1, "WITHSCORES"))
+            elif kind == _INDEX:
+                commands.append(("ZREVRANGE", w.key, 0, w.depth - 1, "WITHSCORES"))
+                commands.append(("ZCARD", w.key))
+            elif kind == _SEQ:
+                commands.append(("ZRANGE", w.key, -w.depth, -1))
             else:
-                pipe.hmget(w.key, list(w.fields))
+                commands.append(("HMGET", w.key, *w.fields))
+        inflight = self._inflight
         for w in wants:
-            self._inflight[w.key] = self._inflight.get(w.key, 0) + 1
+            inflight[w.key] = inflight.get(w.key, 0) + 1
         at = self._clock()
         try:
-            replies = iter(await pipe.execute())
+            replies = iter(await rawpipe.execute(self._redis, commands))
         finally:
             for w in wants:
-                left = self._inflight[w.key] - 1
+                left = inflight[w.key] - 1
                 if left:
-                    self._inflight[w.key] = left
+                    inflight[w.key] = left
                 else:
-                    del self._inflight[w.key]
+                    del inflight[w.key]
+        entries = snap.entries
+        tainted = self._tainted
         for w in wants:
             entry = _parse(w, replies, at)
-            snap.entries[w.key] = entry
-            if w.key in self._tainted:
+            entries[w.key] = entry
+            if tainted and w.key in tainted:
                 # An own write landed while this read was in flight: the answer may predate it.
                 entry.at = -math.inf
-                if w.key not in self._inflight:
-                    self._tainted.discard(w.key)
+                if w.key not in inflight:
+                    tainted.discard(w.key)
             self._store(w.key, entry)
 
     def _store(self, key: str, entry: _Entry) -> None:
@@ -258,14 +279,19 @@ class ItemCache:
 
 
 def _parse(w: Want, replies: Any, at: float) -> _Entry:
-    if w.kind == _TOP:
-        return _Entry(_TOP, at, [(m.decode(), s) for m, s in next(replies)], w.depth)
-    if w.kind == _INDEX:
-        value = [(m.decode(), s) for m, s in next(replies)]
-        return _Entry(_INDEX, at, value, w.depth, int(next(replies)))
-    if w.kind == _SEQ:
-        return _Entry(_SEQ, at, [m.decode() for m in next(replies)], w.depth)
+    """The entry of ``w`` from its raw replies (:mod:`sessions.rawpipe`); an error reply raises."""
     raw = next(replies)
+    if isinstance(raw, Exception):
+        raise raw
+    if w.kind == _TOP:
+        return _Entry(_TOP, at, score_pairs(raw), w.depth)
+    if w.kind == _INDEX:
+        card = next(replies)
+        if isinstance(card, Exception):
+            raise card
+        return _Entry(_INDEX, at, score_pairs(raw), w.depth, int(card))
+    if w.kind == _SEQ:
+        return _Entry(_SEQ, at, [m.decode() for m in raw], w.depth)
     return _Entry(
         _HASH,
         at,
@@ -276,24 +302,38 @@ def _parse(w: Want, replies: Any, at: float) -> _Entry:
 def _place_all(entry: _Entry, scores: Iterable[tuple[str, float]]) -> None:
     items: list[tuple[str, float]] = entry.value
     complete = entry.complete
-    floor = items[-1] if items and not complete else None
+    floor = _BY_REDIS_ORDER(items[-1]) if items and not complete else None
+    members = list(map(_MEMBER, items))  # searched in C: a write names a few of hundreds
     changed = False
     for member, score in scores:
-        for i, (m, _) in enumerate(items):
-            if m == member:
-                del items[i]
-                changed = True
-                break
-        else:
-            # Not among the cached: the set's other members score at most the last cached one.
-            if floor is not None and redis_order((member, score)) < redis_order(floor):
+        try:
+            at = members.index(member)
+        except ValueError:
+            if floor is not None and (score, member) < floor:
+                # Not cached: the set's other members score at most the last cached one.
                 continue
-        items.append((member, score))
+        else:
+            del items[at]
+            del members[at]
+        # Moved in place, not re-sorted: the list stays in ZREVRANGE's order, descending
+        # (score, member); a member written now usually lands near the front (a session index
+        # by time), so the scan is short.
+        key = (score, member)
+        at = len(items)
+        for i, (m, s) in enumerate(items):
+            if (s, m) < key:
+                at = i
+                break
+        items.insert(at, (member, score))
+        members.insert(at, member)
         changed = True
-    if changed:
-        items.sort(key=redis_order, reverse=True)
-        if not complete or len(items) > entry.depth:
-            del items[entry.depth :]
+    if changed and (not complete or len(items) > entry.depth):
+        del items[entry.depth :]
+
+
+#: :func:`streams.scoring.redis_order` as a C-level key.
+_BY_REDIS_ORDER = itemgetter(1, 0)
+_MEMBER = itemgetter(0)
 
 
 class Snapshot:
@@ -304,6 +344,7 @@ class Snapshot:
         self.entries: dict[str, _Entry] = {}
         self._trend: Ranked | None = None
         self._trend_n = 0
+        self._users: int | None = None
 
     def _top(self, key: str, n: int) -> Ranked:
         entry = self.entries.get(key)
@@ -356,6 +397,11 @@ class Snapshot:
         return [m for m, _ in entry.value[:n]], entry.card
 
     def users(self) -> int:
+        if self._users is None:  # once per snapshot: every user of the lane asks
+            self._users = self._count_users()
+        return self._users
+
+    def _count_users(self) -> int:
         total, seen = 0, False
         for b in range(self._cache.buckets):
             users = self.entries[trend_meta_key(b)].value.get("users")

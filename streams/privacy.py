@@ -181,7 +181,8 @@ async def erase_user(
     async for keys in _markers_naming(redis, user):
         pipe = redis.pipeline(transaction=False)
         for key in keys:
-            pipe.unlink(key)
+            # Not pipe.unlink(): the cluster pipeline's own coroutine of that name queues nothing.
+            pipe.execute_command("UNLINK", key)
         counts["markers"] += sum(int(n) for n in await pipe.execute())
     return counts
 

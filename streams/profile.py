@@ -8,8 +8,8 @@ One event costs (issue 13, docs/ARCHITECTURE.md "Event path"):
 
 1. **The user lane** (``lua/user_event.lua``): one slot-local script call per event, pipelined
    per lane, touching only the user's keys: consent, dedup, the profile update; it returns what
-   the item side and scoring need (a typed :class:`UserLaneReply`, a msgpack map). Its cost does
-   not depend on how many other visitors share an item.
+   the item side and scoring need (the request/reply contract: :mod:`streams.user_lane`). Its
+   cost does not depend on how many other visitors share an item.
 2. **The item-side aggregates** (:mod:`streams.aggregates`): co-visitation, complements, the
    session index, trending and the users count, merged per key over the lane and written per
    slot in one pipelined round trip, only for events the lane applied (never twice for a
@@ -17,7 +17,7 @@ One event costs (issue 13, docs/ARCHITECTURE.md "Event path"):
 3. **Scoring in the worker** (:mod:`streams.scoring`) on item-side lists read through the
    worker's :class:`~streams.itemcache.ItemCache` (at most ``max_age_s`` stale, the worker's own
    writes seen at once): one pipelined read for what the lane misses, one more for the chosen
-   session neighbours' items and the offline model's lists.
+   session neighbours' items and the offline model's lists (named by :mod:`streams.reads`).
 
 Guarantees: the user lane is atomic; an event id seen within the dedup window changes nothing and
 is reported as a duplicate; every per-user key carries the profile TTL. The user's consent record
@@ -28,12 +28,9 @@ aggregate either) and the candidates are a visitor's with no profile (:mod:`stre
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from importlib import resources
-from string import Template
+from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -41,24 +38,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessions.feeds import FeedState, decode_body
 from sessions.keys import (
-    MODEL_KEY,
     TREND_BUCKETS,
-    category_trend_key,
-    complements_key,
     encode_user,
-    encoded_user_tag,
     feed_key,
-    model_neighbours_key,
-    neighbours_key,
     shown_key,
-    trend_key,
-    trend_meta_key,
     user_tag,
-    visitors_key,
 )
 from sessions.scripts import PipelinedScript, run_scripts
 from sessions.versions import Version
-from streams import itemcache, scoring
+from streams import reads, scoring
 from streams.aggregates import Accepted, Aggregates
 from streams.consent import (
     DENIED,
@@ -73,10 +61,15 @@ from streams.consent import (
 from streams.events import CONSENT, Event
 from streams.itemcache import ItemCache, Snapshot, Want
 from streams.rules import OFFER_FEEDS
+from streams.user_lane import (
+    FeedReply,
+    UserLaneReply,
+    UserLaneRequest,
+    script_source,
+    user_keys,
+)
 
 log = structlog.get_logger(__name__)
-
-_USER_LUA = resources.files("streams").joinpath("lua/user_event.lua").read_text()
 
 #: (affinity, co-visitation, trending) weight of each event type.
 WEIGHTS: dict[str, tuple[float, float, float]] = {
@@ -187,158 +180,6 @@ class ProfileView:
     #: False: the user has no personalization consent; the candidates are those of a visitor
     #: with no profile, and the lists made of them are stored without index or experiment tag.
     personal: bool = True
-
-
-def user_keys(user: str) -> list[str]:
-    """The per-user profile keys the user lane touches, in its KEYS order."""
-    tag = user_tag(user)
-    return [tag + k for k in ("dedup", "recent", "aff", "cart", "bought", "p")]
-
-
-def script_source(profile: ProfileTuning, _scoring: ScoringTuning | None = None) -> str:
-    """The user-lane script with the profile constants filled in (numbers only, from typed
-    settings). Scoring runs in the worker: its tuning is no part of the script."""
-    values: dict[str, int | float] = {}
-    for f in fields(profile):
-        value = getattr(profile, f.name)
-        if isinstance(value, bool):  # a flag is 1 or 0 in Lua ("true" would not compile)
-            value = int(value)
-        if not isinstance(value, int | float):
-            raise TypeError(f"tuning {f.name} must be a number")
-        values[f.name.upper()] = value
-    return Template(_USER_LUA).substitute(values)
-
-
-@dataclass(frozen=True, slots=True)
-class UserLaneRequest:
-    """One event for the user lane (``lua/user_event.lua``, ARGV[1] as a msgpack map)."""
-
-    event_id: str
-    type: str
-    item: str
-    categories: Sequence[str]
-    ts: int
-    w_aff: float
-    w_cov: float
-    #: False: applied only, a later event of the user in the same batch scores.
-    score: bool
-    user: str
-    #: The home feed version the caller holds ('' / 0: none): then no body comes back.
-    known_epoch: str
-    known_n: int
-    #: Context feeds to report even when the user has none stored yet.
-    context: Sequence[str]
-    #: How many recent items and top categories scoring reads.
-    recent_n: int
-    cats_n: int
-    #: Consent events: the decision and its source.
-    decision: str = ""
-    source: str = ""
-
-    def pack(self) -> bytes:
-        """The msgpack map the script reads."""
-        req: dict[str, Any] = {
-            "id": self.event_id,
-            "type": self.type,
-            "item": self.item,
-            "cats": list(self.categories),
-            "ts": self.ts,
-            "w_aff": self.w_aff,
-            "w_cov": self.w_cov,
-            "score": self.score,
-            "user": self.user,
-            "e": self.known_epoch,
-            "n": self.known_n,
-            "context": list(self.context),
-            "recent_n": self.recent_n,
-            "cats_n": self.cats_n,
-        }
-        if self.decision:
-            req["decision"] = self.decision
-            req["source"] = self.source
-        packed: bytes = msgpack.packb(req)
-        return packed
-
-
-@dataclass(frozen=True, slots=True)
-class FeedReply:
-    """A stored feed's state as the user lane saw it; ``same``: the caller's copy is current
-    (no body was sent)."""
-
-    epoch: str
-    n: int
-    body: bytes
-    same: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class UserLaneReply:
-    """The user lane's answer for one event (the script's msgpack map)."""
-
-    #: ``duplicate``, ``applied``, ``coalesced``, ``noop`` or ``no_consent``.
-    outcome: str
-    personal: bool
-    #: The user's latest distinct items before the event, newest first (co-visitation).
-    prev: tuple[str, ...] = ()
-    #: The event started the user's recent list (the users count).
-    new_user: bool = False
-    #: Cart sample and items bought within the hour (complements).
-    partners: tuple[str, ...] = ()
-    #: Scored entries: recent items newest first, top categories, bought, cart sample.
-    recent: tuple[str, ...] = ()
-    categories: tuple[tuple[str, float], ...] = ()
-    bought: frozenset[str] = frozenset()
-    cart: tuple[str, ...] = ()
-    #: Scored entries: the home feed and each context feed reported (None: not scored).
-    feeds: dict[str, FeedReply] | None = None
-    #: Consent: a withdrawal's pending erasure marker, what recording a decision did, the
-    #: record's time, and the stored lists to take out of the shown index.
-    marker: str = ""
-    change: str = ""
-    at: str = ""
-    unindex: dict[str, bytes] = field(default_factory=dict)
-
-    @classmethod
-    def unpack(cls, raw: bytes) -> UserLaneReply:
-        """Decode the script's reply (feed bodies are binary: kept as bytes)."""
-        m = msgpack.unpackb(raw, raw=False, unicode_errors="surrogateescape")
-        feeds = None
-        if "feeds" in m:
-            feeds = {
-                name: FeedReply(
-                    str(st.get("e") or ""),
-                    int(st.get("n") or 0),
-                    _bytes(st.get("b")),
-                    bool(st.get("same")),
-                )
-                for name, st in m["feeds"].items()
-            }
-        cats = m.get("cats") or []
-        unindex = m.get("unindex") or {}
-        return cls(
-            outcome=m["outcome"],
-            personal=bool(m.get("personal")),
-            prev=tuple(m.get("prev") or ()),
-            new_user=bool(m.get("new_user")),
-            partners=tuple(m.get("partners") or ()),
-            recent=tuple(m.get("recent") or ()),
-            categories=tuple((cats[i], float(cats[i + 1])) for i in range(0, len(cats), 2)),
-            bought=frozenset(m.get("bought") or ()),
-            cart=tuple(m.get("cart") or ()),
-            feeds=feeds,
-            marker=str(m.get("marker") or ""),
-            change=str(m.get("change") or ""),
-            at=str(m.get("at") or ""),
-            unindex={k: _bytes(v) for k, v in unindex.items()} if isinstance(unindex, dict) else {},
-        )
-
-
-def _bytes(value: object) -> bytes:
-    if isinstance(value, bytes):
-        return value
-    if isinstance(value, str):
-        return value.encode("utf-8", "surrogateescape")
-    return b""
 
 
 #: The user lane's outcomes as the processor names them.
@@ -573,16 +414,17 @@ class ProfileStore:
         views: list[ProfileView | None] = [None] * len(batch)
         if not jobs:
             return views
-        snap = await self.cache.prefetch(
-            w for _, user, t, _ in jobs for w in _first_reads(user, t, self.cache.buckets)
-        )
+        first = reads.shared_reads({t for _, _, t, _ in jobs}, self.cache.buckets)
+        for _, user, t, _ in jobs:
+            reads.first_reads(user, t, first)
+        snap = await self.cache.prefetch(first)
         chosen: list[list[tuple[str, float]]] = []
         second: list[Want] = []
         version = snap.model_version()
         for _, user, t, _ in jobs:
             neighbours = scoring.session_neighbours(user, snap, t)
             chosen.append(neighbours)
-            second.extend(_second_reads(user, t, neighbours, version))
+            reads.second_reads(user, t, neighbours, version, second)
         if second:
             await self.cache.prefetch(second, into=snap)
         for (i, user, t, home), neighbours in zip(jobs, chosen, strict=True):
@@ -621,49 +463,6 @@ class ProfileStore:
         return ConsentChange(reply.change, parse_record(list(fields)), reply.marker or None)
 
 
-def _first_reads(user: scoring.UserInputs, t: ScoringTuning, buckets: int) -> list[Want]:
-    """What scoring ``user`` reads before the session neighbours are known."""
-    nb_depth = 2 * t.neighbours_fetched  # the similar feed reads twice the home feed's
-    wants = [itemcache.fields(MODEL_KEY, "nb")]
-    for b in range(buckets):
-        wants.append(itemcache.top(trend_key(b), t.trending_fetched))
-        wants.append(itemcache.fields(trend_meta_key(b), "t0", "users"))
-    for r in user.recent[: t.recent_fetched]:
-        wants.append(itemcache.top(neighbours_key(r), nb_depth))
-    for c, _ in user.top_categories:
-        wants.append(itemcache.top(category_trend_key(c), t.trending_fetched))
-    if user.categories:
-        wants.append(itemcache.top(category_trend_key(user.categories[0]), t.trending_fetched))
-    if t.session_w > 0:
-        for it in scoring.mine(user, t):
-            wants.append(itemcache.index(visitors_key(it), t.session_sample))
-    latest = scoring.latest_item(user, t)
-    if latest:
-        wants.append(itemcache.top(neighbours_key(latest), nb_depth))
-    for c in user.cart:
-        wants.append(itemcache.top(complements_key(c), t.neighbours_fetched))
-        wants.append(itemcache.top(neighbours_key(c), nb_depth))
-    return wants
-
-
-def _second_reads(
-    user: scoring.UserInputs,
-    t: ScoringTuning,
-    neighbours: Sequence[tuple[str, float]],
-    version: str | None,
-) -> list[Want]:
-    """What scoring ``user`` reads once the session neighbours and the model version are known."""
-    wants = [itemcache.seq(encoded_user_tag(m) + "recent", t.session_seq) for m, _ in neighbours]
-    if version is not None and t.model_w > 0:
-        items = list(user.recent[: t.recent_fetched])
-        latest = scoring.latest_item(user, t)
-        if latest:
-            items.append(latest)
-        for it in items:
-            wants.append(itemcache.top(model_neighbours_key(version, it), t.model_fetched))
-    return wants
-
-
 def _state(user: str, feed: str, st: FeedReply) -> FeedState | None:
     """A stored feed's state from the user lane's reply (None: no feed stored)."""
     if not st.epoch:
@@ -684,5 +483,6 @@ __all__ = [
     "Snapshot",
     "UserLaneReply",
     "UserLaneRequest",
+    "script_source",
     "user_keys",
 ]

@@ -25,9 +25,11 @@ Redis's order (greater member first).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -123,10 +125,12 @@ def session_neighbours(
         if n <= 0:
             continue
         w = math.exp((p - count) / tuning.session_position_decay) * math.log(max(users / n, 1.0001))
+        get = sim.get
         for o in members:
-            if o != user.me:
-                sim[o] = sim.get(o, 0) + w
-    ranked = sorted(sim.items(), key=_by_score_then_id)
+            sim[o] = get(o, 0) + w
+    sim.pop(user.me, None)  # the user is no neighbour of their own
+    ranked = list(sim.items())
+    by_score_then_id(ranked)
     return ranked[: tuning.session_neighbours]
 
 
@@ -180,23 +184,34 @@ def _session_knn(
 ) -> None:
     pos = set(items)
     knn: dict[str, float] = {}
-    best_vote = 0.0
-    decay = tuning.session_item_decay
+    get = knn.get
+    depth = tuning.session_seq
+    rows = _distance_weights(depth, tuning.session_item_decay)
     for member, v in neighbours:
-        seq = source.sequence(member, tuning.session_seq)
+        seq = source.sequence(member, depth)
         last = 0
         for q, it in enumerate(seq, start=1):
             if it in pos:
                 last = q
-        for q, it in enumerate(seq, start=1):
-            s = knn.get(it, 0) + v * math.exp(-abs(q - last) / decay)
-            knn[it] = s
-            if s > best_vote:
-                best_vote = s
+        for it, weight in zip(seq, rows[last], strict=False):  # seq: at most depth items
+            knn[it] = get(it, 0) + v * weight
+    # Votes only grow (similarities and weights are positive): the final best is the best.
+    best_vote = max(knn.values(), default=0.0)
     if best_vote > 0:
         w = tuning.session_w
+        sget = scores.get
         for it, s in knn.items():
-            scores[it] = scores.get(it, 0) + w * s / best_vote
+            scores[it] = sget(it, 0) + w * s / best_vote
+
+
+@functools.lru_cache(maxsize=16)
+def _distance_weights(depth: int, decay: float) -> tuple[tuple[float, ...], ...]:
+    """Per position ``last`` (0..depth) of the last shared item, ``exp(-|q - last| / decay)``
+    for q = 1..depth: what a neighbour's item at position q counts."""
+    return tuple(
+        tuple(math.exp(-abs(q - last) / decay) for q in range(1, depth + 1))
+        for last in range(depth + 1)
+    )
 
 
 def latest_item(user: UserInputs, tuning: ScoringTuning) -> str:
@@ -241,12 +256,20 @@ def best(
         # Only the best few need ordering: the n-th best score is the cut-off.
         cut = sorted(v for _, v in eligible)[len(eligible) - n]
         eligible = [kv for kv in eligible if kv[1] >= cut]
-    eligible.sort(key=_by_score_then_id)
+    by_score_then_id(eligible)
     return [(k, float(f"{v:.14g}")) for k, v in eligible[:n]]
 
 
-def _by_score_then_id(kv: tuple[str, float]) -> tuple[float, str]:
-    return (-kv[1], kv[0])
+def by_score_then_id(ranked: list[tuple[str, float]]) -> None:
+    """Sort ``ranked`` in place: descending score, ties by ascending id (two stable sorts on
+    C-level keys: no Python call per element)."""
+    ranked.sort(key=_ID)
+    ranked.sort(key=_SCORE, reverse=True)
+
+
+_ID = itemgetter(0)
+_SCORE = itemgetter(1)
+_SCORE_ID = itemgetter(1, 0)
 
 
 def merge_buckets(tops: Iterable[tuple[Ranked, float]], n: int) -> Ranked:
@@ -255,7 +278,7 @@ def merge_buckets(tops: Iterable[tuple[Ranked, float]], n: int) -> Ranked:
     merged: Ranked = []
     for ranked, factor in tops:
         merged.extend((m, s * factor) for m, s in ranked)
-    merged.sort(key=redis_order, reverse=True)
+    merged.sort(key=_SCORE_ID, reverse=True)  # redis_order, as a C-level key
     return merged[:n]
 
 

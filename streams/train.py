@@ -244,7 +244,9 @@ async def remove_version(redis: Redis, version: str, *, batch: int = 1000) -> in
 async def _unlink_each(redis: Redis, keys: Sequence[bytes]) -> int:
     pipe = redis.pipeline(transaction=False)
     for key in keys:
-        pipe.unlink(key)
+        # Not pipe.unlink(): on redis-py's cluster pipeline that name is the pipeline's own
+        # coroutine (never a queued UNLINK), so nothing would be deleted on a cluster.
+        pipe.execute_command("UNLINK", key)
     return sum(int(n) for n in await pipe.execute())
 
 

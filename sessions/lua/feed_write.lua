@@ -16,7 +16,8 @@
 -- Returns {1, epoch, n, tag, confirm} on success (confirm 1: the caller confirms every item of
 -- the list in the index now; field x was set), {0, epoch|'' , n} with the stored version on
 -- conflict.
-local cur = redis.call('HMGET', KEYS[1], 'e', 'n')
+-- One read of the stored fields this script needs (version, tag, last full confirmation).
+local cur = redis.call('HMGET', KEYS[1], 'e', 'n', 'r', 'x')
 local cur_e = cur[1] or ''
 local cur_n = tonumber(cur[2] or '0')
 if cur_e ~= ARGV[1] or (ARGV[1] ~= '' and cur_n ~= tonumber(ARGV[2])) then
@@ -26,7 +27,7 @@ local tag
 if ARGV[12] and string.sub(ARGV[12], 1, 1) == '1' then
   tag = string.sub(ARGV[12], 2)
 else
-  tag = redis.call('HGET', KEYS[1], 'r') or ''
+  tag = cur[3] or ''
 end
 local epoch, n
 if ARGV[1] == '' then
@@ -41,14 +42,19 @@ else
   -- list is emptied): no chain can cross that version, so a client holding an older one gets a
   -- snapshot (all or nothing), and the snapshot is no larger than that diff anyway. A key of
   -- another type (a history stream written by an older version) is replaced the same way.
-  if #ARGV[4] > tonumber(ARGV[14]) or redis.call('TYPE', KEYS[2]).ok ~= 'list' then
+  -- (The type is found by the push failing, not asked on every write.)
+  if #ARGV[4] > tonumber(ARGV[14]) then
     redis.call('DEL', KEYS[2])
-  end
-  if #ARGV[4] <= tonumber(ARGV[14]) then
+  else
     local t = redis.call('TIME')
     local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     local bound = tonumber(ARGV[13])
-    redis.call('LPUSH', KEYS[2], cmsgpack.pack(now, n, ARGV[8], tag) .. ARGV[4])
+    local entry = cmsgpack.pack(now, n, ARGV[8], tag) .. ARGV[4]
+    local pushed = redis.pcall('LPUSH', KEYS[2], entry)
+    if type(pushed) == 'table' and pushed.err then
+      redis.call('DEL', KEYS[2])
+      redis.call('LPUSH', KEYS[2], entry)
+    end
     redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
     -- Oldest last: drop the entries past the time bound (the reader ignores them anyway).
     while true do
@@ -67,7 +73,7 @@ redis.call('HSET', KEYS[1], 'e', epoch, 'n', n, 'b', ARGV[3], 'r', tag)
 local confirm = 0
 if ARGV[9] == '1' then
   local now = tonumber(ARGV[10])
-  local last = tonumber(redis.call('HGET', KEYS[1], 'x') or '')
+  local last = tonumber(cur[4] or '')
   if not last or now - last >= tonumber(ARGV[11]) or now < last then
     redis.call('HSET', KEYS[1], 'x', ARGV[10])
     confirm = 1

@@ -28,6 +28,8 @@ local req = cmsgpack.unpack(ARGV[1])
 local etype, item, ts = req['type'], req['item'] or '', tonumber(req['ts'])
 local me = req['user']
 local ttl = ${TTL_S}
+-- How often (at most) every key's TTL is refreshed: hourly, or at half the TTL if that is less.
+local refresh_ms = math.min(3600000, ttl * 500)
 local out = {}
 
 local consent = redis.call('HMGET', KEYS[7], 'state', 'at', 'erase')
@@ -80,8 +82,21 @@ if etype == 'consent' then
   end
   etype = 'refresh'  -- otherwise like a refresh: scored when asked, nothing else stored
 end
--- Anonymous visitors' records live as long as their profile would (streams/consent.py).
-if consent[1] and string.sub(me, 1, 5) == 'anon:' then redis.call('EXPIRE', KEYS[7], ttl) end
+-- Anonymous visitors' records live as long as their profile would (streams/consent.py): their
+-- TTL is set when a decision is recorded, and refreshed with the profile's keys (below).
+local anon_record = consent[1] and string.sub(me, 1, 5) == 'anon:'
+if anon_record and change and change ~= 'unchanged' and change ~= 'stale' then
+  redis.call('EXPIRE', KEYS[7], ttl)
+end
+-- Redis's clock (ms), read once when needed: the decay clock's bound and the TTL refresh.
+local now_ms
+local function now()
+  if not now_ms then
+    local t = redis.call('TIME')
+    now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  return now_ms
+end
 local personal = consent[1] == 'granted' or (not consent[1] and ${CONSENT_REQUIRED} == 0)
 out['personal'] = personal
 local function reply(outcome)
@@ -112,9 +127,18 @@ if etype ~= 'refresh' then
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ts - ${DEDUP_WINDOW_MS})
     redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -${DEDUP_MAX} - 1)
   end
-  redis.call('EXPIRE', KEYS[1], ttl)
+  -- No EXPIRE here: see the TTL refresh below.
+end
+-- The profile hash's a0 (affinity origin) and x (when every key's TTL was last refreshed).
+local marks = {}
+if etype ~= 'refresh' then marks = redis.call('HMGET', KEYS[6], 'a0', 'x') end
+local function refresh_due()
+  local refreshed = tonumber(marks[2] or '')
+  return not refreshed or now() - refreshed > refresh_ms or now() < refreshed
 end
 if etype == 'impression' then
+  -- The dedup key alone was written: it needs a TTL unless the refresh (below) gave it one.
+  if refresh_due() then redis.call('EXPIRE', KEYS[1], ttl) end
   return reply('noop')
 end
 
@@ -126,17 +150,20 @@ if personal then cats = req['cats'] or {} end
 -- time but never past Redis's own: one event stamped far ahead (a producer's clock, a replay of
 -- bad data) would otherwise move the origin there and rescale every score to zero; at most it
 -- moves it to now. Replays of past events keep their own time.
-local touched = {}  -- per-user keys this event wrote: only they need their TTL refreshed
+local touched = {}  -- per-user keys this event created: they get their TTL now
 local w_aff = tonumber(req['w_aff'])
 if w_aff ~= 0 and #cats > 0 then
   local hl = ${AFFINITY_HALFLIFE_MS}
   local dts = ts
-  local t = redis.call('TIME')
-  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-  if dts > now then dts = now end
+  if dts > now() then dts = now() end
   -- The origin `a0` of this user's affinity; past 200 half-lives the scores would head for
-  -- overflow: they are rescaled once and the origin moves to now.
-  local t0 = tonumber(redis.call('HGET', KEYS[6], 'a0') or '')
+  -- overflow: they are rescaled once and the origin moves to now. No origin: no affinity key
+  -- either (they are written and expire together): this event creates it.
+  local t0 = tonumber(marks[1] or '')
+  if not t0 then
+    touched[#touched + 1] = KEYS[3]
+    touched[#touched + 1] = KEYS[6]
+  end
   if not t0 or (dts - t0) / hl > 200 then
     if t0 then
       local factor = math.pow(2, -(dts - t0) / hl)
@@ -150,19 +177,18 @@ if w_aff ~= 0 and #cats > 0 then
   end
   local inc = w_aff * math.pow(2, (dts - t0) / hl)
   for _, c in ipairs(cats) do redis.call('ZINCRBY', KEYS[3], inc, c) end
-  touched[#touched + 1] = KEYS[3]
-  touched[#touched + 1] = KEYS[6]
 end
 
 if item ~= '' then
   if tonumber(req['w_cov']) > 0 then
     -- Co-visitation partners (the worker writes the pairs): the latest distinct items.
     out['prev'] = redis.call('ZREVRANGE', KEYS[2], 0, ${COVISIT_WINDOW} - 1)
-    out['new_user'] = redis.call('EXISTS', KEYS[2]) == 0  -- users seen: the session idf's N
-    if redis.call('ZADD', KEYS[2], ts, item) == 1 then
+    -- No previous item: no recent list (a zset is never empty). Users seen: the session idf's N.
+    out['new_user'] = #out['prev'] == 0
+    if redis.call('ZADD', KEYS[2], ts, item) == 1 and not out['new_user'] then
       redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -${RECENT_MAX} - 1)
     end
-    touched[#touched + 1] = KEYS[2]
+    if out['new_user'] then touched[#touched + 1] = KEYS[2] end
   end
   if etype == 'add_to_cart' or etype == 'purchase' then
     -- Complements: items carted (or bought within the hour) together, a stronger signal of "goes
@@ -187,13 +213,19 @@ if item ~= '' then
     touched[#touched + 1] = KEYS[5]
   end
 end
--- TTLs: the keys this event wrote get theirs now (so a new key never lacks one); once an hour
--- every key of the user is refreshed, so an active user's older keys (cart, bought) live on.
+-- TTLs: every key of the user is refreshed together at most once per refresh_ms (Redis's clock,
+-- recorded in x of the profile hash), and a key this event created gets its TTL now (the cart
+-- and bought keys on each write: rare events). So while x is within refresh_ms of now, every key
+-- that existed at the refresh lives at least TTL - refresh_ms more: none has expired, and each key
+-- holds a TTL. An active user's keys live at least TTL - refresh_ms past their last event. The
+-- dedup key needs no TTL of its own: written by every event, it existed at the refresh (an
+-- event whose user has no x refreshes; an impression, which stops earlier, gives it a TTL
+-- itself then), and its trims never empty it.
 if etype ~= 'refresh' then
-  local refreshed = tonumber(redis.call('HGET', KEYS[6], 'x') or '0')
-  if ts - refreshed > 3600000 or ts < refreshed then
-    redis.call('HSET', KEYS[6], 'x', ts)
-    touched = {KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}
+  if refresh_due() then
+    redis.call('HSET', KEYS[6], 'x', now())
+    touched = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}
+    if anon_record then touched[#touched + 1] = KEYS[7] end
   end
 end
 for _, key in ipairs(touched) do redis.call('EXPIRE', key, ttl) end
@@ -220,9 +252,11 @@ if home[1] and home[1] == req['e'] and tonumber(home[2]) == tonumber(req['n']) t
 else
   feeds['home'] = {e = home[1] or '', n = home[2] or '0', b = redis.call('HGET', KEYS[8], 'b') or ''}
 end
--- Context feeds, for users who have them (or when asked): nobody else pays for them.
+-- Context feeds, for users who have them (or when asked): nobody else pays for them (one EXISTS
+-- of both keys for the many who have neither).
+local any_context = next(forced) ~= nil or redis.call('EXISTS', KEYS[9], KEYS[10]) > 0
 for _, pair in ipairs({{'similar', KEYS[9]}, {'cart', KEYS[10]}}) do
-  if forced[pair[1]] or redis.call('EXISTS', pair[2]) == 1 then
+  if any_context and (forced[pair[1]] or redis.call('EXISTS', pair[2]) == 1) then
     local st = redis.call('HMGET', pair[2], 'e', 'n', 'b')
     feeds[pair[1]] = {e = st[1] or '', n = st[2] or '0', b = st[3] or ''}
     if pair[1] == 'cart' and personal then

@@ -8,9 +8,14 @@ Cluster mode: with ``PUSHREC_TEST_REDIS_CLUSTER=1`` and ``PUSHREC_TEST_REDIS_CLU
 of scripts/redis-cluster.sh's cluster), every server a test starts on the external Redis runs
 with ``PUSHREC_REDIS_CLUSTER=1`` on the cluster instead. A cluster has one database, so the
 isolation by database number becomes isolation in time: :func:`redis_database` flushes the whole
-cluster and yields its URL (the session's shared server writes its catalog back, as after a
-Redis restart), and an ``isolated`` server shares the cluster with the others. Tests that talk to
-Redis themselves take their client from :func:`redis_client` (a cluster client there).
+cluster and yields its URL (a running shared server writes its catalog back, as after a Redis
+restart), the shared :func:`server` is one per module on a freshly flushed cluster, and an
+``isolated`` server shares the cluster with the others (a module that stores rules or experiments
+puts empty ones back when it ends, so no later server applies them). Tests that talk to Redis
+themselves take their client from :func:`redis_client` / :func:`sync_redis` (cluster clients
+there), ``pushrec`` subprocesses their environment from :func:`cluster_env`; a test that is
+inherently single-node calls :func:`skip_on_cluster`. The Kafka scale-out tests
+(tests/integration/kafka_cluster.py) stay on databases of the single Redis.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from redis import Redis as SyncRedis
@@ -51,9 +57,33 @@ def cluster_url() -> str | None:
     return url
 
 
-def redis_client(url: str) -> Redis:
-    """An asyncio client for ``url``: a cluster client when ``url`` is the test cluster's."""
-    return connect(url, cluster=url == cluster_url())
+def redis_client(url: str, **kwargs: Any) -> Redis:
+    """An asyncio client for ``url``: a cluster client when ``url`` is the test cluster's.
+    Every test that talks to Redis itself takes its client from here (or :func:`sync_redis`)."""
+    return connect(url, cluster=url == cluster_url(), **kwargs)
+
+
+def sync_redis(url: str, **kwargs: Any) -> SyncRedis:
+    """A blocking client for ``url``: redis-py's cluster client when ``url`` is the test
+    cluster's (typed as the single-node client: both answer the same command methods)."""
+    if url == cluster_url():
+        return SyncRedisCluster.from_url(url, **kwargs)  # type: ignore[return-value]
+    return SyncRedis.from_url(url, **kwargs)
+
+
+def cluster_env(url: str | None) -> dict[str, str]:
+    """What a ``pushrec`` subprocess given ``url`` needs in its environment when ``url`` is the
+    test cluster's: ``PUSHREC_REDIS_CLUSTER=1`` and the node's URL, which that setting requires
+    (neither is inherited from the test run); nothing otherwise."""
+    if url is None or url != cluster_url():
+        return {}
+    return {"PUSHREC_REDIS_CLUSTER": "1", "PUSHREC_REDIS_URL": url}
+
+
+def skip_on_cluster(reason: str) -> None:
+    """Skip the calling test in cluster mode; ``reason`` says why it is inherently single-node."""
+    if cluster_url() is not None:
+        pytest.skip(f"single Redis only: {reason}")
 
 
 def free_port() -> int:
@@ -96,6 +126,11 @@ def start_server(
         "PUSHREC_REPEAT_WEIGHT": "0",
         # Stopping a test server closes its sockets at once (test_graceful.py spreads them).
         "PUSHREC_SHUTDOWN_WINDOW_S": "0",
+        # Read-your-writes for rankings the tests assert exactly: with the default 1 s item
+        # cache a list may legitimately change once fresher item-side lists are read (e.g. a
+        # repeat view re-ranking after the cache expired). The cache's staleness bound is
+        # tested on its own (tests/integration/test_event_path.py, tests/unit/test_itemcache.py).
+        "PUSHREC_ITEM_CACHE_S": "0",
         **(extra_env or {}),
     }
     redis_url = os.environ.get("PUSHREC_TEST_REDIS_URL")
@@ -160,16 +195,28 @@ def stop_server(proc: subprocess.Popen[bytes]) -> int:
         return proc.wait()
 
 
-@pytest.fixture(scope="session")
+def _server_scope(fixture_name: str, config: pytest.Config) -> Literal["module", "session"]:
+    # A single Redis keeps the shared server on its own database for the whole session. A
+    # cluster has one database, which every module's servers write (trending, neighbours,
+    # rules, experiments): there the shared server is one per module, on a flushed cluster, so
+    # the rankings a module asserts are its own traffic's, as on a single Redis.
+    return "module" if cluster_url() is not None else "session"
+
+
+@pytest.fixture(scope=_server_scope)
 def server() -> Iterator[Server]:
-    """One real server for the integration session, with a small catalog loaded."""
+    """One real server for the integration session (per module in cluster mode, see
+    ``_server_scope``), with a small catalog loaded."""
     (ROOT / ".pytest_cache").mkdir(exist_ok=True)
-    proc, srv = start_server()
-    try:
-        srv.load_catalog()
-        yield srv
-    finally:
-        stop_server(proc)
+    with contextlib.ExitStack() as stack:
+        if cluster_url() is not None:
+            stack.enter_context(redis_database(0))  # flushed: no other module's traffic
+        proc, srv = start_server()
+        try:
+            srv.load_catalog()
+            yield srv
+        finally:
+            stop_server(proc)
 
 
 def run(url: str, body: Callable[[Redis], Awaitable[None]]) -> None:

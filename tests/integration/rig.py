@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 
 from redis.asyncio import Redis
 
-from push.redis_client import connect
 from sessions.broker_memory import MemoryBroker
 from sessions.feeds import FeedStore, FeedUpdate
 from streams.catalog import Catalog, Item
@@ -15,6 +14,7 @@ from streams.experiment_stats import ExperimentStats
 from streams.processor import Processor
 from streams.profile import ProfileStore, ScoringTuning
 from streams.recommender import Recommender, RecommenderTuning
+from tests.integration.conftest import redis_client
 
 
 @dataclass
@@ -39,7 +39,7 @@ async def processor_rig(
     """A flushed database holding ``items``, and a processor scoring with the classic sources
     only (no session kNN, no repeat slot: the tests assert those rankings), ``size`` items per
     feed. The broker delivers the updates of ``watched`` users to ``Rig.published``."""
-    redis = connect(url)
+    redis = redis_client(url)
     await redis.flushdb()
     catalog = Catalog(redis)
     await catalog.upsert(list(items))

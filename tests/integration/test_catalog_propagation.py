@@ -20,7 +20,6 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from push.redis_client import connect
 from sessions.broker_memory import MemoryBroker
 from sessions.diff import apply_diff, checksum, ids_of
 from sessions.feeds import FeedState, FeedStore, FeedUpdate, shown_key
@@ -28,7 +27,7 @@ from sessions.keys import feed_key, history_key
 from sessions.versions import Version
 from streams.catalog import Catalog, Item
 from streams.propagate import PENDING_KEY, PropagationIncomplete, Propagator
-from tests.integration.conftest import redis_database, start_server, stop_server
+from tests.integration.conftest import redis_client, redis_database, start_server, stop_server
 from tests.integration.harness import (
     FeedClient,
     Server,
@@ -135,7 +134,7 @@ def test_out_of_stock_leaves_every_open_feed_within_a_second(node: Server, redis
             after = await stored_feed(node, user)
             assert after["version"] == tab.version and after["items"] == tab.items
 
-            redis = connect(redis_url)
+            redis = redis_client(redis_url)
             try:
                 assert await redis.zscore(shown_key(HOME, x), user) is None
             finally:
@@ -185,7 +184,7 @@ def test_the_index_follows_recomputes(node: Server, redis_url: str) -> None:
         items = await new_category(node)
         x, y = items[0]["item_id"], items[1]["item_id"]
         user = new_id("u")
-        redis = connect(redis_url)
+        redis = redis_client(redis_url)
         try:
             feed = await view_settled(node, user, x, y)
             assert x in ids_of(feed["items"])
@@ -260,7 +259,7 @@ def test_an_expired_user_is_cleaned_from_the_index(node: Server, redis_url: str)
         items = await new_category(node)
         x, y = items[0]["item_id"], items[1]["item_id"]
         user = new_id("u")
-        redis = connect(redis_url)
+        redis = redis_client(redis_url)
         try:
             await view_settled(node, user, x, y)
             assert await redis.zscore(shown_key(HOME, x), user) is not None
@@ -358,7 +357,7 @@ def item(item_id: str, price: float = 1.0, *, in_stock: bool = True) -> Item:
 
 
 async def rig(url: str, *, feeds: FeedStore | None = None, settle_s: float | None = None) -> Rig:
-    redis = connect(url)
+    redis = redis_client(url)
     catalog = Catalog(redis)
     store = feeds or FeedStore(redis, ttl_s=TTL_S, history_len=20)
     broker = MemoryBroker()
@@ -413,7 +412,7 @@ def run(url: str, body: Any) -> None:
 
 def test_writes_keep_the_index_bounded_and_confirmed(direct_url: str) -> None:
     async def scenario() -> None:
-        redis = connect(direct_url)
+        redis = redis_client(direct_url)
         now = [1_000_000.0]
         store = FeedStore(
             redis, ttl_s=TTL_S, history_len=5, index_refresh_s=60, clock=lambda: now[0]
@@ -525,7 +524,7 @@ class RacingStore(FeedStore):
 
 def test_a_lost_race_is_edited_again_on_the_new_version(direct_url: str) -> None:
     async def scenario() -> None:
-        redis = connect(direct_url)
+        redis = redis_client(direct_url)
         store = RacingStore(redis, ttl_s=TTL_S, history_len=20)
         r = await rig(direct_url, feeds=store)
         try:
@@ -590,7 +589,7 @@ def test_a_failed_propagation_is_finished_by_the_same_put_again(direct_url: str)
             return await super().shown(feed, items, since_ms=since_ms)
 
     async def scenario() -> None:
-        redis = connect(direct_url)
+        redis = redis_client(direct_url)
         store = Flaky(redis, ttl_s=TTL_S, history_len=20)
         r = await rig(direct_url, feeds=store)
         try:

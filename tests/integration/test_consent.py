@@ -17,15 +17,19 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from push.redis_client import connect as redis_connect
 from sessions.keys import TREND_BUCKETS, neighbours_key, trend_key, user_tag
 from streams.consent import consent_key
 from streams.events import Event
 from streams.merge import merge_profiles
 from streams.profile import ProfileStore, ProfileTuning, user_keys
-from tests.integration.conftest import redis_database, start_server, stop_server
+from tests.integration.conftest import (
+    redis_client,
+    redis_database,
+    start_server,
+    stop_server,
+    sync_redis,
+)
 from tests.integration.harness import (
     Server,
     api,
@@ -162,7 +166,7 @@ def _trending(url: str) -> list[list[Any]]:
 
 def _zset(url: str, key: str) -> list[Any]:
     """The members of sorted set ``key`` with their scores, lowest first."""
-    client = redis.Redis.from_url(url)
+    client = sync_redis(url)
     try:
         return list(client.zrange(key, 0, -1, withscores=True))
     finally:
@@ -451,7 +455,7 @@ def test_identify_merges_no_profile_into_a_user_without_consent(node_url: str) -
     anon, user, keen = f"anon:{new_id('v')}", new_id("denies"), new_id("keen")
 
     async def scenario() -> None:
-        client = redis_connect(node_url)
+        client = redis_client(node_url)
         try:
             profiles = ProfileStore(client, ProfileTuning())
             for visitor in (anon, anon + "-2"):

@@ -11,7 +11,6 @@ from collections.abc import Iterator
 import pytest
 from redis.asyncio import Redis
 
-from push.redis_client import connect
 from sessions.broker_memory import MemoryBroker
 from sessions.feeds import FeedStore
 from sessions.keys import feed_key
@@ -19,7 +18,7 @@ from streams.catalog import Catalog, Item
 from streams.events import Event
 from streams.processor import Processor
 from streams.propagate import Propagator
-from tests.integration.conftest import redis_database, start_server, stop_server
+from tests.integration.conftest import redis_client, redis_database, start_server, stop_server
 from tests.integration.harness import Server, api, new_id, view_settled, ws_client
 from tests.integration.rig import plain_items, processor_rig
 
@@ -61,7 +60,7 @@ def test_similar_follows_the_item_being_looked_at(direct_url: str) -> None:
         )
         # A user without the feed never gets one: nobody pays for feeds nobody shows.
         await processor.handle_batch([_event("plain", "view", "p0", now + 4)])
-        redis = connect(direct_url)
+        redis = redis_client(direct_url)
         assert not await redis.exists(feed_key("plain", "similar"), feed_key("plain", "cart"))
         await redis.aclose()
 

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from push.redis_client import connect
 from sessions.feeds import FeedStore
 from streams.evaluation.baselines import BASELINES, make_baseline
 from streams.evaluation.engine import Engine
 from streams.evaluation.harness import Prequential, Result, micro_batches, run_baseline, run_engine
 from streams.evaluation.readers import Dataset, load_dataset
-from tests.integration.conftest import ROOT, redis_database
+from tests.integration.conftest import ROOT, cluster_env, redis_client, redis_database
 
 #: Slices of the two public logs, committed (tests/data/README.md says where they come from).
 DATA = ROOT / "tests" / "data"
@@ -45,7 +44,7 @@ def _rees46_slice(tmp_path: Path) -> Dataset:
 
 async def _engine_result(url: str, dataset: Dataset) -> tuple[Result, dict[str, list[str]]]:
     """The engine's result, and every user's stored feed ids after the replay."""
-    redis = connect(url)
+    redis = redis_client(url)
     await redis.flushdb()
     try:
         engine = Engine(redis, size=max(KS))
@@ -97,7 +96,7 @@ def test_engine_on_a_slice_of_each_real_log(redis_url: str, tmp_path: Path, log:
 async def _screens_follow_the_stored_feed(url: str, dataset: Dataset) -> int:
     """Replay like run_engine, checking before each micro-batch that every screen about to be
     scored is the feed stored in Redis at that moment. Returns the number of checks."""
-    redis = connect(url)
+    redis = redis_client(url)
     await redis.flushdb()
     try:
         engine = Engine(redis, size=max(KS))
@@ -139,12 +138,13 @@ TINY_CSV = "user,item,ts\n" + "".join(
 )
 
 
-def _pushrec(*args: str) -> subprocess.CompletedProcess[str]:
+def _pushrec(*args: str, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``pushrec eval ARGS``; ``url``: the ``--redis-url`` among ``args``, if any."""
     env = {k: v for k, v in os.environ.items() if k != "PUSHREC_REDIS_URL"}
     return subprocess.run(
         [sys.executable, "-m", "push.cli", "eval", *args],
         cwd=ROOT,
-        env={**env, "PUSHREC_LOG_LEVEL": "warning"},
+        env={**env, **cluster_env(url), "PUSHREC_LOG_LEVEL": "warning"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -179,7 +179,7 @@ def test_pushrec_eval_end_to_end_on_a_tiny_log(tmp_path: Path) -> None:
 
 
 def test_pushrec_eval_refuses_a_redis_that_holds_data(redis_url: str, tmp_path: Path) -> None:
-    client = connect(redis_url)
+    client = redis_client(redis_url)
 
     async def seed() -> None:
         await client.set("someone-else", "1")
@@ -189,7 +189,7 @@ def test_pushrec_eval_refuses_a_redis_that_holds_data(redis_url: str, tmp_path: 
     data = tmp_path / "tiny.csv"
     data.write_text(TINY_CSV)
     args = ("--dataset", "csv", "--data", str(data), "--split", "0.5", "--redis-url", redis_url)
-    done = _pushrec(*args, "--algorithms", "engine")
+    done = _pushrec(*args, "--algorithms", "engine", url=redis_url)
     assert done.returncode == 2 and "not empty" in done.stderr
-    done = _pushrec(*args, "--algorithms", "engine", "--flush")
+    done = _pushrec(*args, "--algorithms", "engine", "--flush", url=redis_url)
     assert done.returncode == 0, done.stderr

@@ -17,7 +17,6 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from sessions.feeds import FeedStore, FeedUpdate
 from streams.events import Event
@@ -25,7 +24,7 @@ from streams.experiment_stats import ExperimentStats
 from streams.experiments import Experiment, ExperimentSet, parse_experiments
 from streams.experiments_store import EXPERIMENTS_KEY
 from streams.processor import Processor
-from tests.integration.conftest import redis_database, start_server, stop_server
+from tests.integration.conftest import redis_database, start_server, stop_server, sync_redis
 from tests.integration.harness import (
     Server,
     api,
@@ -189,7 +188,7 @@ def test_impressions_and_clicks_count_once_per_list_and_only_for_the_users_varia
 
 
 def _clean(url: str) -> None:
-    client = redis.Redis.from_url(url)
+    client = sync_redis(url)
     client.delete(EXPERIMENTS_KEY, "pr:rules")
     for key in client.keys("pr:{x:*"):  # experiment counters: one slot per key
         client.delete(key)
@@ -217,6 +216,9 @@ def node(node_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Se
         srv.load_catalog()
         asyncio.run(view_settled(srv, new_id("crowd"), "phones-1", "phones-2", "books-1"))
         yield srv
+        # Announced, so every node following this Redis drops the module's experiments: on a
+        # cluster (one database) that includes the session's shared server.
+        asyncio.run(_put(srv, "experiments: []\n"))
     finally:
         stop_server(proc)
 

@@ -17,7 +17,14 @@ import msgpack
 from aiokafka import AIOKafkaConsumer
 
 from sessions.keys import TREND_BUCKETS, neighbours_key, trend_bucket, trend_key
-from tests.integration.harness import SCALE, FeedClient, new_id, version_key, ws_client
+from tests.integration.harness import (
+    SCALE,
+    FeedClient,
+    new_id,
+    processed_events,
+    version_key,
+    ws_client,
+)
 from tests.integration.kafka_cluster import Cluster, Record, cluster
 
 ITEMS = [f"{cat}-{n}" for cat in ("phones", "shoes", "books") for n in range(10)]
@@ -291,6 +298,11 @@ def test_three_nodes_learn_exactly_what_one_node_learns() -> None:
                 for n in range(0, len(events), 20):
                     assert (await web.post(events[n : n + 20])).status_code == 202
                 await _until(lambda: _applied(c, users) == len(events), 60)
+                # The dedup sets are the user lanes' writes; the item side is written after
+                # them, and counted as processed once the whole lane is done.
+                async with asyncio.timeout(60 * SCALE):
+                    while sum([await processed_events(n) for n in nodes]) < len(events):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
 
             asyncio.run(post_all())
             return _model(c, users)

@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.conftest import redis_database, start_server, stop_server
+from tests.integration.conftest import redis_database, start_server, stop_server, sync_redis
 from tests.integration.harness import Server, api, metric, new_id, view_settled, ws_client
 
 RULES = textwrap.dedent(
@@ -61,7 +60,7 @@ def node(node_url: str) -> Iterator[Server]:
 
 def mentions(url: str, needle: str) -> list[str]:
     """Every key of the database whose name or content holds ``needle``."""
-    client = redis.Redis.from_url(url)
+    client = sync_redis(url)
     raw = needle.encode()
     found = []
     try:

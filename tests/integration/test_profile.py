@@ -22,7 +22,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
-import redis
 from redis.asyncio import Redis
 
 from push.redis_server import EmbeddedRedis
@@ -41,7 +40,7 @@ from sessions.keys import (
 from sessions.versions import Version
 from streams.events import Event
 from streams.profile import ProfileStore, ProfileTuning, ProfileView, Scored, ScoringTuning
-from tests.integration.conftest import run
+from tests.integration.conftest import run, sync_redis
 
 NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z (a multiple of 16: the dedup trim runs on it)
 DAY_MS = 86_400_000
@@ -67,7 +66,7 @@ def redis_url() -> Iterator[str]:
     external = os.environ.get("PUSHREC_TEST_REDIS_URL")
     if external:
         url = _dedicated(external)
-        client = redis.Redis.from_url(url)
+        client = sync_redis(url)
         try:
             client.flushdb()
         finally:

@@ -23,8 +23,7 @@ from redis.asyncio import Redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
-from push.redis_client import connect as redis_connect
-from tests.integration.conftest import ROOT, redis_database, start_server, stop_server
+from tests.integration.conftest import ROOT, redis_client, redis_database, start_server, stop_server
 from tests.integration.harness import (
     SCALE,
     FeedClient,
@@ -529,7 +528,7 @@ async def user_keys(redis: Redis, user: str) -> list[bytes]:
 
 def test_anonymous_visitor_identifies_as_a_user(v1: Server, redis_url: str) -> None:
     async def scenario() -> None:
-        redis = redis_connect(redis_url)
+        redis = redis_client(redis_url)
         try:
             await body(redis)
         finally:

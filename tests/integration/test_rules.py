@@ -11,10 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
 from streams.rules_store import RULES_KEY
-from tests.integration.conftest import redis_database, start_server, stop_server
+from tests.integration.conftest import redis_database, start_server, stop_server, sync_redis
 from tests.integration.harness import Server, api, metric, new_id, view_settled, ws_client
 
 EVERYTHING = [f"{c}-{n}" for c in ("phones", "shoes", "books") for n in range(8)]
@@ -24,7 +23,7 @@ EVERYTHING = [f"{c}-{n}" for c in ("phones", "shoes", "books") for n in range(8)
 def redis_url() -> Iterator[str]:
     """This module's Redis (database 6 of ``PUSHREC_TEST_REDIS_URL``, or a private one)."""
     with redis_database(6) as url:
-        client = redis.Redis.from_url(url)
+        client = sync_redis(url)
         client.delete(RULES_KEY)  # a clean slate on a reused external database
         client.close()
         yield url
@@ -48,6 +47,9 @@ def node(redis_url: str, rules_file: Path) -> Iterator[Server]:
         srv.load_catalog()
         asyncio.run(view_settled(srv, new_id("crowd"), *EVERYTHING))
         yield srv
+        # Announced, so every node following this Redis drops the module's rules: on a cluster
+        # (one database) that includes the session's shared server.
+        asyncio.run(put_rules(srv, "rules: []\n"))
     finally:
         stop_server(proc)
 

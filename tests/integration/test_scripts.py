@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from push.redis_client import connect
 from sessions.scripts import PipelinedScript
-from tests.integration.conftest import redis_database
+from tests.integration.conftest import redis_client, redis_database
 
+# One hash tag: a script call's keys must share a slot on Redis Cluster.
 COUNT = "return redis.call('INCR', KEYS[1])"
 
 
@@ -22,14 +22,16 @@ def redis_url() -> Iterator[str]:
 
 def test_runs_in_order_and_survives_a_script_flush(redis_url: str) -> None:
     async def scenario() -> None:
-        redis = connect(redis_url)
+        redis = redis_client(redis_url)
         try:
-            await redis.delete("scripts:n")
+            await redis.delete("{scripts}:n")
             script = PipelinedScript(redis, COUNT)
-            assert await script.run_many([(["scripts:n"], [])] * 3) == [1, 2, 3]
+            assert await script.run_many([(["{scripts}:n"], [])] * 3) == [1, 2, 3]
             await redis.script_flush()  # as after a Redis restart: the SHA is unknown
-            assert await script.run_many([(["scripts:n"], [])] * 2) == [4, 5]  # not 6, 7
-            replies = await script.run_many([(["scripts:n", "extra"], []), (["scripts:n"], [])])
+            assert await script.run_many([(["{scripts}:n"], [])] * 2) == [4, 5]  # not 6, 7
+            replies = await script.run_many(
+                [(["{scripts}:n", "{scripts}:extra"], []), (["{scripts}:n"], [])]
+            )
             assert replies == [6, 7]
         finally:
             await redis.aclose()

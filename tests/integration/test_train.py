@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from push.redis_client import connect
 from sessions.keys import MODEL_KEY
 from streams.events import Event
 from streams.itemcache import ItemCache
@@ -30,7 +29,7 @@ from streams.train import (
     unload_model,
     versions,
 )
-from tests.integration.conftest import ROOT, redis_database, run
+from tests.integration.conftest import ROOT, cluster_env, redis_client, redis_database, run
 
 NOW = 1_767_225_600_000
 #: Only the classic sources and the model: no session kNN, no repeat slot, no decay in a test.
@@ -99,7 +98,7 @@ def test_a_reader_never_sees_a_version_with_incomplete_keys(redis_url: str) -> N
         done = asyncio.Event()
 
         async def reader() -> None:
-            client = connect(redis_url)
+            client = redis_client(redis_url)
             try:
                 while not done.is_set():
                     version = await current_version(client)
@@ -213,7 +212,7 @@ def _pushrec(*args: str, url: str | None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "push.cli", *args],
         cwd=ROOT,
-        env={**env, "PUSHREC_LOG_LEVEL": "warning"},
+        env={**env, **cluster_env(url), "PUSHREC_LOG_LEVEL": "warning"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -240,7 +239,7 @@ def test_pushrec_train_end_to_end(redis_url: str, tmp_path: Path) -> None:
         assert len(await keys_of(redis, version)) == 6
 
     async def main() -> None:
-        client = connect(redis_url)
+        client = redis_client(redis_url)
         try:
             await check(client)
         finally:

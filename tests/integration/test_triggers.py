@@ -19,7 +19,6 @@ from typing import Any, ClassVar, cast
 import pytest
 import redis
 
-from push.redis_client import connect as redis_connect
 from sessions.broker_memory import MemoryBroker
 from sessions.feeds import FeedState, FeedStore, shown_key
 from sessions.keys import TIMER_BUCKETS, claimed_key, merged_key, timer_bucket, timers_key
@@ -32,7 +31,13 @@ from streams.triggers import (
     Triggers,
     events_key,
 )
-from tests.integration.conftest import redis_database, start_server, stop_server
+from tests.integration.conftest import (
+    redis_client,
+    redis_database,
+    start_server,
+    stop_server,
+    sync_redis,
+)
 from tests.integration.harness import (
     SCALE,
     FeedClient,
@@ -70,7 +75,7 @@ def _members(client: redis.Redis, key: str) -> list[bytes]:
 
 
 def _clean(url: str) -> None:
-    client = redis.Redis.from_url(url)
+    client = sync_redis(url)
     client.flushdb()
     client.close()
 
@@ -194,7 +199,7 @@ def test_a_delayed_trigger_fires_once_after_its_delay(node: Server, redis_url: s
             frames = len(feed.frames)
             await asyncio.sleep(1.5 * SCALE)  # several more polls: nothing more happens
             assert len(feed.frames) == frames
-        r = redis.Redis.from_url(redis_url)
+        r = sync_redis(redis_url)
         try:
             bucket = timer_bucket(user)
             members = [m for m in _members(r, timers_key(bucket)) if user.encode() in m]
@@ -259,7 +264,7 @@ def test_catalog_changes_reach_open_offers(node: Server, redis_url: str) -> None
         deal: dict[str, Any] = {"item_id": x, "title": "Deal", "price": 50.0, "category": "deals"}
         await put_item(deal)
         user = new_id("u")
-        r = redis.Redis.from_url(redis_url)
+        r = sync_redis(redis_url)
         try:
             async with offers_client(node, user) as feed:
                 await post(node, user, ("view", x), ("view", x))
@@ -345,7 +350,7 @@ def test_a_timer_survives_a_restart() -> None:
             asyncio.run(post(srv, user, ("add_to_cart", "books-8")))
         finally:
             stop_server(proc)
-        r = redis.Redis.from_url(url)
+        r = sync_redis(url)
         try:
             pending = [m for m in _members(r, timers_key(timer_bucket(user))) if user.encode() in m]
             assert len(pending) == 1 and pending[0].startswith(b"o\ncart-reminder\n")
@@ -410,7 +415,7 @@ async def _engine(
     feeds: type[FeedStore] = FeedStore,
     observe: Counts | None = None,
 ) -> tuple[Triggers, Any]:
-    client = redis_connect(url)
+    client = redis_client(url)
     catalog = Catalog(client)
     await catalog.load()
     store = feeds(client, ttl_s=3600, history_len=50)

@@ -19,12 +19,11 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-import redis
 
 from sessions.keys import encode_user, user_tag
 from streams.events import Event
 from streams.profile import ProfileStore, ScoringTuning
-from tests.integration.conftest import redis_database, run, start_server, stop_server
+from tests.integration.conftest import redis_database, run, start_server, stop_server, sync_redis
 from tests.integration.harness import Server, api, new_id, processed_events, settle, ws_client
 from tests.integration.test_privacy import EXPERIMENTS, RULES
 
@@ -128,7 +127,7 @@ async def activity(srv: Server, user: str) -> None:
 
 def dump(url: str) -> dict[bytes, tuple[str, Any]]:
     """Every key of the database with its type and content (not its TTL)."""
-    client = redis.Redis.from_url(url)
+    client = sync_redis(url)
     out: dict[bytes, tuple[str, Any]] = {}
     try:
         for key in client.scan_iter(count=1000):
@@ -254,7 +253,7 @@ def test_keys_stored_before_ids_were_encoded_are_found_exactly(node: Server, nod
     base = f"old{uuid.uuid4().hex[:8]}"
     user = f"{base}}}:evil"
     longer = f"{user}}}:x"
-    client = redis.Redis.from_url(node_url)
+    client = sync_redis(node_url)
     legacy = [f"pr:{{u:{user}}}:recent", f"pr:{{u:{user}}}:feed:home"]
     others = [
         f"pr:{{u:{longer}}}:recent",  # the longer id's old key

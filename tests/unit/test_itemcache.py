@@ -16,30 +16,35 @@ from streams.itemcache import ItemCache, fields, index, seq, top
 
 
 class Pipe:
+    """A pipeline answering raw commands as a RESP3 connection does (sessions/rawpipe.py)."""
+
     def __init__(self, store: Store) -> None:
         self._store = store
         self._ops: list[Any] = []
 
-    def zrevrange(self, key: str, start: int, stop: int, withscores: bool) -> None:
-        self._ops.append(lambda: self._store.zrev(key)[start : stop + 1])
+    def execute_command(self, name: str, key: str, *args: Any) -> None:
+        store = self._store
+        if name == "ZREVRANGE":
+            start, stop = args[0], args[1]
+            self._ops.append(lambda: [[m, s] for m, s in store.zrev(key)[start : stop + 1]])
+        elif name == "ZCARD":
+            self._ops.append(lambda: len(store.z.get(key, {})))
+        elif name == "ZRANGE":
+            start = args[0]
+            self._ops.append(lambda: [m for m, _ in reversed(store.zrev(key))][start:])
+        elif name == "HMGET":
+            h = store.h.get(key, {})
+            self._ops.append(lambda: [h[n].encode() if n in h else None for n in args])
+        else:
+            raise AssertionError(f"unexpected command {name}")
 
-    def zcard(self, key: str) -> None:
-        self._ops.append(lambda: len(self._store.z.get(key, {})))
-
-    def zrange(self, key: str, start: int, stop: int) -> None:
-        self._ops.append(lambda: [m for m, _ in reversed(self._store.zrev(key))][start:])
-
-    def hmget(self, key: str, names: list[str]) -> None:
-        h = self._store.h.get(key, {})
-        self._ops.append(lambda: [h[n].encode() if n in h else None for n in names])
-
-    async def execute(self) -> list[Any]:
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
         self._store.round_trips += 1
         return [op() for op in self._ops]
 
 
 class Store:
-    """Sorted sets and hashes; answers as redis-py does (bytes members, float scores)."""
+    """Sorted sets and hashes; answers as Redis does (bytes members, float scores)."""
 
     def __init__(self) -> None:
         self.z: dict[str, dict[str, float]] = {}
@@ -171,9 +176,9 @@ def test_a_write_during_a_read_in_flight_is_not_kept_past_that_read() -> None:
         gate = asyncio.Event()
         original = Pipe.execute
 
-        async def slow(self: Pipe) -> list[Any]:
+        async def slow(self: Pipe, raise_on_error: bool = True) -> list[Any]:
             await gate.wait()
-            return await original(self)
+            return await original(self, raise_on_error)
 
         Pipe.execute = slow  # type: ignore[method-assign]
         try:
