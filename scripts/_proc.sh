@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Shared by scripts/kafka.sh and scripts/redis.sh (sourced): stop the process in $PIDFILE.
-# Needs: PIDFILE, and the caller's log() and pid_alive() (which checks the pid is really ours).
+# Shared by scripts/kafka.sh, scripts/redis.sh and scripts/redis-cluster.sh (sourced): stop the
+# process in $PIDFILE; install Debian packages without starting their services.
+# Needs: PIDFILE, and the caller's log(), die() and pid_alive() (which checks the pid is ours).
 
 # stop_pidfile SECONDS: TERM, wait up to SECONDS, then KILL; forget the pid file.
 stop_pidfile() {
@@ -23,4 +24,17 @@ stop_pidfile() {
   fi
   rm -f "$PIDFILE"
   log "stopped"
+}
+
+# apt_install_no_service PKG...: apt-get install PKGs (root) while a policy-rc.d keeps their own
+# services from starting: we run our own processes, never the package's service.
+apt_install_no_service() {
+  local policy=/usr/sbin/policy-rc.d created=0 rc=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
+  fi
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      "$@" >/dev/null; } || rc=$?
+  [ "$created" = 1 ] && rm -f "$policy"
+  [ "$rc" = 0 ] || die "apt-get install $* failed"
 }

@@ -39,16 +39,7 @@ find_server() {
   fi
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "redis-server/redis-cli not found; installing Debian's redis-server package"
-    # Keep the package's own service from starting (we run our own processes, never the service).
-    local policy=/usr/sbin/policy-rc.d created=0
-    if [ ! -e "$policy" ]; then
-      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
-    fi
-    local rc=0
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        redis-server redis-tools >/dev/null; } || rc=$?
-    [ "$created" = 1 ] && rm -f "$policy"
-    [ "$rc" = 0 ] || die "apt-get install redis-server failed"
+    apt_install_no_service redis-server redis-tools
     command -v redis-server >/dev/null || die "redis-server still not on PATH after apt-get install"
     command -v redis-server; return 0
   fi

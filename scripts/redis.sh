@@ -38,16 +38,7 @@ find_server() {
   if command -v redis-server >/dev/null; then command -v redis-server; return 0; fi
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     log "redis-server not found; installing Debian's redis-server package"
-    # Keep the package's own service from starting (we run our own process, never the service).
-    local policy=/usr/sbin/policy-rc.d created=0
-    if [ ! -e "$policy" ]; then
-      printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && created=1
-    fi
-    local rc=0
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        redis-server >/dev/null; } || rc=$?
-    [ "$created" = 1 ] && rm -f "$policy"
-    [ "$rc" = 0 ] || die "apt-get install redis-server failed"
+    apt_install_no_service redis-server
     command -v redis-server >/dev/null || die "redis-server still not on PATH after apt-get install"
     command -v redis-server; return 0
   fi

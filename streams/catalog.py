@@ -206,20 +206,22 @@ class Catalog:
         mirror): None when the item was new (or its stored form unreadable). Catalog propagation
         (:mod:`streams.propagate`) uses it to tell which items changed.
         """
-        pipe = self._redis.pipeline(transaction=False)
-        for item in items:
-            pipe.set(
-                item_key(item.item_id),
-                _stored_form(item),
-                get=True,
-            )
-        pipe.zadd(ITEMS_KEY, {item.item_id: 0 for item in items})
+        pipe = self._storing(items, get=True)
         # Other nodes refresh these ids from Redis (see follow()); ids only, the store is truth.
         # (as a raw command: redis-py's cluster pipeline refuses its publish() method, not PUBLISH)
         pipe.execute_command("PUBLISH", CHANGES_CHANNEL, json.dumps([i.item_id for i in items]))
         replies = await pipe.execute()
         self._put(items)
         return [_parsed(raw) for raw in replies[: len(items)]]
+
+    def _storing(self, items: Sequence[Item], *, get: bool = False, nx: bool = False) -> Any:
+        """A pipeline that stores ``items`` (``SET`` with ``get`` / ``nx``, one reply per item,
+        in order) and adds their ids to the id set; the caller may queue more, then executes."""
+        pipe = self._redis.pipeline(transaction=False)
+        for item in items:
+            pipe.set(item_key(item.item_id), _stored_form(item), get=get, nx=nx)
+        pipe.zadd(ITEMS_KEY, {item.item_id: 0 for item in items})
+        return pipe
 
     async def restore(self) -> int:
         """Write the mirror back to Redis without overwriting anything stored; returns how many
@@ -233,14 +235,7 @@ class Catalog:
         mirrored = list(self._items.values())
         for start in range(0, len(mirrored), 1000):
             chunk = mirrored[start : start + 1000]
-            pipe = self._redis.pipeline(transaction=False)
-            for item in chunk:
-                pipe.set(
-                    item_key(item.item_id),
-                    _stored_form(item),
-                    nx=True,
-                )
-            pipe.zadd(ITEMS_KEY, {item.item_id: 0 for item in chunk})
+            pipe = self._storing(chunk, nx=True)
             replies = await pipe.execute()
             written = [item.item_id for item, ok in zip(chunk, replies, strict=False) if ok]
             if written:
