@@ -27,9 +27,19 @@ commandstats; :mod:`benchmarks.event_cost` gives the same for the REES46 replay)
 ends when the worker has processed every event produced in it, plus one second for the last
 frames. Without ``--rates`` it is one step at ``--rate`` (the single-point table and CDF).
 
+``--redis-cluster URL`` (a node of a Redis Cluster, e.g. scripts/redis-cluster.sh's) runs the web
+node and the worker with ``PUSHREC_REDIS_CLUSTER=1`` on that cluster (flushed first) instead of a
+database of ``PUSHREC_TEST_REDIS_URL``. Redis's CPU is then read per node (INFO ``used_cpu_user``
++ ``used_cpu_sys`` of every master and replica, :class:`benchmarks._cpu.RedisNodes`, as
+:mod:`benchmarks.event_cost` does): the ``Redis`` columns are all nodes together, and the cost
+table adds each node's CPU µs per event and the busiest master's share of all Redis CPU (how
+evenly the shards share the load).
+
     scripts/services.sh run .venv/bin/python -m benchmarks.kafka_latency [--rate N] [--clients N]
     scripts/services.sh run .venv/bin/python -m benchmarks.kafka_latency \
         --rates 100 300 1000 2000 --clients 10000
+    SERVICES_CLUSTER=1 scripts/services.sh run .venv/bin/python -m benchmarks.kafka_latency \
+        --rates 100 300 1000 2000 --clients 10000 --redis-cluster redis://127.0.0.1:17000/0
 """
 
 from __future__ import annotations
@@ -271,6 +281,7 @@ class Rig:
         the nodes' own histograms and Redis's EVALSHA statistics."""
         return {
             "cpu": {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.pids.items()},
+            "redis": self.nodes.cpu(),
             "ticks": machine_ticks(),
             "push": histogram(self.web, "pushrec_event_to_push_seconds", transport="websocket"),
             "lane": histogram(self.worker, "pushrec_recompute_seconds"),
@@ -304,6 +315,10 @@ def run_step(rig: Rig, rate: int, seconds: float, profile: Profile | None = None
         profile.stop()
     r1, wall = rig.read(), time.monotonic() - wall0
     cpu = {name: r1["cpu"][name] - r0["cpu"][name] for name in r1["cpu"]}
+    # Every Redis node's own CPU (INFO): on a cluster, the Redis column is their sum.
+    redis_nodes = {name: r1["redis"][name] - r0["redis"][name] for name in r1["redis"]}
+    if rig.nodes.cluster:
+        cpu["Redis"] = sum(redis_nodes.values())
     idle, total = (b - a for a, b in zip(r0["ticks"], r1["ticks"], strict=True))
     busy = (total - idle) / os.sysconf("SC_CLK_TCK")
     cpu["others"] = max(0.0, busy - sum(cpu.values()))  # readings a tick apart: never below 0
@@ -316,6 +331,7 @@ def run_step(rig: Rig, rate: int, seconds: float, profile: Profile | None = None
         "superseded": sum(c["superseded"] for c in collected),
         "lat": [ms for c in collected for ms in c["lat"]],
         "cpu": cpu,
+        "redis_nodes": redis_nodes,
         "idle": idle / max(1, total),
         "wall": wall,
         "backlog": backlog_s,
@@ -460,8 +476,9 @@ def print_costs(args: argparse.Namespace, res: dict[str, Any]) -> None:
     """CPU µs per event of each process, and Redis's costliest commands per event, per step."""
     print(
         "\nCPU µs per event, per process, over each step (CPU seconds / events produced in it; "
-        "Redis: the server process; Kafka: the broker, shared with other traffic; 'others': "
-        "the rest of the machine), and the load average (1/5/15 min) at the step's end"
+        "Redis: the server process, or every node of a cluster; Kafka: the broker, shared with "
+        "other traffic; 'others': the rest of the machine), and the load average (1/5/15 min) "
+        "at the step's end"
     )
     head = " | ".join(f"{name} µs/event" for name in CPU_COLUMNS)
     print(f"| offered events/s | events | {head} | load average |")
@@ -472,6 +489,8 @@ def print_costs(args: argparse.Namespace, res: dict[str, Any]) -> None:
             f"{step['cpu'].get(name, float('nan')) * 1e6 / sent:,.0f}" for name in CPU_COLUMNS
         )
         print(f"| {step['rate']:,} | {step['sent']:,} | {cpu} | {step['load']} |")
+    if args.redis_cluster:
+        print_shards(res)
     print(
         "\nRedis commands per event, per step (INFO commandstats: calls and µs per event; "
         "commands a script runs are counted on their own and inside the script's µs)"
@@ -492,6 +511,24 @@ def print_costs(args: argparse.Namespace, res: dict[str, Any]) -> None:
             f"| {step['rate']:,} | all but evalsha (mostly run by scripts) | {calls / sent:.2f} "
             f"| {usec / sent:.1f} | {usec / max(1, calls):.1f} |"
         )
+
+
+def print_shards(res: dict[str, Any]) -> None:
+    """Each Redis node's CPU µs per event over each step, and the busiest master's share of all
+    Redis CPU (masters and replicas): 1/3 on 3 masters is an even spread."""
+    names = sorted(res["steps"][0]["redis_nodes"]) if res["steps"] else []
+    print(
+        "\nRedis Cluster: CPU µs per event of each node over each step (INFO used_cpu_user + "
+        "used_cpu_sys), and the busiest master's share of all Redis CPU (masters and replicas)"
+    )
+    print(f"| offered events/s | {' | '.join(names)} | busiest master's share |")
+    print("|" + "---|" * (2 + len(names)))
+    for step in res["steps"]:
+        sent, spent = max(1, step["sent"]), step["redis_nodes"]
+        masters = [spent[n] for n in names if n.endswith("master")]
+        share = max(masters, default=0.0) / max(sum(spent.values()), 1e-9)
+        cells = " | ".join(f"{spent[n] * 1e6 / sent:,.0f}" for n in names)
+        print(f"| {step['rate']:,} | {cells} | {share:.0%} |")
 
 
 def plot_sweep(args: argparse.Namespace, steps: list[dict[str, Any]], path: Path) -> None:
@@ -544,6 +581,12 @@ def main() -> None:
     )
     parser.add_argument("--slowlog", type=int, default=200_000, help="entries kept (profile)")
     parser.add_argument("--logs", type=Path, help="append the web node's and worker's output here")
+    parser.add_argument(
+        "--redis-cluster",
+        metavar="URL",
+        help="a node of a Redis Cluster: the web node and worker run with "
+        "PUSHREC_REDIS_CLUSTER=1 on it (flushed first); Redis CPU per node",
+    )
     args = parser.parse_args()
     sweep = args.rates is not None
     args.rates = args.rates or [args.rate]
@@ -555,16 +598,20 @@ def main() -> None:
     if args.clients + 256 > limit:
         raise SystemExit(f"descriptor limit {limit} is too low for {args.clients} sockets")
     args.bootstrap = os.environ["PUSHREC_TEST_KAFKA_BOOTSTRAP"]
-    redis_url = os.environ["PUSHREC_TEST_REDIS_URL"].rsplit("/", 1)[0] + "/12"
-    store = redis.Redis.from_url(redis_url)
-    store.flushdb()
-    redis_pid = int(store.info("server")["process_id"])
+    if args.redis_cluster:
+        redis_url, cluster_env = args.redis_cluster, {"PUSHREC_REDIS_CLUSTER": "1"}
+    else:
+        redis_url = os.environ["PUSHREC_TEST_REDIS_URL"].rsplit("/", 1)[0] + "/12"
+        cluster_env = {}
+    nodes = RedisNodes.connect(redis_url, cluster=bool(args.redis_cluster))
+    nodes.flush()
     args.topic = f"lat-{uuid.uuid4().hex[:8]}"
     logs = args.logs
     if logs is not None:
         logs.mkdir(parents=True, exist_ok=True)
     warmup = asyncio.run(warm(args.bootstrap, args.topic))
     env = {"PUSHREC_KAFKA_TOPIC": args.topic, "PUSHREC_KAFKA_GROUP": f"g-{args.topic}"}
+    env |= cluster_env
     with (
         node_process(
             args.bootstrap, redis_url, ("worker",), env, logs and logs / "worker.log"
@@ -574,16 +621,17 @@ def main() -> None:
         ) as web,
     ):
         broker = kafka_pid()
-        extra = {"web": [web.pid], "worker": [worker.pid], "Redis": [redis_pid]}
+        extra = {"web": [web.pid], "worker": [worker.pid]}
+        if not nodes.cluster:  # the one server's process (a cluster's nodes are read by INFO)
+            extra["Redis"] = [int(redis.Redis.from_url(redis_url).info("server")["process_id"])]
         if broker is not None:
             extra["Kafka"] = [broker]
         print(
-            f"pids: web {web.pid}, worker {worker.pid}, Redis {redis_pid}, Kafka {broker}",
+            f"pids: {extra}; Redis nodes: {', '.join(nodes.nodes)}",
             flush=True,
         )
         while processed_total(worker.address) < warmup:
             time.sleep(0.2)
-        nodes = RedisNodes.connect(redis_url, cluster=False)
         args.profiler = Profile(
             nodes,
             args.slowlog,

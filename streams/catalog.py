@@ -200,17 +200,18 @@ class Catalog:
         return len(items)
 
     async def upsert(self, items: Sequence[Item]) -> list[Item | None]:
-        """Store ``items`` (one pipeline round trip) and update the mirror.
+        """Store ``items`` (one pipeline round trip, then the announcement) and update the mirror.
 
         Returns what Redis held for each item just before (``SET … GET``, so the truth, not this
         mirror): None when the item was new (or its stored form unreadable). Catalog propagation
         (:mod:`streams.propagate`) uses it to tell which items changed.
         """
-        pipe = self._storing(items, get=True)
+        replies = await self._storing(items, get=True).execute()
         # Other nodes refresh these ids from Redis (see follow()); ids only, the store is truth.
-        # (as a raw command: redis-py's cluster pipeline refuses its publish() method, not PUBLISH)
-        pipe.execute_command("PUBLISH", CHANGES_CHANNEL, json.dumps([i.item_id for i in items]))
-        replies = await pipe.execute()
+        # Announced once every write was acknowledged: on a cluster the items live on every
+        # master, and a PUBLISH in the same pipeline would reach the followers while other
+        # masters had not yet stored them (their re-read found nothing, the mirror missed them).
+        await self._redis.publish(CHANGES_CHANNEL, json.dumps([i.item_id for i in items]))
         self._put(items)
         return [_parsed(raw) for raw in replies[: len(items)]]
 

@@ -15,7 +15,9 @@ puts empty ones back when it ends, so no later server applies them). Tests that 
 themselves take their client from :func:`redis_client` / :func:`sync_redis` (cluster clients
 there), ``pushrec`` subprocesses their environment from :func:`cluster_env`; a test that is
 inherently single-node calls :func:`skip_on_cluster`. The Kafka scale-out tests
-(tests/integration/kafka_cluster.py) stay on databases of the single Redis.
+(tests/integration/kafka_cluster.py) run their nodes on the flushed cluster too, and
+tests/integration/test_kafka_redis_cluster.py (many nodes, a master killed under load) runs only
+in this pass.
 """
 
 from __future__ import annotations

@@ -3,6 +3,12 @@
 Needs ``PUSHREC_TEST_KAFKA_BOOTSTRAP`` and ``PUSHREC_TEST_REDIS_URL`` (``make test`` starts both
 with scripts/services.sh). Without them the Kafka tests are skipped locally and fail under CI.
 Each cluster gets its own topic, consumer group and Redis database, so tests never share state.
+
+Cluster mode (``PUSHREC_TEST_REDIS_CLUSTER=1``, tests/integration/conftest.py): the nodes run with
+``PUSHREC_REDIS_CLUSTER=1`` on the test Redis Cluster, flushed whole when a :func:`cluster` starts
+(a cluster has one database), and :meth:`Cluster.redis` is a cluster client; a test that points
+:attr:`Cluster.redis_url` at a Redis of its own (tests/integration/test_faults.py) gets that
+single Redis for its nodes and its client.
 """
 
 from __future__ import annotations
@@ -12,19 +18,29 @@ import itertools
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import pytest
 import redis
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.integration.conftest import start_server, stop_server
-from tests.integration.harness import Server
+from sessions.keys import TREND_BUCKETS, neighbours_key, trend_key
+from tests.integration.conftest import (
+    cluster_env,
+    redis_database,
+    start_server,
+    stop_server,
+    sync_redis,
+)
+from tests.integration.harness import SCALE, Server
 
 PARTITIONS = 4
+#: The catalog of :meth:`Server.load_catalog`.
+ITEMS = [f"{cat}-{n}" for cat in ("phones", "shoes", "books") for n in range(10)]
 #: A raw record: (key, value, headers).
 Record = tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]
 _DB = itertools.count(1)
@@ -44,13 +60,16 @@ def services() -> tuple[str, str]:
 
 @dataclass
 class Cluster:
-    """Nodes sharing one topic, group and Redis database."""
+    """Nodes sharing one topic, group and Redis database (or the whole test Redis Cluster)."""
 
     bootstrap: str
     redis_url: str
     topic: str
     group: str
     nodes: dict[str, tuple[subprocess.Popen[bytes], Server]] = field(default_factory=dict)
+    #: One client per URL, kept: a cluster client learns the slot map when it is made, and the
+    #: tests poll Redis in tight loops.
+    clients: dict[str, redis.Redis] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
@@ -59,6 +78,7 @@ class Cluster:
             "PUSHREC_KAFKA_TOPIC": self.topic,
             "PUSHREC_KAFKA_GROUP": self.group,
             "PUSHREC_REDIS_URL": self.redis_url,
+            **cluster_env(self.redis_url),  # on the test cluster: PUSHREC_REDIS_CLUSTER=1
         }
 
     def start(self, name: str, *command: str) -> Server:
@@ -78,7 +98,10 @@ class Cluster:
         return stop_server(proc)
 
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(self.redis_url)
+        """A blocking client of the nodes' Redis (a cluster client on the test cluster)."""
+        if self.redis_url not in self.clients:
+            self.clients[self.redis_url] = sync_redis(self.redis_url)
+        return self.clients[self.redis_url]
 
     async def produce(self, records: Sequence[Record]) -> None:
         """Produce raw ``(key, value, headers)`` records straight to the topic."""
@@ -107,16 +130,62 @@ async def _create_topics(bootstrap: str, topic: str) -> None:
 
 @contextmanager
 def cluster() -> Iterator[Cluster]:
-    """A fresh topic, group and Redis database; every node started is stopped after."""
-    bootstrap, base = services()
-    db = next(_DB) % 16 or 1
-    redis_url = f"{base.rsplit('/', 1)[0]}/{db}"
-    redis.Redis.from_url(redis_url).flushdb()
-    name = f"t{uuid.uuid4().hex[:8]}"
-    asyncio.run(_create_topics(bootstrap, name))
-    c = Cluster(bootstrap, redis_url, topic=name, group=f"g-{name}")
-    try:
-        yield c
-    finally:
-        for proc, _ in list(c.nodes.values()):
-            stop_server(proc)
+    """A fresh topic, group and Redis database (in cluster mode: the test cluster, flushed);
+    every node started is stopped after."""
+    bootstrap, _ = services()
+    with redis_database(next(_DB) % 16 or 1) as redis_url:
+        name = f"t{uuid.uuid4().hex[:8]}"
+        asyncio.run(_create_topics(bootstrap, name))
+        c = Cluster(bootstrap, redis_url, topic=name, group=f"g-{name}")
+        try:
+            yield c
+        finally:
+            for proc, _ in list(c.nodes.values()):
+                stop_server(proc)
+            for client in c.clients.values():
+                client.close()
+
+
+async def until(predicate: Callable[[], bool], within_s: float = 20.0) -> None:
+    """Poll a condition on state held in other processes (no event to await across them)."""
+    async with asyncio.timeout(within_s * SCALE):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+
+def applied(c: Cluster, users: Sequence[str]) -> int:
+    """How many distinct events of ``users`` Redis has applied (their dedup sets)."""
+    store = c.redis()
+    counts: list[int] = [store.zcard(f"pr:{{u:{u}}}:dedup") for u in users]
+    return sum(counts)
+
+
+def model(c: Cluster, users: Sequence[str]) -> dict[str, Any]:
+    """Everything the events built in Redis: each user's profile and the learnt item model.
+
+    Decayed scores share one origin per run (the first event it applied), so sums that differ
+    only by that constant factor are made comparable by dividing by the largest.
+    """
+    store = c.redis()
+
+    def scored(key: str, normalise: bool = False) -> dict[str, float]:
+        raw = cast(list[tuple[bytes, float]], store.zrange(key, 0, -1, withscores=True))
+        pairs = {m.decode(): float(s) for m, s in raw}
+        top = max(pairs.values(), default=1.0) if normalise else 1.0
+        return {m: round(s / top, 9) for m, s in pairs.items()}
+
+    learnt: dict[str, Any] = {
+        f"trend:{b}": scored(trend_key(b), normalise=True) for b in range(TREND_BUCKETS)
+    }
+    for item in ITEMS:
+        learnt[f"nb:{item}"] = scored(neighbours_key(item))
+    for user in users:
+        tag = f"pr:{{u:{user}}}:"
+        learnt[user] = {
+            "recent": scored(tag + "recent"),
+            "aff": scored(tag + "aff"),
+            "cart": sorted(m.decode() for m in cast(set[bytes], store.smembers(tag + "cart"))),
+            "bought": scored(tag + "bought"),
+            "events": store.zcard(tag + "dedup"),
+        }
+    return learnt

@@ -10,13 +10,13 @@ import random
 import re
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import msgpack
 from aiokafka import AIOKafkaConsumer
 
-from sessions.keys import TREND_BUCKETS, neighbours_key, trend_bucket, trend_key
+from sessions.keys import trend_bucket, trend_key
 from tests.integration.harness import (
     SCALE,
     FeedClient,
@@ -25,28 +25,15 @@ from tests.integration.harness import (
     version_key,
     ws_client,
 )
-from tests.integration.kafka_cluster import Cluster, Record, cluster
-
-ITEMS = [f"{cat}-{n}" for cat in ("phones", "shoes", "books") for n in range(10)]
-
-
-async def _until(predicate: Any, within_s: float = 20.0) -> None:
-    """Poll a condition on state held in other processes (no event to await across them)."""
-    async with asyncio.timeout(within_s * SCALE):
-        while not predicate():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+from tests.integration.kafka_cluster import ITEMS, Cluster, Record, cluster
+from tests.integration.kafka_cluster import applied as _applied
+from tests.integration.kafka_cluster import model as _model
+from tests.integration.kafka_cluster import until as _until
 
 
 def _recent(c: Cluster, user: str) -> list[str]:
     members = c.redis().zrevrange(f"pr:{{u:{user}}}:recent", 0, -1)
     return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
-
-
-def _applied(c: Cluster, users: list[str]) -> int:
-    """How many distinct events of ``users`` Redis has applied (their dedup sets)."""
-    store = c.redis()
-    counts: list[int] = [store.zcard(f"pr:{{u:{u}}}:dedup") for u in users]
-    return sum(counts)
 
 
 def holds(key: str) -> Callable[[FeedClient], bool]:
@@ -237,37 +224,6 @@ def test_three_nodes_share_the_work_and_survive_a_sigkill() -> None:
                 for a, b in steps
                 if b["version"][1] != a["version"][1] + 1 or b["version"][0] != a["version"][0]
             )
-
-
-def _model(c: Cluster, users: list[str]) -> dict[str, Any]:
-    """Everything the events built in Redis: each user's profile and the learnt item model.
-
-    Decayed scores share one origin per run (the first event it applied), so sums that differ
-    only by that constant factor are made comparable by dividing by the largest.
-    """
-    store = c.redis()
-
-    def scored(key: str, normalise: bool = False) -> dict[str, float]:
-        raw = cast(list[tuple[bytes, float]], store.zrange(key, 0, -1, withscores=True))
-        pairs = {m.decode(): float(s) for m, s in raw}
-        top = max(pairs.values(), default=1.0) if normalise else 1.0
-        return {m: round(s / top, 9) for m, s in pairs.items()}
-
-    model: dict[str, Any] = {
-        f"trend:{b}": scored(trend_key(b), normalise=True) for b in range(TREND_BUCKETS)
-    }
-    for item in ITEMS:
-        model[f"nb:{item}"] = scored(neighbours_key(item))
-    for user in users:
-        tag = f"pr:{{u:{user}}}:"
-        model[user] = {
-            "recent": scored(tag + "recent"),
-            "aff": scored(tag + "aff"),
-            "cart": sorted(m.decode() for m in cast(set[bytes], store.smembers(tag + "cart"))),
-            "bought": scored(tag + "bought"),
-            "events": store.zcard(tag + "dedup"),
-        }
-    return model
 
 
 def test_three_nodes_learn_exactly_what_one_node_learns() -> None:
