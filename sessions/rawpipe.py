@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import hiredis
+from redis._parsers.hiredis import NOT_ENOUGH_DATA, _AsyncHiredisParser
 from redis.asyncio import Redis
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -87,12 +88,16 @@ async def _round_trip(conn: Connection, packed: list[bytes], count: int) -> list
     await conn.send_packed_command(packed)
     # The connection's own parser (hiredis): ``Connection.read_response`` would arm one timeout
     # per reply; one deadline covers them all here.
-    read = conn._parser.read_response  # type: ignore[attr-defined]
+    parser: Any = conn._parser
     replies: list[Any] = []
     try:
         async with asyncio.timeout(conn.socket_timeout):
-            for _ in range(count):
-                replies.append(await read(disable_decoding=True))
+            if isinstance(parser, _AsyncHiredisParser) and parser._connected:
+                await _read_all(parser, count, replies)
+            else:
+                read = parser.read_response
+                for _ in range(count):
+                    replies.append(await read(disable_decoding=True))
     except TimeoutError as exc:
         await conn.disconnect(nowait=True)
         raise RedisTimeoutError(f"Timeout reading {count} pipelined replies") from exc
@@ -106,6 +111,34 @@ async def _round_trip(conn: Connection, packed: list[bytes], count: int) -> list
     if conn.health_check_interval:  # a read counts as a health check (as in read_response)
         conn.next_health_check = asyncio.get_running_loop().time() + conn.health_check_interval
     return replies
+
+
+async def _read_all(parser: _AsyncHiredisParser, count: int, replies: list[Any]) -> None:
+    """``count`` replies from the hiredis reader itself, as ``parser.read_response`` reads them
+    (raw, a push notification handed to the parser and skipped, a ConnectionError the reader
+    built raised) but with no coroutine per reply: most replies of a pipeline are parsed from
+    bytes already read, and the socket is awaited only when the reader needs more."""
+    reader: Any = parser._reader
+    gets = reader.gets
+    push = parser._hiredis_PushNotificationType
+    append = replies.append
+    while len(replies) < count:
+        response = gets(False)
+        while response is NOT_ENOUGH_DATA:
+            if not parser._connected:
+                raise RedisConnectionError("Connection closed by the client")
+            await parser.read_from_socket()  # type: ignore[no-untyped-call]
+            response = gets(False)
+        if push is not None and isinstance(response, push):
+            await parser.handle_push_response(response)
+            continue
+        if isinstance(response, RedisConnectionError) or (
+            isinstance(response, list)
+            and response
+            and isinstance(response[0], RedisConnectionError)
+        ):
+            raise response if isinstance(response, RedisConnectionError) else response[0]
+        append(response)
 
 
 async def _pipelined(redis: Redis, commands: Sequence[Command]) -> list[Any]:

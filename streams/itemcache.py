@@ -15,8 +15,12 @@ Guarantees:
   lane reads again). Other workers' writes show within that bound.
 - **Own writes at once**: the aggregate writes of this worker (:mod:`streams.aggregates`) are
   applied to the cached copies with the exact scores Redis returned, so a worker sees its own
-  increments without a read. A read in flight while such a write lands is served to the lane
-  that asked for it but not kept past that lane (it may predate the write).
+  increments without a read; so are the user lanes' writes to users' recent lists
+  (:meth:`ItemCache.recent_written`: the event's item at its time, as ``ZADD`` then the trim
+  did), which other users' session kNN reads. Applying a write never makes an entry younger: it
+  is read again ``max_age_s`` after its read, whatever was applied since (other workers' writes
+  keep their bound). A read in flight while such a write lands is served to the lane that asked
+  for it but not kept past that lane (it may predate the write).
 - **Memory**: at most ``max_entries`` entries (least recently used go first); each entry is one
   bounded list (the sizes scoring asks for: tens to a few hundred members).
 - Hits and misses are counted (``observe``, the ``pushrec_item_cache`` metric).
@@ -30,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any
 
 from redis.asyncio import Redis
 
@@ -60,12 +64,15 @@ class _Entry:
     kind: str
     #: Monotonic time of the read from Redis (-inf: not to be served again).
     at: float
-    #: _TOP/_INDEX: [(member, score)] best first; _SEQ: [member] oldest first; _HASH: dict.
+    #: _TOP/_INDEX: [(member, score)] best first; _SEQ: [member] oldest first (ties by member,
+    #: as ZRANGE orders); _HASH: dict.
     value: Any
     #: How many members were asked for (a shorter answer means the whole set is here).
     depth: int = 0
     #: _INDEX: the set's size.
     card: int = 0
+    #: _SEQ: each member's score (the time of the user's latest touch), in ``value``'s order.
+    times: list[float] | None = None
 
     @property
     def complete(self) -> bool:
@@ -76,44 +83,36 @@ def _ignore(_result: str, _n: int) -> None:
     return None
 
 
-class Want(NamedTuple):
-    """One read a lane needs: ``kind`` of ``key``, ``depth`` members (or hash fields).
-
-    A named tuple, not a dataclass: a lane builds about a hundred per event."""
-
-    kind: str
-    key: str
-    depth: int = 0
-    fields: tuple[str, ...] = ()
-
-
-#: Builds a :class:`Want` without the named tuple's generated ``__new__`` (a Python lambda).
-_new_want = tuple.__new__
+#: One read a lane needs: (kind, key, depth, hash field names) — ``kind`` of ``key``, ``depth``
+#: members (or the hash's fields). A plain tuple, built by :func:`top`, :func:`index`,
+#: :func:`seq`, :func:`seqs` and :func:`fields`: a lane builds about a hundred per event, and a
+#: named tuple's construction costs several times a tuple display's.
+Want = tuple[str, str, int, tuple[str, ...]]
 
 
 def top(key: str, depth: int) -> Want:
     """The best ``depth`` members of sorted set ``key`` with their scores."""
-    return _new_want(Want, (_TOP, key, depth, ()))
+    return (_TOP, key, depth, ())
 
 
 def index(key: str, depth: int) -> Want:
     """The latest ``depth`` members of session index ``key``, and its size."""
-    return _new_want(Want, (_INDEX, key, depth, ()))
+    return (_INDEX, key, depth, ())
 
 
 def seq(key: str, depth: int) -> Want:
     """The latest ``depth`` members of a user's ``recent`` list, oldest first."""
-    return _new_want(Want, (_SEQ, key, depth, ()))
+    return (_SEQ, key, depth, ())
 
 
 def seqs(keys: Iterable[str], depth: int) -> list[Want]:
     """:func:`seq` of each of ``keys`` (a lane names some fifty per event)."""
-    return [_new_want(Want, (_SEQ, key, depth, ())) for key in keys]
+    return [(_SEQ, key, depth, ()) for key in keys]
 
 
 def fields(key: str, *names: str) -> Want:
     """Fields of hash ``key``."""
-    return _new_want(Want, (_HASH, key, 0, names))
+    return (_HASH, key, 0, names)
 
 
 class ItemCache:
@@ -182,7 +181,7 @@ class ItemCache:
                 hits += 1
                 continue
             prior = missing.get(key)
-            if prior is None or prior.depth < depth:
+            if prior is None or prior[2] < depth:
                 missing[key] = want
         if hits:
             self.observe("hit", hits)
@@ -193,41 +192,41 @@ class ItemCache:
 
     async def _read(self, wants: Sequence[Want], snap: Snapshot) -> None:
         commands: list[tuple[Any, ...]] = []
-        for w in wants:
-            kind = w.kind
+        keys = [w[1] for w in wants]
+        for kind, key, depth, names in wants:
             if kind == _TOP:
-                commands.append(("ZREVRANGE", w.key, 0, w.depth - 1, "WITHSCORES"))
+                commands.append(("ZREVRANGE", key, 0, depth - 1, "WITHSCORES"))
             elif kind == _INDEX:
-                commands.append(("ZREVRANGE", w.key, 0, w.depth - 1, "WITHSCORES"))
-                commands.append(("ZCARD", w.key))
+                commands.append(("ZREVRANGE", key, 0, depth - 1, "WITHSCORES"))
+                commands.append(("ZCARD", key))
             elif kind == _SEQ:
-                commands.append(("ZRANGE", w.key, -w.depth, -1))
+                commands.append(("ZRANGE", key, -depth, -1, "WITHSCORES"))
             else:
-                commands.append(("HMGET", w.key, *w.fields))
+                commands.append(("HMGET", key, *names))
         inflight = self._inflight
-        for w in wants:
-            inflight[w.key] = inflight.get(w.key, 0) + 1
+        for key in keys:
+            inflight[key] = inflight.get(key, 0) + 1
         at = self._clock()
         try:
             replies = iter(await rawpipe.execute(self._redis, commands))
         finally:
-            for w in wants:
-                left = inflight[w.key] - 1
+            for key in keys:
+                left = inflight[key] - 1
                 if left:
-                    inflight[w.key] = left
+                    inflight[key] = left
                 else:
-                    del inflight[w.key]
+                    del inflight[key]
         entries = snap.entries
         tainted = self._tainted
-        for w in wants:
+        for w, key in zip(wants, keys, strict=True):
             entry = _parse(w, replies, at)
-            entries[w.key] = entry
-            if tainted and w.key in tainted:
+            entries[key] = entry
+            if tainted and key in tainted:
                 # An own write landed while this read was in flight: the answer may predate it.
                 entry.at = -math.inf
-                if w.key not in inflight:
-                    tainted.discard(w.key)
-            self._store(w.key, entry)
+                if key not in inflight:
+                    tainted.discard(key)
+            self._store(key, entry)
 
     def _store(self, key: str, entry: _Entry) -> None:
         self._entries[key] = entry
@@ -260,6 +259,43 @@ class ItemCache:
         entry.card = card
         _place_all(entry, members)
 
+    def recent_written(self, key: str, member: str, at: float, *, cap: int) -> None:
+        """A user's recent list ``key`` now holds ``member`` at time ``at`` (the user lane's
+        ``ZADD``, then its trim to the ``cap`` latest; an own write).
+
+        A cached window of the latest items stays exactly the list's latest: the member moves
+        (or enters) at its time, the oldest leaves a full window; a member that leaves the
+        window downwards (a late event) would let an uncached one in: the copy is dropped."""
+        entry = self._touch(key)
+        if entry is None or entry.kind != _SEQ or entry.times is None:
+            return
+        items: list[str] = entry.value
+        times = entry.times
+        complete = len(items) < entry.depth
+        try:
+            was = items.index(member)
+        except ValueError:
+            was = -1
+        else:
+            del items[was]
+            del times[was]
+        mark = (at, member)
+        if not complete and items and mark < (times[0], items[0]):
+            # Below the window: the list's other members there are not cached.
+            if was >= 0:
+                self.invalidate(key)
+            return
+        # Ascending (time, member), as ZRANGE orders: a touch now lands at the newest end.
+        i = len(items)
+        while i > 0 and (times[i - 1], items[i - 1]) > mark:
+            i -= 1
+        items.insert(i, member)
+        times.insert(i, at)
+        keep = min(entry.depth, cap)
+        if len(items) > keep:
+            del items[: len(items) - keep]
+            del times[: len(times) - keep]
+
     def meta_written(self, key: str, values: dict[str, str]) -> None:
         """Hash ``key``'s fields now hold ``values``."""
         entry = self._touch(key)
@@ -280,22 +316,24 @@ class ItemCache:
 
 def _parse(w: Want, replies: Any, at: float) -> _Entry:
     """The entry of ``w`` from its raw replies (:mod:`sessions.rawpipe`); an error reply raises."""
+    kind, _, depth, names = w
     raw = next(replies)
     if isinstance(raw, Exception):
         raise raw
-    if w.kind == _TOP:
-        return _Entry(_TOP, at, score_pairs(raw), w.depth)
-    if w.kind == _INDEX:
+    if kind == _TOP:
+        return _Entry(_TOP, at, score_pairs(raw), depth)
+    if kind == _INDEX:
         card = next(replies)
         if isinstance(card, Exception):
             raise card
-        return _Entry(_INDEX, at, score_pairs(raw), w.depth, int(card))
-    if w.kind == _SEQ:
-        return _Entry(_SEQ, at, [m.decode() for m in raw], w.depth)
+        return _Entry(_INDEX, at, score_pairs(raw), depth, int(card))
+    if kind == _SEQ:
+        pairs = score_pairs(raw)
+        return _Entry(_SEQ, at, list(map(_MEMBER, pairs)), depth, 0, list(map(_SCORE, pairs)))
     return _Entry(
         _HASH,
         at,
-        {f: (v.decode() if v is not None else None) for f, v in zip(w.fields, raw, strict=True)},
+        {f: (v.decode() if v is not None else None) for f, v in zip(names, raw, strict=True)},
     )
 
 
@@ -334,6 +372,7 @@ def _place_all(entry: _Entry, scores: Iterable[tuple[str, float]]) -> None:
 #: :func:`streams.scoring.redis_order` as a C-level key.
 _BY_REDIS_ORDER = itemgetter(1, 0)
 _MEMBER = itemgetter(0)
+_SCORE = itemgetter(1)
 
 
 class Snapshot:
@@ -394,7 +433,7 @@ class Snapshot:
 
     def visitors(self, item: str, n: int) -> tuple[list[str], int]:
         entry = self.entries[visitors_key(item)]
-        return [m for m, _ in entry.value[:n]], entry.card
+        return list(map(_MEMBER, entry.value[:n])), entry.card
 
     def users(self) -> int:
         if self._users is None:  # once per snapshot: every user of the lane asks

@@ -19,6 +19,9 @@ One event costs (issue 13, docs/ARCHITECTURE.md "Event path"):
    writes seen at once): one pipelined read for what the lane misses, one more for the chosen
    session neighbours' items and the offline model's lists (named by :mod:`streams.reads`).
 
+The settings are :mod:`streams.tunings`' and the views handed to the processor
+:mod:`streams.views`' (both re-exported here); what scoring reads is named in :mod:`streams.reads`.
+
 Guarantees: the user lane is atomic; an event id seen within the dedup window changes nothing and
 is reported as a duplicate; every per-user key carries the profile TTL. The user's consent record
 is read in the same script: for a user without personalization consent nothing is written (no
@@ -28,7 +31,6 @@ aggregate either) and the candidates are a visitor's with no profile (:mod:`stre
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -61,6 +63,7 @@ from streams.consent import (
 from streams.events import CONSENT, Event
 from streams.itemcache import ItemCache, Snapshot, Want
 from streams.rules import OFFER_FEEDS
+from streams.tunings import WEIGHTS, ProfileTuning, ScoringTuning
 from streams.user_lane import (
     FeedReply,
     UserLaneReply,
@@ -68,118 +71,9 @@ from streams.user_lane import (
     script_source,
     user_keys,
 )
+from streams.views import CONTEXT_FEEDS, USER_FEEDS, ContextView, ProfileView, Scored
 
 log = structlog.get_logger(__name__)
-
-#: (affinity, co-visitation, trending) weight of each event type.
-WEIGHTS: dict[str, tuple[float, float, float]] = {
-    "view": (1.0, 1.0, 1.0),
-    "click": (1.0, 1.0, 1.0),
-    "add_to_cart": (3.0, 2.0, 2.0),
-    "remove_from_cart": (0.0, 0.0, 0.0),
-    "purchase": (5.0, 3.0, 3.0),
-    "search": (2.0, 0.0, 0.0),
-    "impression": (0.0, 0.0, 0.0),
-    "refresh": (0.0, 0.0, 0.0),  # not an event: score the candidates without changing anything
-    CONSENT: (0.0, 0.0, 0.0),  # recorded (streams/consent.py), then scored like a refresh
-}
-
-Scored = list[tuple[str, float]]
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileTuning:
-    """Sizes and half-lives of the profile model."""
-
-    ttl_s: int = 30 * 86_400
-    dedup_window_ms: int = 86_400_000
-    dedup_max: int = 2_000
-    recent_max: int = 50
-    neighbours_kept: int = 100
-    affinity_halflife_ms: int = 3 * 86_400_000
-    trending_halflife_ms: int = 6 * 3_600_000
-    covisit_window: int = 5
-    #: Latest users kept per item in the session-kNN index (``pr:{i:<item>}:is``, members are ids
-    #: encoded as in key names, :func:`sessions.keys.encode_user`).
-    session_index_max: int = 200
-    #: Consent policy (``PUSHREC_CONSENT``, streams/consent.py): personalize only users with a
-    #: recorded grant (True, ``required``), or everyone who did not deny (False, ``implied``).
-    consent_required: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class ScoringTuning:
-    """How candidates are scored (in the worker, streams/scoring.py).
-
-    Sources, each normalised to [0, 1] by its best score: co-visitation neighbours of the user's
-    latest ``recent_fetched`` items (``neighbour_w``, times ``recency_decay`` per step back),
-    trending items of the user's top ``categories_fetched`` categories (``category_w`` times the
-    category's share of the user's affinity), global trending (``global_w``), and session kNN
-    (``session_w``: users with overlapping recent items vote for theirs, streams/scoring.py).
-    With ``repeat_w`` > 0 the item being looked at leads the list. The best ``candidates`` (bought
-    items excluded) come back, best first, ties by id.
-    """
-
-    recent_fetched: int = 4
-    neighbours_fetched: int = 15
-    categories_fetched: int = 3
-    trending_fetched: int = 15
-    neighbour_w: float = 1.0
-    recency_decay: float = 0.6
-    category_w: float = 0.35
-    global_w: float = 0.1
-    candidates: int = 24
-    #: Session kNN: this user's latest ``session_items`` items find up to ``session_sample``
-    #: recent users per item; the best ``session_neighbours`` of them vote for their items.
-    session_items: int = 8
-    session_sample: int = 200
-    #: 50 neighbours reading their latest 20 items each: the same HR@20/MRR@20 on YOOCHOOSE as
-    #: 100 neighbours reading whole lists (.6963/.3796 against .6969/.3797), at a fraction of
-    #: the Redis time when many visitors share trending items (docs/benchmarks.md, sweep).
-    session_neighbours: int = 50
-    #: How many of each neighbour's latest items are read and voted for.
-    session_seq: int = 20
-    #: exp((position - last) / decay): how fast older items of this user stop counting.
-    session_position_decay: float = 1.5
-    #: exp(-distance / decay): how fast a neighbour's items far from the shared one stop counting.
-    session_item_decay: float = 2.0
-    session_w: float = 1.0
-    #: The item being looked at leads the list (> 0), or is never in it (0).
-    repeat_w: float = 1.0
-    #: Offline model (``pushrec train``, streams/train.py): when ``pr:model`` names a version,
-    #: its neighbours of the same latest items are one more source (``model_w``, times
-    #: ``recency_decay`` per step back, ``model_fetched`` per item). 0 = never read.
-    model_w: float = 1.0
-    model_fetched: int = 15
-
-
-#: The context feeds the worker can score (see :mod:`streams.scoring`): ``similar``, the
-#: neighbours of the item being looked at, and ``cart``, the complements of the cart.
-CONTEXT_FEEDS = ("similar", "cart")
-#: Every feed a user can have (what a withdrawal of consent unindexes, erases and rebuilds).
-USER_FEEDS = ("home", *CONTEXT_FEEDS, *OFFER_FEEDS)
-
-
-@dataclass(frozen=True, slots=True)
-class ContextView:
-    """A context feed's ranked candidates and its stored state (the base of its next version)."""
-
-    candidates: Scored
-    feed: FeedState | None
-
-
-@dataclass(frozen=True, slots=True)
-class ProfileView:
-    """What the recommender sees of a user right after an event: ranked candidates, and the
-    currently stored feed (the base of the next version); ``context`` the same per context feed
-    the user has (or that was asked for)."""
-
-    candidates: Scored
-    feed: FeedState | None
-    context: dict[str, ContextView] = field(default_factory=dict)
-    #: False: the user has no personalization consent; the candidates are those of a visitor
-    #: with no profile, and the lists made of them are stored without index or experiment tag.
-    personal: bool = True
 
 
 #: The user lane's outcomes as the processor names them.
@@ -310,22 +204,22 @@ class ProfileStore:
         accepted: list[Accepted] = []
         unindex: list[tuple[str, str, str]] = []  # (feed, item, user)
         cache = self.cache
+        cap = self.tuning.recent_max
         for (event, cats, _, _), reply in zip(batch, replies, strict=True):
             if isinstance(reply, Exception):
                 continue
             if reply.outcome in _ACCEPTED and reply.personal and event.item_id:
+                weights = WEIGHTS[event.type]
                 accepted.append(
-                    Accepted(
-                        event,
-                        cats,
-                        WEIGHTS[event.type],
-                        reply.prev,
-                        reply.new_user,
-                        reply.partners,
-                    )
+                    Accepted(event, cats, weights, reply.prev, reply.new_user, reply.partners)
                 )
-                # Its recent list changed: another user's scoring must not read an old copy.
-                cache.invalidate(user_tag(event.user_id) + "recent")
+                if weights[1] > 0:
+                    # The lane added the item to the user's recent list at the event's time (a
+                    # co-visiting event, lua/user_event.lua): the session kNN of other users
+                    # reads that list, so the cached copy follows (in lane order).
+                    cache.recent_written(
+                        user_tag(event.user_id) + "recent", event.item_id, event.ts, cap=cap
+                    )
             for feed, body in reply.unindex.items():
                 for p in decode_body(body or None):
                     if isinstance(p, dict) and p.get("id") is not None:

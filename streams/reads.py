@@ -28,7 +28,7 @@ from streams import scoring
 from streams.itemcache import Want, fields, index, seqs, top
 
 if TYPE_CHECKING:
-    from streams.profile import ScoringTuning
+    from streams.tunings import ScoringTuning
 
 
 def shared_reads(tunings: Iterable[ScoringTuning], buckets: int) -> list[Want]:

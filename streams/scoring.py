@@ -1,6 +1,6 @@
 """Candidate scoring in the worker: pure functions on plain data (no I/O).
 
-The sources and weights are :class:`streams.profile.ScoringTuning`'s; the math is the one the
+The sources and weights are :class:`streams.tunings.ScoringTuning`'s; the math is the one the
 event script ran inside Redis before the event path was split (issue 13), step for step, so that
 relevance is unchanged:
 
@@ -28,12 +28,12 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from streams.profile import ScoringTuning
+    from streams.tunings import ScoringTuning
 
 Ranked = list[tuple[str, float]]
 
@@ -87,21 +87,17 @@ class UserInputs:
     personal: bool = True
 
 
-@dataclass(slots=True)
-class _Acc:
-    scores: dict[str, float] = field(default_factory=dict)
-
-    def add(self, ranked: Ranked, weight: float) -> None:
-        """Add ``ranked`` normalised by its best score, times ``weight`` (event.lua's ``add``)."""
-        if weight <= 0 or not ranked:
-            return
-        top = ranked[0][1]
-        if top <= 0:
-            return
-        scores = self.scores
-        for member, s in ranked:
-            if s > 0:
-                scores[member] = scores.get(member, 0) + weight * s / top
+def _add(scores: dict[str, float], ranked: Ranked, weight: float) -> None:
+    """Add ``ranked`` normalised by its best score, times ``weight`` (event.lua's ``add``)."""
+    if weight <= 0 or not ranked:
+        return
+    top = ranked[0][1]
+    if top <= 0:
+        return
+    get = scores.get
+    for member, s in ranked:
+        if s > 0:
+            scores[member] = get(member, 0) + weight * s / top
 
 
 def mine(user: UserInputs, tuning: ScoringTuning) -> list[str]:
@@ -120,18 +116,18 @@ def session_neighbours(
         return []
     users = source.users()
     sim: dict[str, float] = {}
+    visitors = source.visitors
+    sample, decay = tuning.session_sample, tuning.session_position_decay
     for p, it in enumerate(items, start=1):
-        members, n = source.visitors(it, tuning.session_sample)
+        members, n = visitors(it, sample)
         if n <= 0:
             continue
-        w = math.exp((p - count) / tuning.session_position_decay) * math.log(max(users / n, 1.0001))
+        w = math.exp((p - count) / decay) * math.log(max(users / n, 1.0001))
         get = sim.get
         for o in members:
             sim[o] = get(o, 0) + w
     sim.pop(user.me, None)  # the user is no neighbour of their own
-    ranked = list(sim.items())
-    by_score_then_id(ranked)
-    return ranked[: tuning.session_neighbours]
+    return top_by_score_then_id(sim, tuning.session_neighbours)
 
 
 def home(
@@ -141,29 +137,31 @@ def home(
     neighbours: Sequence[tuple[str, float]] = (),
 ) -> Ranked:
     """The home feed's candidates; ``neighbours`` from :func:`session_neighbours`."""
-    acc = _Acc()
+    scores: dict[str, float] = {}
     recent = user.recent[: tuning.recent_fetched]
-    w = tuning.neighbour_w
+    w, decay = tuning.neighbour_w, tuning.recency_decay
+    fetched = tuning.neighbours_fetched
     for r in recent:
-        acc.add(source.neighbours(r, tuning.neighbours_fetched), w)
-        w *= tuning.recency_decay
+        _add(scores, source.neighbours(r, fetched), w)
+        w *= decay
     if tuning.model_w > 0:
-        mw = tuning.model_w
+        mw, fetched = tuning.model_w, tuning.model_fetched
         for r in recent:
-            acc.add(source.model(r, tuning.model_fetched), mw)
-            mw *= tuning.recency_decay
+            _add(scores, source.model(r, fetched), mw)
+            mw *= decay
     top = user.top_categories
     total = 0.0
     for _, s in top:
         total += max(s, 0)
+    fetched = tuning.trending_fetched
     if total > 0:
         for c, s in top:
-            acc.add(
-                source.category_trend(c, tuning.trending_fetched),
+            _add(
+                scores,
+                source.category_trend(c, fetched),
                 tuning.category_w * (max(s, 0) / total),
             )
-    acc.add(source.global_trend(tuning.trending_fetched), tuning.global_w)
-    scores = acc.scores
+    _add(scores, source.global_trend(fetched), tuning.global_w)
     latest_items = mine(user, tuning)
     if neighbours:
         _session_knn(scores, latest_items, neighbours, source, tuning)
@@ -187,9 +185,10 @@ def _session_knn(
     get = knn.get
     depth = tuning.session_seq
     rows = _distance_weights(depth, tuning.session_item_decay)
+    sequence = source.sequence
     for member, v in neighbours:
-        seq = source.sequence(member, depth)
-        last = 0
+        seq = sequence(member, depth)
+        last = 0  # the position (from 1) of the last item shared with this user, 0 for none
         for q, it in enumerate(seq, start=1):
             if it in pos:
                 last = q
@@ -222,26 +221,26 @@ def latest_item(user: UserInputs, tuning: ScoringTuning) -> str:
 def similar(user: UserInputs, source: ItemSource, tuning: ScoringTuning) -> Ranked:
     """More like the item being looked at: its co-visitation (and offline model) neighbours,
     then trending of its category, then global trending, so the list is never empty."""
-    acc = _Acc()
+    scores: dict[str, float] = {}
     latest = latest_item(user, tuning)
     if latest:
-        acc.add(source.neighbours(latest, 2 * tuning.neighbours_fetched), 1.0)
+        _add(scores, source.neighbours(latest, 2 * tuning.neighbours_fetched), 1.0)
         if tuning.model_w > 0:
-            acc.add(source.model(latest, tuning.model_fetched), tuning.model_w)
+            _add(scores, source.model(latest, tuning.model_fetched), tuning.model_w)
     if user.categories:
-        acc.add(source.category_trend(user.categories[0], tuning.trending_fetched), 0.3)
-    acc.add(source.global_trend(tuning.trending_fetched), 0.05)
-    return best(acc.scores, tuning.candidates, user.bought, {latest} if latest else set())
+        _add(scores, source.category_trend(user.categories[0], tuning.trending_fetched), 0.3)
+    _add(scores, source.global_trend(tuning.trending_fetched), 0.05)
+    return best(scores, tuning.candidates, user.bought, {latest} if latest else set())
 
 
 def cart(user: UserInputs, source: ItemSource, tuning: ScoringTuning) -> Ranked:
     """Goes with the cart: items carted or bought together with its items, co-views as a weaker
     fallback; never an item already in it. An empty cart has no complements."""
-    acc = _Acc()
+    scores: dict[str, float] = {}
     for c in user.cart:
-        acc.add(source.complements(c, tuning.neighbours_fetched), 1.0)
-        acc.add(source.neighbours(c, tuning.neighbours_fetched), 0.25)
-    return best(acc.scores, tuning.candidates, user.bought, set(user.cart))
+        _add(scores, source.complements(c, tuning.neighbours_fetched), 1.0)
+        _add(scores, source.neighbours(c, tuning.neighbours_fetched), 0.25)
+    return best(scores, tuning.candidates, user.bought, set(user.cart))
 
 
 def best(
@@ -249,15 +248,31 @@ def best(
 ) -> Ranked:
     """The best ``n`` of ``scores`` but ``bought`` and ``skip``, best first, ties by id; each
     score rounded to 14 significant digits (what the event script sent as text)."""
-    excluded = set(bought)
-    excluded.update(skip)
-    eligible = [(k, v) for k, v in scores.items() if k not in excluded]
-    if len(eligible) > n:
-        # Only the best few need ordering: the n-th best score is the cut-off.
-        cut = sorted(v for _, v in eligible)[len(eligible) - n]
-        eligible = [kv for kv in eligible if kv[1] >= cut]
-    by_score_then_id(eligible)
-    return [(k, float(f"{v:.14g}")) for k, v in eligible[:n]]
+    drop = [k for k in {*bought, *skip} if k in scores]  # a few, and most are not candidates
+    if drop:
+        scores = scores.copy()  # the caller's dict stays whole
+        for k in drop:
+            del scores[k]
+    return [(k, float(f"{v:.14g}")) for k, v in top_by_score_then_id(scores, n)]
+
+
+def top_by_score_then_id(scores: dict[str, float], n: int) -> Ranked:
+    """The best ``n`` of ``scores``, best first, ties by ascending id (as
+    :func:`by_score_then_id` would order them all): one C-level sort by score, then only the
+    best ``n`` and those tied with the ``n``-th are ordered by id."""
+    ranked = sorted(scores.items(), key=_SCORE, reverse=True)
+    if len(ranked) > n:
+        if n <= 0:
+            return []
+        cut = ranked[n - 1][1]
+        end = n
+        size = len(ranked)
+        while end < size and ranked[end][1] == cut:
+            end += 1
+        del ranked[end:]
+    ranked.sort(key=_ID)
+    ranked.sort(key=_SCORE, reverse=True)
+    return ranked[:n]
 
 
 def by_score_then_id(ranked: list[tuple[str, float]]) -> None:

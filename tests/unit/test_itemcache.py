@@ -12,7 +12,11 @@ from typing import Any
 
 import pytest
 
+from sessions.keys import encoded_user_tag
 from streams.itemcache import ItemCache, fields, index, seq, top
+
+#: A user's recent list, as the session kNN reads it.
+R = encoded_user_tag("u1") + "recent"
 
 
 class Pipe:
@@ -31,7 +35,10 @@ class Pipe:
             self._ops.append(lambda: len(store.z.get(key, {})))
         elif name == "ZRANGE":
             start = args[0]
-            self._ops.append(lambda: [m for m, _ in reversed(store.zrev(key))][start:])
+            if "WITHSCORES" in args:
+                self._ops.append(lambda: [[m, s] for m, s in reversed(store.zrev(key))][start:])
+            else:
+                self._ops.append(lambda: [m for m, _ in reversed(store.zrev(key))][start:])
         elif name == "HMGET":
             h = store.h.get(key, {})
             self._ops.append(lambda: [h[n].encode() if n in h else None for n in args])
@@ -194,6 +201,52 @@ def test_a_write_during_a_read_in_flight_is_not_kept_past_that_read() -> None:
         before = store.round_trips
         await cache.prefetch([top("k", 5)])
         assert store.round_trips == before + 1  # the in-flight answer was not kept
+
+    asyncio.run(main())
+
+
+def test_own_recent_writes_keep_a_cached_sequence_exact_without_a_read() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        store.z[R] = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}
+        cache, seen = make(store, clock)
+        await cache.prefetch([seq(R, 3)])
+        assert (await cache.prefetch([seq(R, 3)])).sequence("u1", 20) == ["b", "c", "d"]
+
+        def touch(member: str, ts: float) -> None:  # what the user lane does, and tells
+            store.z[R][member] = ts
+            cache.recent_written(R, member, ts, cap=50)
+
+        touch("e", 5.0)  # a new item: the oldest of the window leaves it
+        touch("c", 6.0)  # a seen one moves to the newest end
+        touch("z", 0.5)  # a late event older than the window: the window is unchanged
+        before = store.round_trips
+        snap = await cache.prefetch([seq(R, 3)])
+        assert store.round_trips == before  # served from the updated copy
+        assert snap.sequence("u1", 20) == ["d", "e", "c"]
+        assert snap.sequence("u1", 3) == ["d", "e", "c"]
+        assert ("hit", 1) in seen
+
+        touch("e", 0.25)  # a member of the window moves below it: an unknown one takes its place
+        await cache.prefetch([seq(R, 3)])
+        assert store.round_trips == before + 1
+        assert (await cache.prefetch([seq(R, 3)])).sequence("u1", 20) == ["b", "d", "c"]
+
+    asyncio.run(main())
+
+
+def test_own_recent_writes_to_a_whole_list_keep_the_lanes_cap() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        store.z[R] = {"a": 1.0, "b": 2.0}
+        cache, _ = make(store, clock)
+        await cache.prefetch([seq(R, 20)])  # the whole list (2 < 20)
+        cache.recent_written(R, "c", 3.0, cap=2)  # the lane trims to its cap of 2
+        snap = await cache.prefetch([seq(R, 20)])
+        assert store.round_trips == 1
+        assert snap.sequence("u1", 20) == ["b", "c"]
+        cache.recent_written("nothing cached", "c", 3.0, cap=2)  # not cached: nothing to do
+        assert len(cache) == 1
 
     asyncio.run(main())
 
