@@ -4,12 +4,13 @@ index, trending and the users count.
 The user lane (``lua/user_event.lua``) tells, per event, what the item side needs: the user's
 previous items (co-visitation), the cart and recent purchases (complements), whether the user is
 new (the users count). Here a lane's increments are computed, merged per key (a hot item's
-trending across 100 events of a lane is one increment) and written in one pipelined round trip,
-one script call per slot: per item (``pr:{i:<item>}:nb``, ``…:cb``, ``…:is``,
-``lua/item_aggregates.lua``), per trending bucket (``pr:{t:<b>}:trend`` and ``…:meta``) and per
-category (``pr:{c:<cat>}:trend`` and ``…:meta``, ``lua/trend.lua``). The scores Redis returns are
-applied to the worker's :class:`~streams.itemcache.ItemCache`, so the worker sees its own
-increments at once.
+trending across 100 events of a lane is one increment) and written in one pipelined round trip:
+per item (``pr:{i:<item>}:nb``, ``…:cb``, ``…:is``) plain commands, one ``ZINCRBY`` per member
+and one ``ZADD`` of the visitors (a script call costs Redis several times the few commands it
+would run); per trending bucket (``pr:{t:<b>}:trend`` and ``…:meta``) and per category
+(``pr:{c:<cat>}:trend`` and ``…:meta``) one ``lua/trend.lua`` call, which reads and moves the
+slot's decay origin atomically with its increments. The scores Redis returns are applied to the
+worker's :class:`~streams.itemcache.ItemCache`, so the worker sees its own increments at once.
 
 Guarantees:
 
@@ -17,10 +18,17 @@ Guarantees:
   ``coalesced``, not ``duplicate``) of users with personalization consent count. A redelivered
   batch finds its events duplicates and writes nothing again. The write is not atomic with the
   user lane: a crash between the two loses that lane's increments (at most once; the profile
-  keeps the events, the aggregates are statistics rebuilt by traffic).
+  keeps the events, the aggregates are statistics rebuilt by traffic). The per-item commands are
+  not atomic with each other either: a crash in the round trip may keep some of a lane's
+  increments and lose others (the same at-most-once).
 - **Bounded**: every zset keeps its cap (``neighbours_kept`` neighbours and complements,
   ``session_index_max`` users per item, ``ceil(5000 / buckets)`` items per trending bucket, 1,000
-  per category).
+  per category). A per-item set that gained a member is trimmed in a second round trip right
+  after the increments (a new member is seen in the reply: ``ZINCRBY`` returns exactly the
+  increment, ``ZADD`` counts it), so it exceeds its cap only between the two round trips of a
+  write, by the members that write (and any other worker's write in flight) added; a worker
+  that dies between them leaves that excess until the next write that adds a member to the set.
+  The trending sets are trimmed inside their script.
 - **Decay**: trending increments are time-scaled (``2^((t - t0) / half-life)``) against each
   slot's own origin ``t0`` (in its meta hash, moved and the slot rescaled past 200 half-lives).
   The decay clock is each event's time, never past the worker's clock, so one event stamped far
@@ -31,14 +39,17 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
 import msgpack
+import structlog
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from sessions import rawpipe
 from sessions.keys import (
     TREND_BUCKETS,
     category_meta_key,
@@ -56,8 +67,9 @@ from streams.events import Event
 from streams.itemcache import ItemCache
 from streams.scoring import merge_buckets
 
-_ITEM_LUA = resources.files("streams").joinpath("lua/item_aggregates.lua").read_text()
 _TREND_LUA = resources.files("streams").joinpath("lua/trend.lua").read_text()
+
+log = structlog.get_logger(__name__)
 
 #: Items kept per global trending list before it was bucketed; each bucket keeps its share.
 TRENDING_KEPT = 5000
@@ -183,7 +195,6 @@ class Aggregates:
         self.buckets = buckets
         self.trend_cap = math.ceil(TRENDING_KEPT / buckets)
         self._now_ms = now_ms
-        self._item = PipelinedScript(redis, _ITEM_LUA)
         self._trend = PipelinedScript(redis, _TREND_LUA)
 
     def collect(self, accepted: Sequence[Accepted]) -> Increments:
@@ -196,23 +207,40 @@ class Aggregates:
         )
 
     async def write(self, inc: Increments) -> None:
-        """Write ``inc`` in one pipelined round trip (one script call per slot), then apply the
-        scores Redis returned to the cache. Connection errors raise (the batch is retried: its
-        events are then duplicates and count nothing again); a script error is raised after the
-        other slots were written."""
+        """Write ``inc`` in one pipelined round trip, then apply the scores Redis returned to the
+        cache; a second round trip trims the sets that gained a member. Connection errors of the
+        first raise (the batch is retried: its events are then duplicates and count nothing
+        again); an error reply is raised after the other keys were written and applied.
+
+        Per item, plain commands (no script: an ``EVALSHA`` costs Redis several times the
+        commands it runs): one ``ZINCRBY`` per neighbour and complement increment (its reply
+        is the new score, which the cache needs), one ``ZADD`` of the item's visitors and a
+        ``ZCARD``. A sorted set grows only when a member is new, and ``ZINCRBY`` then returns
+        exactly the increment (``ZADD``: the count added), so only those sets are trimmed to
+        their cap (``ZREMRANGEBYRANK``), in a second round trip right after the first. Per
+        trending slot, one ``lua/trend.lua`` call (its decay origin is read and moved
+        atomically with the increments)."""
+        commands: list[tuple[Any, ...]] = []
+        readers: list[Callable[[Iterator[Any]], None]] = []
+        grown: dict[str, int] = {}  # key → cap, for the sets that gained a member
+        for item in {*inc.nb, *inc.cb, *inc.visitors}:
+            for key, rows in ((neighbours_key(item), inc.nb), (complements_key(item), inc.cb)):
+                scores = rows.get(item)
+                if scores:
+                    for member, by in scores.items():
+                        commands.append(("ZINCRBY", key, repr(by), member))
+                    readers.append(self._scores_read(key, scores, grown))
+            seen = inc.visitors.get(item)
+            if seen:
+                key = visitors_key(item)
+                zadd: list[Any] = ["ZADD", key]
+                for member, ts in seen.items():
+                    zadd += (ts, member)
+                commands.append(tuple(zadd))
+                commands.append(("ZCARD", key))
+                readers.append(self._index_read(key, seen, grown))
         calls: list[tuple[PipelinedScript, Sequence[str], Sequence[Any]]] = []
         after: list[Callable[[Any], None]] = []
-        for item in {*inc.nb, *inc.cb, *inc.visitors}:
-            keys = [neighbours_key(item), complements_key(item), visitors_key(item)]
-            req = {
-                "nb": _flat(inc.nb.get(item)),
-                "cb": _flat(inc.cb.get(item)),
-                "is": _flat(inc.visitors.get(item)),
-                "nb_cap": self.neighbours_kept,
-                "is_cap": self.session_index_max,
-            }
-            calls.append((self._item, keys, [msgpack.packb(req)]))
-            after.append(self._item_written(keys, inc.visitors.get(item)))
         hl = float(self.trending_halflife_ms)  # msgpack: a tuning may exceed 64 bits
         for b in sorted({*inc.trend, *inc.users}):
             keys = [trend_key(b), trend_meta_key(b)]
@@ -230,33 +258,84 @@ class Aggregates:
             req = {"items": _flat(row), "ref": inc.ref, "hl": hl, "cap": CATEGORY_TRENDING_KEPT}
             calls.append((self._trend, keys, [msgpack.packb(req)]))
             after.append(self._trend_written(keys))
-        if not calls:
+        if not commands and not calls:
             return
-        replies = await run_scripts(self._redis, calls)
+        replies = await run_scripts(self._redis, calls, commands=commands)
         failed: Exception | None = None
-        for apply, reply in zip(after, replies, strict=True):
+        plain = iter(replies[: len(commands)])
+        for read in readers:
+            try:
+                read(plain)
+            except Exception as exc:  # an error reply: that key alone
+                failed = failed or exc
+        for apply, reply in zip(after, replies[len(commands) :], strict=True):
             if isinstance(reply, Exception):
                 failed = failed or reply
                 continue
             apply(msgpack.unpackb(reply, raw=False))
+        if grown:
+            await self._trim(grown)
         if failed is not None:
             raise failed
 
-    def _item_written(
-        self, keys: list[str], visitors: dict[str, int] | None
-    ) -> Callable[[Any], None]:
-        def apply(out: dict[str, Any]) -> None:
-            cache = self.cache
-            if out.get("nb"):
-                cache.scores_written(keys[0], _pairs(out["nb"]))
-            if out.get("cb"):
-                cache.scores_written(keys[1], _pairs(out["cb"]))
-            if visitors and "is_card" in out:
-                cache.index_written(
-                    keys[2], [(m, float(t)) for m, t in visitors.items()], int(out["is_card"])
-                )
+    def _scores_read(
+        self, key: str, sent: dict[str, float], grown: dict[str, int]
+    ) -> Callable[[Iterator[Any]], None]:
+        """Reads one ``ZINCRBY`` reply per member of ``sent`` (the new scores) and applies them
+        to the cache; a member whose new score is its increment was new: the set grew."""
 
-        return apply
+        def read(replies: Iterator[Any]) -> None:
+            scores: list[tuple[str, float]] = []
+            failed: Exception | None = None
+            for member, by in sent.items():
+                reply = next(replies)
+                if isinstance(reply, Exception):
+                    failed = failed or reply
+                    continue
+                score = float(reply)
+                if score == by:
+                    grown[key] = self.neighbours_kept
+                scores.append((member, score))
+            if scores:
+                self.cache.scores_written(key, scores)
+            if failed is not None:
+                raise failed
+
+        return read
+
+    def _index_read(
+        self, key: str, visitors: dict[str, int], grown: dict[str, int]
+    ) -> Callable[[Iterator[Any]], None]:
+        """Reads the session index's ``ZADD`` (how many users are new) and ``ZCARD`` replies
+        and applies the write to the cache (its size as after the trim that follows)."""
+
+        def read(replies: Iterator[Any]) -> None:
+            added, card = next(replies), next(replies)
+            for reply in (added, card):
+                if isinstance(reply, Exception):
+                    raise reply
+            cap = self.session_index_max
+            if int(added):
+                grown[key] = cap
+            self.cache.index_written(
+                key, [(m, float(t)) for m, t in visitors.items()], min(int(card), cap)
+            )
+
+        return read
+
+    async def _trim(self, grown: dict[str, int]) -> None:
+        """Trim each set that gained a member to its cap (its lowest scores go). A failure is
+        logged, not raised: the increments stand, and the next write that adds a member to
+        the set trims it again."""
+        commands = [("ZREMRANGEBYRANK", key, 0, -cap - 1) for key, cap in grown.items()]
+        try:
+            replies = await rawpipe.execute(self._redis, commands)
+        except (RedisError, OSError) as exc:
+            log.warning("aggregates_trim_failed", keys=len(commands), error=type(exc).__name__)
+            return
+        failed = sum(1 for r in replies if isinstance(r, Exception))
+        if failed:
+            log.warning("aggregates_trim_failed", keys=failed, error="reply")
 
     def _trend_written(self, keys: list[str]) -> Callable[[Any], None]:
         def apply(out: dict[str, Any]) -> None:

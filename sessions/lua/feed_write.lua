@@ -53,14 +53,20 @@ else
     local pushed = redis.pcall('LPUSH', KEYS[2], entry)
     if type(pushed) == 'table' and pushed.err then
       redis.call('DEL', KEYS[2])
-      redis.call('LPUSH', KEYS[2], entry)
+      pushed = redis.call('LPUSH', KEYS[2], entry)
     end
-    redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+    -- LPUSH answers the length: the list is trimmed only when it is over its bound, and the
+    -- time bound is checked only when an older entry is there (the new one is now).
+    if pushed > tonumber(ARGV[5]) then
+      redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[5]) - 1)
+      pushed = tonumber(ARGV[5])
+    end
     -- Oldest last: drop the entries past the time bound (the reader ignores them anyway).
-    while true do
+    while pushed > 1 do
       local ok, _, ms = pcall(cmsgpack.unpack_one, redis.call('LINDEX', KEYS[2], -1))
       if ok and type(ms) == 'number' and now - ms <= bound then break end
       redis.call('RPOP', KEYS[2])
+      pushed = pushed - 1
     end
     -- The newest entry is never older than the bound: the key lives no longer than it.
     redis.call('PEXPIRE', KEYS[2], bound)

@@ -4,8 +4,10 @@
 --       users seen, the N of the session idf)
 -- ARGV[1]: msgpack map: items (flat member, increment relative to `ref`, …), ref (the lane's
 --   decay clock, ms: its latest event time, never past the worker's clock), hl (half-life, ms),
---   cap (members kept), users (new users to count)
+--   cap (members kept), users (new users to count: trending buckets only; a category request
+--   has no users field, and its users count is neither read nor written)
 -- Reply: msgpack map: t0, rescaled (bool), scores (flat member, new score as text, …), users
+--   (buckets: the users count, false when none)
 -- Decay by time-scaled increments: an increment at time t weighs 2^((t - t0)/half-life), so older
 -- increments shrink relative to newer ones without rewriting them. Past 200 half-lives the scores
 -- would head for overflow: the zset is rescaled once and the origin moves to `ref`.
@@ -35,9 +37,11 @@ for i = 1, #flat, 2 do
   scores[#scores + 1] = s
 end
 if grew then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -req['cap'] - 1) end
-local users = redis.call('HGET', KEYS[2], 'users')
+local users = false
 if req['users'] and req['users'] > 0 then
   users = redis.call('HINCRBY', KEYS[2], 'users', req['users'])
+elseif req['users'] then
+  users = redis.call('HGET', KEYS[2], 'users')
 end
 return cmsgpack.pack({t0 = string.format('%d', t0), rescaled = rescaled, scores = scores,
                       users = users and tostring(users) or false})

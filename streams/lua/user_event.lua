@@ -117,10 +117,11 @@ if not personal then
 end
 
 if etype ~= 'refresh' then
-  if redis.call('ZSCORE', KEYS[1], req['id']) then
+  -- One call: NX adds the id only when it is not there, and says which (a duplicate keeps its
+  -- first time: it changes nothing).
+  if redis.call('ZADD', KEYS[1], 'NX', ts, req['id']) == 0 then
     return reply('duplicate')
   end
-  redis.call('ZADD', KEYS[1], ts, req['id'])
   -- Trims cost a call each; an id older than the window does no harm for a while, so expire
   -- them on one event in 16 (the cap by count still holds within 16 ids).
   if ts % 16 == 0 then
@@ -237,9 +238,8 @@ end
 if personal then
   out['recent'] = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(req['recent_n']) - 1)
   out['cats'] = redis.call('ZREVRANGE', KEYS[3], 0, tonumber(req['cats_n']) - 1, 'WITHSCORES')
-  if redis.call('ZCARD', KEYS[5]) > 0 then  -- most bought nothing: one cheap call
-    out['bought'] = redis.call('ZRANGE', KEYS[5], 0, -1)
-  end
+  local bought = redis.call('ZRANGE', KEYS[5], 0, -1)  -- most bought nothing: an empty list
+  if #bought > 0 then out['bought'] = bought end
 end
 local forced = {}
 for _, f in ipairs(req['context'] or {}) do forced[f] = true end
