@@ -73,6 +73,10 @@ class _Entry:
     card: int = 0
     #: _SEQ: each member's score (the time of the user's latest touch), in ``value``'s order.
     times: list[float] | None = None
+    #: _TOP/_INDEX: ``value``'s members in its order, built on first use (a write placing
+    #: members, a lane reading visitors) and kept in step with ``value`` from then on: the
+    #: session kNN reads every visitor of eight items per event, and a write searches the list.
+    members: list[str] | None = None
 
     @property
     def complete(self) -> bool:
@@ -341,7 +345,7 @@ def _place_all(entry: _Entry, scores: Iterable[tuple[str, float]]) -> None:
     items: list[tuple[str, float]] = entry.value
     complete = entry.complete
     floor = _BY_REDIS_ORDER(items[-1]) if items and not complete else None
-    members = list(map(_MEMBER, items))  # searched in C: a write names a few of hundreds
+    members = _members(entry)  # searched in C: a write names a few of hundreds
     changed = False
     for member, score in scores:
         try:
@@ -367,6 +371,15 @@ def _place_all(entry: _Entry, scores: Iterable[tuple[str, float]]) -> None:
         changed = True
     if changed and (not complete or len(items) > entry.depth):
         del items[entry.depth :]
+        del members[entry.depth :]
+
+
+def _members(entry: _Entry) -> list[str]:
+    """``entry.members``, built from its value when not yet (see :class:`_Entry`)."""
+    members = entry.members
+    if members is None:
+        members = entry.members = list(map(_MEMBER, entry.value))
+    return members
 
 
 #: :func:`streams.scoring.redis_order` as a C-level key.
@@ -432,8 +445,11 @@ class Snapshot:
         return merge_buckets(((r, 2.0 ** ((t0 - latest) / hl)) for r, t0 in origins), n)
 
     def visitors(self, item: str, n: int) -> tuple[list[str], int]:
+        """The cached index's members (the entry's own list when it is at most ``n`` long:
+        read it, never change it)."""
         entry = self.entries[visitors_key(item)]
-        return list(map(_MEMBER, entry.value[:n])), entry.card
+        members = _members(entry)
+        return (members[:n] if len(members) > n else members), entry.card
 
     def users(self) -> int:
         if self._users is None:  # once per snapshot: every user of the lane asks

@@ -175,6 +175,25 @@ def test_own_index_writes_update_members_and_size() -> None:
     asyncio.run(main())
 
 
+def test_visitors_follow_own_writes_and_the_depth_after_being_read() -> None:
+    """The members kept beside a cached index (read once by a lane) follow later writes and
+    the trim to the depth read, as the scored list does."""
+
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        store.z["pr:{i:x}:is"] = {"u1": 1.0, "u2": 2.0, "u0": 0.5}
+        cache, _ = make(store, clock)
+        snap = await cache.prefetch([index("pr:{i:x}:is", 2)])
+        assert snap.visitors("x", 200) == (["u2", "u1"], 3)
+        cache.index_written("pr:{i:x}:is", [("u3", 3.0), ("u1", 4.0)], 4)
+        snap = await cache.prefetch([index("pr:{i:x}:is", 2)])
+        assert snap.visitors("x", 200) == (["u1", "u3"], 4)
+        assert snap.visitors("x", 1) == (["u1"], 4)
+        assert snap.entries["pr:{i:x}:is"].value == [("u1", 4.0), ("u3", 3.0)]
+
+    asyncio.run(main())
+
+
 def test_a_write_during_a_read_in_flight_is_not_kept_past_that_read() -> None:
     async def main() -> None:
         store, clock = Store(), Clock()
