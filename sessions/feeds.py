@@ -31,38 +31,53 @@ written around the user-slot compare-and-set, not inside it (issue 13: every scr
 slot):
 
 - items entering the list are added *before* the compare-and-set, in the same pipeline (plain
-  ``ZADD … GT`` and ``EXPIRE`` commands, one of each per item key for all the writes of a
-  round, however many users share the item: the score only moves forward, so a writer whose
-  clock is behind never ages an entry); items leaving it are removed *after* it succeeded
-  (``lua/shown_remove.lua``, one call per item key for the round), only if the entry is older
-  than the write (a later write that put the item back keeps it). So for a feed that exists,
-  the users in an item's set include those whose stored list shows it (once the feed has been
-  written by this code: a feed stored before the index existed joins it at its next write); the
-  set may hold more — stale entries: a write that lost its compare-and-set, a removal not made
-  because the writer died after the write;
-- a feed's key can vanish without a write (TTL, merge, flush), leaving its entries behind. Bound:
-  every item of a list is confirmed again by the first write after ``index_refresh_s`` (field
-  ``x`` of the feed hash: the write script says when that is due, the confirmations follow the
-  write), so an entry older than the feed TTL plus that interval is surely stale; such entries
-  are trimmed right after a round's additions gain the set a member (a plain
-  ``ZREMRANGEBYSCORE`` after the write; each store trims a set at most once per
-  ``index_refresh_s``), and a set untouched that long expires. Stale entries met earlier are
-  removed by :meth:`FeedStore.unindex_many` (only if the feed is still as read, and the entry
-  as read). So a set holds at most the users whose feed was written, showing the item, within
-  the last TTL + twice ``index_refresh_s``, plus those a crashed writer added without its trim;
-- what is given up against the single-script version it replaced: a writer dying between its
+  ``ZADD … GT``, one per item key for all the writes of a round, however many users share the
+  item: the score only moves forward, so a writer whose clock is behind never ages an entry).
+  So for a feed that exists, the users in an item's set include those whose stored list shows
+  it (once the feed has been written by this code: a feed stored before the index existed joins
+  it at its next write).
+- items leaving a list are **not** removed on the write (issue 13: that was one script call per
+  item key per round, the third largest cost per event when many visitors share items). The set
+  holds more users than show the item — stale entries: lists the item left, writes that lost
+  their compare-and-set, feeds whose key vanished (TTL, merge, flush). They are harmless: the
+  reader checks every indexed user's stored list before acting (:mod:`streams.propagate` reads
+  each one and skips those that do not show the item), and removes the stale entries it met
+  (:meth:`FeedStore.unindex_many`, only if the feed is still as read, and the entry as read).
+  A write that leaves entries behind marks its feed (field ``g``), so a denial of consent of a
+  user with no other personal data still erases them (``streams/lua/user_event.lua``: such a
+  denial is a withdrawal, whose erasure scans the index).
+- **Age bound**: every item of a list is confirmed again by the first write after
+  ``index_refresh_s`` (field ``x`` of the feed hash: the write script says when that is due, the
+  confirmations follow the write), and a feed lives ``ttl_s`` after its last write, so an entry
+  older than :attr:`FeedStore.index_bound_s` (TTL + ``index_refresh_s``) is surely stale. A
+  store trims those (``ZREMRANGEBYSCORE`` after the write) from each set its writes touch, at
+  most once per ``index_refresh_s`` per set.
+- **Size bound**: a set holds at most the users whose indexed write showed the item within
+  ``index_bound_s`` + ``index_refresh_s`` before the set's last trim, plus those written since
+  (and those a crashed writer added without its trim). Since leaving items stay, that is every
+  user whose list showed the item in that window, not only those showing it now: more memory
+  and more feeds read by a propagation of that item (each stale entry it meets is removed, so
+  it is read once).
+- **Key TTL**: ``index_bound_s`` + ``index_refresh_s`` (:attr:`FeedStore.index_ttl_s`),
+  refreshed by a store at most once per ``index_refresh_s`` per key: an entry written at ``t``
+  follows that store's refresh at some ``t' >= t - index_refresh_s``, so its key lives until at
+  least ``t + index_bound_s`` (assuming every store runs with the same settings). A set untouched
+  that long expires. A key deleted from outside (flush) and recreated between a store's
+  refreshes has no TTL until that store's next refresh of it (its trims still empty it).
+- what is given up against the single-script version this replaced: a writer dying between its
   write and the confirmations that follow it (a full confirmation, not an entering item) leaves
   those entries unconfirmed until the next one; on Redis Cluster the additions and the write go
   to different nodes in one round trip, so a crash in that round trip can store the write
   without its additions (until the next full confirmation); :meth:`FeedStore.unindex_many` can
   drop an entry whose write's additions and compare-and-set both fall between its two reads
   (they are one pipeline); writers' clocks are assumed to agree to within the time between two
-  writes of one feed (a removal compares the entry's score with the remover's clock).
-- Cost per round of writes (:meth:`FeedStore.write_many`): two plain commands per item key
-  entering any of its lists (in the writes' own round trip); when items leave, a set gained a
-  member or a full confirmation is due, one more round trip: one script call per item key
-  leaving, one plain command per set to trim (at most once per ``index_refresh_s``), and once
-  per ``index_refresh_s`` two plain commands per item key of the confirmed lists.
+  writes of one feed.
+- Cost per round of writes (:meth:`FeedStore.write_many`): one plain command per item key
+  entering any of its lists (in the writes' own round trip), plus an ``EXPIRE`` for a key this
+  store has not refreshed within ``index_refresh_s``; when a set is due a trim or a full
+  confirmation is due, one more round trip: one plain command per set to trim, and once per
+  ``index_refresh_s`` one ``ZADD`` per item key of the confirmed lists. No script call on the
+  index.
 - Item ids must not contain a newline (catalog ids are printable).
 """
 
@@ -98,7 +113,8 @@ _REMOVE_LUA = resources.files("sessions").joinpath("lua/shown_remove.lua").read_
 
 #: How often (at most) a write confirms every item of its list in the index, by default.
 INDEX_REFRESH_S = 3600
-#: Index keys whose last trim a store remembers (bounds its memory: ~100 bytes a key).
+#: Index keys whose last refresh (TTL and trim) a store remembers (bounds its memory: ~100
+#: bytes a key; a key forgotten is only refreshed again sooner).
 TRIMS_KEPT = 100_000
 #: History bounds by default: entries per feed, age (s), largest diff kept (bytes).
 HISTORY_LEN = 32
@@ -294,7 +310,8 @@ class FeedStore:
         self._write = PipelinedScript(redis, _WRITE_LUA)
         self._since = PipelinedScript(redis, _SINCE_LUA)
         self._remove = PipelinedScript(redis, _REMOVE_LUA, name="shown_remove.lua")
-        #: Index key → when this store last trimmed it (ms; see :meth:`_trim_due`).
+        #: Index key → when this store last refreshed its TTL and trimmed it (ms; see
+        #: :meth:`_refresh_due`).
         self._trimmed: OrderedDict[str, int] = OrderedDict()
 
     def guarded(self, prelude: str) -> FeedStore:
@@ -314,6 +331,12 @@ class FeedStore:
     def index_bound_s(self) -> int:
         """Age (s) past which an index entry is surely stale: the TTL plus the refresh interval."""
         return self._ttl_s + self._index_refresh_s
+
+    @property
+    def index_ttl_s(self) -> int:
+        """TTL (s) an index key gets: the age bound plus the refresh interval, since a store
+        refreshes it at most once per interval (see the module docstring)."""
+        return self.index_bound_s + self._index_refresh_s
 
     async def read(self, user: str, feed: str) -> FeedState | None:
         """The current version of a feed, or None when it has none."""
@@ -399,7 +422,7 @@ class FeedStore:
         (:class:`VersionConflict`, or a Redis error reply); connection errors raise for all.
         """
         out: list[FeedUpdate | Exception | None] = [None] * len(writes)
-        pending: list[tuple[int, FeedState, FeedState | None, DiffBody | None, _IndexPlan]] = []
+        pending: list[tuple[int, FeedState, FeedState | None, DiffBody | None, list[str]]] = []
         calls: list[Call] = []
         entering: dict[str, list[str]] = {}  # index key → users whose write adds the item
         now_ms = int(self._clock() * 1000)
@@ -414,10 +437,10 @@ class FeedStore:
             old_ids = ids_of(base.items) if base is not None else []
             new_set, old_set = set(new_ids), set(old_ids)
             indexed = user not in unindexed
-            plan = _IndexPlan(
-                kept=[i for i in new_ids if i in old_set],
-                leaving=[i for i in old_ids if i not in new_set],
-            )
+            kept = [i for i in new_ids if i in old_set]
+            # Items leaving the list keep their entries (stale, see the module docstring); the
+            # feed is marked as having left some (field g) for a denial of consent.
+            leaves = indexed and any(i not in new_set for i in old_ids)
             if indexed:
                 # Before the compare-and-set (same round trip): the index never misses an item a
                 # stored list shows; a write that loses leaves stale entries, which are allowed.
@@ -443,11 +466,12 @@ class FeedStore:
                         "0" if tags is None or tags[i] is None else "1" + str(tags[i]),
                         self._history_ttl_ms,
                         self._history_max_diff_bytes,
+                        "1" if leaves else "",
                         *more_args,
                     ],
                 )
             )
-            pending.append((i, draft, base, diff, plan))
+            pending.append((i, draft, base, diff, kept))
         if not pending:
             return out
         adds = self._confirm(entering, now_ms)
@@ -457,15 +481,8 @@ class FeedStore:
         for reply in replies[: len(adds)]:
             if isinstance(reply, Exception):
                 raise reply  # nothing of this round is relied on: the caller retries
-        # A set that gained a member is trimmed of its surely stale entries (after the write).
-        trims: list[tuple[Any, ...]] = [
-            ("ZREMRANGEBYSCORE", cmd[1], "-inf", f"({now_ms - self.index_bound_s * 1000}")
-            for cmd, added in zip(adds[0::2], replies[0 : len(adds) : 2], strict=True)
-            if int(added) and self._trim_due(cmd[1], now_ms)
-        ]
-        leaving: dict[str, list[Any]] = {}  # index key → (user, 'lt', now) triples
         confirming: dict[str, list[str]] = {}
-        for (i, draft, base, diff, plan), res in zip(pending, replies[len(adds) :], strict=True):
+        for (i, draft, base, diff, kept), res in zip(pending, replies[len(adds) :], strict=True):
             if isinstance(res, Exception):
                 out[i] = res
                 continue
@@ -479,25 +496,19 @@ class FeedStore:
             tag = _text(res[3]) if len(res) > 3 and res[3] else ""
             state = FeedState(draft.user, draft.feed, Version(_text(epoch), n), draft.items, tag)
             out[i] = FeedUpdate(state, base.version if base else None, diff)
-            if draft.user in unindexed:
-                continue
-            user, feed = draft.user, draft.feed
-            # After it: leaving items go, unless a later write put them back (a newer score).
-            for item in plan.leaving:
-                leaving.setdefault(_shown_key(item, feed), []).extend((user, "lt", now_ms))
-            if len(res) > 4 and int(res[4]):  # the script says a full confirmation is due
-                for item in plan.kept:
-                    confirming.setdefault(_shown_key(item, feed), []).append(user)
-        after = [*trims, *self._confirm(confirming, now_ms)]
-        removals = [(self._remove, [key], triples) for key, triples in leaving.items()]
-        if after or removals:
-            await self._index_after(removals, after)
+            if draft.user not in unindexed and len(res) > 4 and int(res[4]):
+                # The script says a full confirmation is due: every kept item, after the write.
+                for item in kept:
+                    confirming.setdefault(_shown_key(item, draft.feed), []).append(draft.user)
+        after = self._confirm(confirming, now_ms)
+        if after:
+            await self._index_after([], after)
         return out
 
-    def _trim_due(self, key: str, now_ms: int) -> bool:
-        """Whether this store trims ``key`` now: at most once per ``index_refresh_s`` per key
-        (a trim finds nothing to remove that much sooner; remembered for the latest
-        :data:`TRIMS_KEPT` keys)."""
+    def _refresh_due(self, key: str, now_ms: int) -> bool:
+        """Whether this store refreshes ``key``'s TTL and trims it now: at most once per
+        ``index_refresh_s`` per key (remembered for the latest :data:`TRIMS_KEPT` keys; one
+        forgotten is refreshed sooner, which is always safe)."""
         last = self._trimmed.get(key)
         if last is not None and 0 <= now_ms - last < self._index_refresh_s * 1000:
             return False
@@ -510,14 +521,20 @@ class FeedStore:
     def _confirm(self, users: dict[str, list[str]], now_ms: int) -> list[tuple[Any, ...]]:
         """Plain commands confirming ``users`` in each index key at ``now_ms``: per key one
         ``ZADD GT`` (the score only moves forward: a writer whose clock is behind never ages an
-        entry) and one ``EXPIRE`` (a set untouched for the bound expires), in that order."""
+        entry), and when this store's refresh of the key is due (:meth:`_refresh_due`) an
+        ``EXPIRE`` (a set untouched for :attr:`index_ttl_s` expires) and a trim of the entries
+        older than :attr:`index_bound_s` (surely stale: safe at any time)."""
         out: list[tuple[Any, ...]] = []
+        ttl = self.index_ttl_s
+        stale = f"({now_ms - self.index_bound_s * 1000}"
         for key, members in users.items():
             zadd: list[Any] = ["ZADD", key, "GT"]
             for user in members:
                 zadd += (now_ms, user)
             out.append(tuple(zadd))
-            out.append(("EXPIRE", key, self.index_bound_s))
+            if self._refresh_due(key, now_ms):
+                out.append(("EXPIRE", key, ttl))
+                out.append(("ZREMRANGEBYSCORE", key, "-inf", stale))
         return out
 
     async def _index_after(
@@ -654,14 +671,6 @@ class FeedStore:
                 pipe.hdel(feed_key(user, feed), "x")
         await pipe.execute()
         return removed
-
-
-@dataclass(frozen=True, slots=True)
-class _IndexPlan:
-    """The index work of one write besides its entering items: what follows a stored write."""
-
-    kept: list[str]
-    leaving: list[str]
 
 
 def _text(value: object) -> str:

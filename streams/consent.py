@@ -43,7 +43,9 @@ histories — everything but this record), stores fresh non-personal versions of
 had (a new epoch: the old history is gone, clients take a snapshot) and publishes them, and clears
 the marker if no newer withdrawal replaced it. Sockets stay open. A denial of a user with only
 feeds (a visitor who denies before any event of theirs was processed) costs the unindexing
-alone, no keyspace scan. A grant after a withdrawal starts from an empty profile.
+alone, no keyspace scan, unless one of those feeds left shown-index entries behind (field ``g``,
+:mod:`sessions.feeds`: entries no stored list names): then it is a withdrawal, erased by scan.
+A grant after a withdrawal starts from an empty profile.
 """
 
 from __future__ import annotations

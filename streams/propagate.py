@@ -15,9 +15,14 @@ Design:
 
 - **Who shows what**: the index kept by every feed write (:mod:`sessions.feeds`,
   ``pr:{i:<item>}:shown:<feed>``, written around each compare-and-set, one item's slot per call;
-  the offers writes go through the same store, so their index is kept too). It may hold stale
-  users (a feed that expired or was deleted, a write that lost its race); the edit meets them,
-  and removes their entries only if the feed is still as read (:meth:`FeedStore.unindex_many`).
+  the offers writes go through the same store, so their index is kept too). It holds stale
+  users (lists the item left: feed writes do not remove entries; a feed that expired or was
+  deleted; a write that lost its race), so every indexed user's stored list is read and checked
+  before it is edited: one that does not show the item is skipped, and its entry removed only if
+  the feed is still as read (:meth:`FeedStore.unindex_many`). The items an edit drops (out of
+  stock) leave the index the same way, at the version the edit wrote. So every stored feed that
+  the index names and that shows a changed item is edited, and the index names every stored
+  feed that shows an item (:mod:`sessions.feeds`).
   Each of the propagator's ``feed_names`` (default :data:`FEEDS`) is handled on its own: its
   index, edits, settle pass.
 - **Which node**: the one that received ``PUT /v1/items`` (:meth:`Propagator.upsert`), once per
@@ -33,7 +38,9 @@ Design:
 - **Round trips** per PUT, whatever the number of users (in chunks of :data:`CHUNK` users): mark
   pending (1), catalog write (1), then per feed an index read (1) and per chunk: feed reads (1),
   writes with the stale-entry removals beside them (2, both concurrently: a write and the index
-  work after it; the removals' check and the removals), publish (1); unmark (1). A lost
+  work after it; the removals' check and the removals), the dropped items' removals when an
+  item went out of stock (2), publish (1); unmark (1). Stale entries make the feed reads longer
+  (each is read once: it is removed then). A lost
   compare-and-set (an event recomputed that user meanwhile) costs one re-read and one write for
   those users, up to :data:`_CAS_TRIES` times.
 - **Settle pass**: a recompute computed from the catalog mirror *before* the change can be stored
@@ -347,7 +354,8 @@ class Propagator:
         )
         updates: list[FeedUpdate] = []
         lost: list[str] = []
-        for (user, _, _, _), result in zip(writes, results, strict=True):
+        dropped: list[tuple[str, Version | None, list[str]]] = []
+        for (user, _, state, items), result in zip(writes, results, strict=True):
             if isinstance(result, VersionConflict):
                 lost.append(user)
             elif isinstance(result, Exception):
@@ -357,4 +365,12 @@ class Propagator:
             elif result is not None:
                 updates.append(result)
                 seen[user] = result.state.version
+                left = set(ids_of(state.items if state else ())) - set(ids_of(items))
+                if left:
+                    dropped.append((user, result.state.version, sorted(left)))
+        if dropped:
+            # Feed writes leave the entries of items that left a list (sessions/feeds.py): the
+            # items this edit dropped (out of stock) go from the index now, while the feed is
+            # as written (not counted as stale: they were not).
+            await self._feeds.unindex_many(feed, dropped)
         return updates, lost, removed

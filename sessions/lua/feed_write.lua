@@ -3,7 +3,7 @@
 -- item-side (one key per item, another slot) and written by the caller around this script
 -- (sessions/feeds.py); this script only keeps, in field x, when the index last confirmed every
 -- item of the list, and says when that is due again.
--- KEYS[1] feed hash (e, n, b, r, x)   KEYS[2] history list (newest first; see sessions/feeds.py)
+-- KEYS[1] feed hash (e, n, b, r, x, g)   KEYS[2] history list (newest first; see sessions/feeds.py)
 -- ARGV[1] base epoch ('' = the feed must not exist yet)   ARGV[2] base n
 -- ARGV[3] new body (msgpack)   ARGV[4] diff (msgpack, '' when the write starts a new epoch)
 -- ARGV[5] history max length   ARGV[6] ttl seconds   ARGV[7] epoch to use when starting one
@@ -13,11 +13,13 @@
 -- ARGV[12] the new version's tag: '1' .. tag to set it ('1' alone: untagged), '0' to keep the
 -- stored one (an edit of the list rather than a new computation; see FeedState.tag)
 -- ARGV[13] history time bound, ms   ARGV[14] largest diff kept in the history, bytes
+-- ARGV[15] '1' when items leave the list and their index entries stay (stale): field g is set,
+-- so a denial of consent erases the index by scan (streams/lua/user_event.lua)
 -- Returns {1, epoch, n, tag, confirm} on success (confirm 1: the caller confirms every item of
 -- the list in the index now; field x was set), {0, epoch|'' , n} with the stored version on
 -- conflict.
 -- One read of the stored fields this script needs (version, tag, last full confirmation).
-local cur = redis.call('HMGET', KEYS[1], 'e', 'n', 'r', 'x')
+local cur = redis.call('HMGET', KEYS[1], 'e', 'n', 'r', 'x', 'g')
 local cur_e = cur[1] or ''
 local cur_n = tonumber(cur[2] or '0')
 if cur_e ~= ARGV[1] or (ARGV[1] ~= '' and cur_n ~= tonumber(ARGV[2])) then
@@ -72,7 +74,7 @@ else
     redis.call('PEXPIRE', KEYS[2], bound)
   end
 end
-redis.call('HSET', KEYS[1], 'e', epoch, 'n', n, 'b', ARGV[3], 'r', tag)
+local fields = {'e', epoch, 'n', n, 'b', ARGV[3], 'r', tag}
 
 -- When the last full confirmation of the index (field x) is older than the refresh interval
 -- (or in the future: a clock went back), this write is the one that confirms every item.
@@ -81,9 +83,13 @@ if ARGV[9] == '1' then
   local now = tonumber(ARGV[10])
   local last = tonumber(cur[4] or '')
   if not last or now - last >= tonumber(ARGV[11]) or now < last then
-    redis.call('HSET', KEYS[1], 'x', ARGV[10])
+    fields[#fields + 1], fields[#fields + 2] = 'x', ARGV[10]
     confirm = 1
   end
 end
+if ARGV[15] == '1' and not cur[5] then
+  fields[#fields + 1], fields[#fields + 2] = 'g', '1'
+end
+redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 return {1, epoch, n, tag, confirm}

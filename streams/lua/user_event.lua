@@ -57,25 +57,29 @@ if etype == 'consent' then
     if decision == 'denied' then
       -- A withdrawal: the profile goes now (so a grant that follows starts empty), the rest of
       -- the user's data at the processor's erasure, which this marker asks for.
+      -- Stored lists leave the index naming the user (the shown index, sessions/feeds.py): the
+      -- worker removes the entries of these bodies (item-side keys are not this script's); a
+      -- later indexed write confirms every item again. A feed marked g left entries of earlier
+      -- lists behind (stale, which no body names): only the erasure's scan finds those, so it
+      -- makes the denial a withdrawal even for a user with no other personal data.
+      local unindex, left = {}, false
+      for _, pair in ipairs({{'home', KEYS[8]}, {'similar', KEYS[9]}, {'cart', KEYS[10]},
+                             {'offers', KEYS[11]}}) do
+        local f = redis.call('HMGET', pair[2], 'b', 'g')
+        if f[1] and f[1] ~= '' then
+          unindex[pair[1]] = f[1]
+          redis.call('HDEL', pair[2], 'x')
+        end
+        if f[2] then left = true end
+      end
       local data = {KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]}
       for i = 12, #KEYS do data[#data + 1] = KEYS[i] end
-      if redis.call('EXISTS', unpack(data)) > 0 then
-        redis.call('DEL', unpack(data))
+      local held = redis.call('EXISTS', unpack(data)) > 0
+      if held or left then
+        if held then redis.call('DEL', unpack(data)) end
         consent[3] = t[1] .. '.' .. t[2]
         redis.call('HSET', KEYS[7], 'erase', consent[3])
         change = 'withdrawn'
-      end
-      -- Stored lists leave the index naming the user (the shown index, sessions/feeds.py): the
-      -- worker removes the entries of these bodies (item-side keys are not this script's); a
-      -- later indexed write confirms every item again.
-      local unindex = {}
-      for _, pair in ipairs({{'home', KEYS[8]}, {'similar', KEYS[9]}, {'cart', KEYS[10]},
-                             {'offers', KEYS[11]}}) do
-        local body = redis.call('HGET', pair[2], 'b')
-        if body and body ~= '' then
-          unindex[pair[1]] = body
-          redis.call('HDEL', pair[2], 'x')
-        end
       end
       out['unindex'] = unindex
     end
@@ -122,9 +126,13 @@ if etype ~= 'refresh' then
   if redis.call('ZADD', KEYS[1], 'NX', ts, req['id']) == 0 then
     return reply('duplicate')
   end
-  -- Trims cost a call each; an id older than the window does no harm for a while, so expire
-  -- them on one event in 16 (the cap by count still holds within 16 ids).
-  if ts % 16 == 0 then
+  -- Trims cost a call each; an id older than the window does no harm for a while, so they run
+  -- on one new id in 16 of this user: when the set's size (ZCARD, O(1)) is a multiple of 16.
+  -- The size grows by one per new id, so whatever the timestamps' granularity (whole seconds
+  -- made `ts % 16` true for half the events, odd ms timestamps never) the set holds at most
+  -- DEDUP_MAX + 15 ids, and an id past the window goes within 16 new ids of its user (at the
+  -- cap, trims come every 16 - DEDUP_MAX % 16 new ids: 16 for the default 2,000).
+  if redis.call('ZCARD', KEYS[1]) % 16 == 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ts - ${DEDUP_WINDOW_MS})
     redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -${DEDUP_MAX} - 1)
   end

@@ -42,7 +42,7 @@ from streams.events import Event
 from streams.profile import ProfileStore, ProfileTuning, ProfileView, Scored, ScoringTuning
 from tests.integration.conftest import run, sync_redis
 
-NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z (a multiple of 16: the dedup trim runs on it)
+NOW = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 DAY_MS = 86_400_000
 TEST_DB = 14
 #: One entry of ProfileStore.apply_many: event, categories, known feed, score it.
@@ -566,9 +566,31 @@ def test_recent_is_capped_to_the_latest(redis_url: str) -> None:
 def test_dedup_is_capped_on_trim_events(redis_url: str) -> None:
     async def body(r: Redis) -> None:
         sim = Sim(r, SMALL)
-        for n in range(10):
-            await sim.send("u", "impression", "a", ts=NOW + 16 * n)  # ts % 16 == 0: trims
-            assert await r.zcard(key("u", "dedup")) == min(n + 1, 4)
+        sizes = []
+        for n in range(40):
+            await sim.send("u", "impression", "a", ts=NOW + 16 * n)
+            sizes.append(await r.zcard(key("u", "dedup")))
+        # The trim runs on one new id in 16 of the user (the set's size a multiple of 16),
+        # whatever the timestamps: the cap (4) is restored then, and never exceeded by 15.
+        assert sizes[:16] == [*range(1, 16), 4]
+        assert sizes[16:28] == [*range(5, 16), 4]
+        assert max(sizes) <= 4 + 15
+
+    run(redis_url, body)
+
+
+def test_dedup_stays_bounded_whatever_the_timestamps_granularity(redis_url: str) -> None:
+    async def body(r: Redis) -> None:
+        sim = Sim(r, SMALL)
+        odd = NOW + 1  # odd ms: `ts % 16` is never 0 (before: never trimmed by count)
+        for n in range(40):
+            await sim.send("odd", "impression", "a", ts=odd + 2 * n)
+            assert await r.zcard(key("odd", "dedup")) <= 4 + 15
+        # By time too: ids past the window go within 16 new ids of their user.
+        later = odd + SMALL.dedup_window_ms + 1_001
+        for n in range(16):
+            await sim.send("odd", "impression", "a", ts=later + 2 * n)
+        assert await r.zcount(key("odd", "dedup"), "-inf", later - 1) == 0
 
     run(redis_url, body)
 

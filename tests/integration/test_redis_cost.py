@@ -69,7 +69,7 @@ def test_a_round_of_writes_confirms_each_item_once_however_many_users_show_it(
         for i in items:
             shown: Any = await r.zrange(shown_key(i, HOME), 0, -1, withscores=True)
             assert dict(shown) == {u.encode(): 1e9 for u in users}
-            assert 0 < await r.ttl(shown_key(i, HOME)) <= store.index_bound_s
+            assert 0 < await r.ttl(shown_key(i, HOME)) <= store.index_ttl_s
 
     run(redis_url, body)
 

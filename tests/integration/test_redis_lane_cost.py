@@ -9,6 +9,8 @@ Redis (INFO commandstats before and after), with the outcomes they must still ha
   command.
 - The feed write (sessions/lua/feed_write.lua): the history is trimmed only when it is over its
   length bound.
+- The dedup trim (streams/lua/user_event.lua) runs on one new id in 16 of a user, whatever the
+  timestamps' granularity.
 
 Counts, not times (see tests/integration/test_redis_cost.py).
 """
@@ -169,5 +171,22 @@ def test_the_history_is_trimmed_only_when_over_its_length(redis_url: str) -> Non
             state = update
         assert await r.llen(history_key("h", HOME)) == 4
         assert state.state.version.n == 7
+
+    run(redis_url, body)
+
+
+def test_the_dedup_trim_runs_on_one_new_id_in_16_with_whole_second_timestamps(
+    redis_url: str,
+) -> None:
+    async def body(r: Redis) -> None:
+        store = ProfileStore(r, replace(EXACT, dedup_max=16))
+        before = await calls(r)
+        for n in range(32):  # whole seconds, as the REES46 replay's (before: half of them trimmed)
+            seen = Event(f"s{n}", "sec", "impression", "x", NOW + 1000 * n, {})
+            assert (await store.apply(seen, ["hats"]))[0] == "noop"  # writes the dedup key only
+        spent = delta(before, await calls(r))
+        assert spent.get("zremrangebyrank", 0) == 2, spent  # at 16 and 32 ids
+        assert spent.get("zremrangebyscore", 0) == 2, spent
+        assert await r.zcard(user_keys("sec")[0]) == 16
 
     run(redis_url, body)
