@@ -300,6 +300,23 @@ class ItemCache:
             del items[: len(items) - keep]
             del times[: len(times) - keep]
 
+    def now(self) -> float:
+        """The cache's clock (what :meth:`seq_read`'s ``at`` is on)."""
+        return self._clock()
+
+    def seq_read(self, key: str, flat: Sequence[Any], depth: int, at: float) -> None:
+        """A user's recent list ``key`` was read elsewhere, atomically, no earlier than ``at``
+        (the user lane's reply: ``flat`` member, time, … oldest first, the latest ``depth``):
+        keep it as a fresh read, so other users' session kNN finds it without a round trip.
+
+        ``at`` is taken before the lane's round trip was sent, so the entry is never younger
+        than what it holds; a read of ``key`` in flight meanwhile is not kept past its lane."""
+        if len(flat) % 2:
+            raise ValueError("seq_read needs member, time pairs")
+        self._touch(key)
+        members = [str(m) for m in flat[0::2]]
+        self._store(key, _Entry(_SEQ, at, members, depth, 0, [float(t) for t in flat[1::2]]))
+
     def meta_written(self, key: str, values: dict[str, str]) -> None:
         """Hash ``key``'s fields now hold ``values``."""
         entry = self._touch(key)

@@ -173,6 +173,7 @@ class ProfileStore:
             (self._script, *self._call(event, cats, known, score, context, tunings[i]))
             for i, (event, cats, known, score) in enumerate(batch)
         ]
+        sent = self.cache.now()
         raw = await run_scripts(self._redis, calls)
         replies: list[UserLaneReply | Exception] = []
         for res in raw:
@@ -183,7 +184,7 @@ class ProfileStore:
                 replies.append(UserLaneReply.unpack(res))
             except Exception as exc:  # a malformed reply fails that event alone
                 replies.append(exc)
-        await self._after_lane(batch, replies)
+        await self._after_lane(batch, replies, tunings, sent)
         views = await self._score(batch, replies, tunings)
         out: list[tuple[str, ProfileView | None] | Exception] = []
         for (event, _, _, _), reply, view in zip(batch, replies, views, strict=True):
@@ -197,15 +198,20 @@ class ProfileStore:
         return out
 
     async def _after_lane(
-        self, batch: Sequence[Entry], replies: Sequence[UserLaneReply | Exception]
+        self,
+        batch: Sequence[Entry],
+        replies: Sequence[UserLaneReply | Exception],
+        tunings: Sequence[ScoringTuning],
+        sent: float,
     ) -> None:
         """The item side of the lane: aggregates of the accepted events, the shown index of
-        withdrawn users' lists, and the cache's copies of the lane's users' lists."""
+        withdrawn users' lists, and the cache's copies of the lane's users' lists (``sent``:
+        the cache's clock before the lane's round trip)."""
         accepted: list[Accepted] = []
         unindex: list[tuple[str, str, str]] = []  # (feed, item, user)
         cache = self.cache
         cap = self.tuning.recent_max
-        for (event, cats, _, _), reply in zip(batch, replies, strict=True):
+        for (event, cats, _, _), reply, tuning in zip(batch, replies, tunings, strict=True):
             if isinstance(reply, Exception):
                 continue
             if reply.outcome in _ACCEPTED and reply.personal and event.item_id:
@@ -224,6 +230,11 @@ class ProfileStore:
                 for p in decode_body(body or None):
                     if isinstance(p, dict) and p.get("id") is not None:
                         unindex.append((feed, str(p["id"]), event.user_id))
+            if reply.seq:
+                # The scored entry's atomic read of the user's latest items (after all of the
+                # user's events in this lane): a fresh copy for other users' session kNN.
+                depth = max(_seq_n(tuning), _recent_n(tuning))
+                cache.seq_read(user_tag(event.user_id) + "recent", reply.seq, depth, sent)
             if reply.change:  # a withdrawal may have erased the profile
                 cache.invalidate(user_tag(event.user_id) + "recent")
         if unindex:
@@ -275,8 +286,9 @@ class ProfileStore:
             known_epoch=known.version.epoch if known else "",
             known_n=known.version.n if known else 0,
             context=context,
-            recent_n=max(tuning.recent_fetched, tuning.session_items),
+            recent_n=_recent_n(tuning),
             cats_n=tuning.categories_fetched,
+            seq_n=_seq_n(tuning),
             decision=decision,
             source=source,
         )
@@ -352,7 +364,7 @@ class ProfileStore:
         if isinstance(res, Exception):
             raise res
         reply = UserLaneReply.unpack(res)
-        await self._after_lane([(event, [], None, False)], [reply])
+        await self._after_lane([(event, [], None, False)], [reply], [self.scoring], 0.0)
         fields = await self._redis.hmget(consent_key(user), ["state", "at", "source", "erase"])
         return ConsentChange(reply.change, parse_record(list(fields)), reply.marker or None)
 
@@ -362,6 +374,17 @@ def _state(user: str, feed: str, st: FeedReply) -> FeedState | None:
     if not st.epoch:
         return None
     return FeedState(user, feed, Version(st.epoch, st.n), decode_body(st.body or None))
+
+
+def _recent_n(tuning: ScoringTuning) -> int:
+    """How many of a user's latest items scoring reads from the user lane's reply."""
+    return max(tuning.recent_fetched, tuning.session_items)
+
+
+def _seq_n(tuning: ScoringTuning) -> int:
+    """How many of a user's latest items, with their times, the user lane returns for the item
+    cache: what other users' session kNN reads of this list (none when it is off)."""
+    return tuning.session_seq if tuning.session_w > 0 else 0
 
 
 __all__ = [

@@ -71,6 +71,9 @@ class UserLaneRequest:
     #: How many recent items and top categories scoring reads.
     recent_n: int
     cats_n: int
+    #: How many of the user's latest items to return with their times (0: none): the worker's
+    #: item cache keeps them as a fresh read of the user's recent list.
+    seq_n: int = 0
     #: Consent events: the decision and its source.
     decision: str = ""
     source: str = ""
@@ -93,6 +96,8 @@ class UserLaneRequest:
             "recent_n": self.recent_n,
             "cats_n": self.cats_n,
         }
+        if self.seq_n:
+            req["seq_n"] = self.seq_n
         if self.decision:
             req["decision"] = self.decision
             req["source"] = self.source
@@ -127,6 +132,9 @@ class UserLaneReply:
     partners: Sequence[str] = ()
     #: Scored entries: recent items newest first, top categories, bought, cart sample.
     recent: Sequence[str] = ()
+    #: When asked (``seq_n``): the user's latest items and their times, flat and oldest first
+    #: (``ZRANGE … WITHSCORES``), read atomically after the event.
+    seq: Sequence[Any] = ()
     categories: Sequence[tuple[str, float]] = ()
     bought: frozenset[str] = _EMPTY
     cart: Sequence[str] = ()
@@ -167,6 +175,9 @@ class UserLaneReply:
         recent = get("recent")
         if recent:
             reply.recent = recent
+        seq = get("seq")
+        if seq:
+            reply.seq = seq
         cats = get("cats")
         if cats:
             it = iter(cats)

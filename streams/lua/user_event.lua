@@ -13,13 +13,16 @@
 --   cats (list), ts (ms), w_aff, w_cov, score (bool: false when a later event of the batch
 --   will score), user, e and n (the home feed version the caller holds, '' / 0: none), context
 --   (context feeds to report even when the user has none stored), recent_n and cats_n (how many
---   recent items and top categories scoring reads), and for consent events decision
+--   recent items and top categories scoring reads), seq_n (0: none; else how many of the user's
+--   latest items to return with their times, for the worker's item cache), and for consent
+--   events decision
 --   ('granted' / 'denied') and source ('event' / 'api').
 -- Reply: one msgpack map (UserLaneReply): outcome ('duplicate', 'applied', 'coalesced', 'noop',
 --   'no_consent'), personal, and when relevant: prev (the user's latest distinct items before
 --   this event, newest first: co-visitation), new_user (the first item of this user's recent
 --   list: the users count), partners (cart sample and items bought within the hour:
---   complements); when scored: recent (newest first), cats (flat name, score of the top
+--   complements); when scored: recent (newest first), seq (when seq_n > 0: flat item, time of
+--   the latest max(seq_n, recent_n) items, oldest first, as ZRANGE … WITHSCORES), cats (flat name, score of the top
 --   categories), bought, cart (a sample of 20), feeds (name -> {e, n, b, same}: the home feed,
 --   and each context feed the user has or `context` names); consent: marker (a withdrawal's
 --   erasure is pending), change (what recording a decision did), at (the record's time),
@@ -244,7 +247,20 @@ end
 
 -- What scoring needs of this user (a user without consent: none of their keys is read).
 if personal then
-  out['recent'] = redis.call('ZREVRANGE', KEYS[2], 0, tonumber(req['recent_n']) - 1)
+  local rn, sn = tonumber(req['recent_n']), tonumber(req['seq_n'] or 0)
+  if sn > 0 then
+    -- The user's latest items with their times, oldest first: the worker's item cache keeps
+    -- them (other users' session kNN reads this list), and `recent` is their newest end.
+    local seq = redis.call('ZRANGE', KEYS[2], -math.max(sn, rn), -1, 'WITHSCORES')
+    local recent = {}
+    for i = #seq - 1, 1, -2 do
+      if #recent >= rn then break end
+      recent[#recent + 1] = seq[i]
+    end
+    out['seq'], out['recent'] = seq, recent
+  else
+    out['recent'] = redis.call('ZREVRANGE', KEYS[2], 0, rn - 1)
+  end
   out['cats'] = redis.call('ZREVRANGE', KEYS[3], 0, tonumber(req['cats_n']) - 1, 'WITHSCORES')
   local bought = redis.call('ZRANGE', KEYS[5], 0, -1)  -- most bought nothing: an empty list
   if #bought > 0 then out['bought'] = bought end

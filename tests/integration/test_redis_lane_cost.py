@@ -29,13 +29,14 @@ from sessions.feeds import HOME, FeedStore
 from sessions.keys import (
     category_trend_key,
     complements_key,
+    encode_user,
     history_key,
     neighbours_key,
     visitors_key,
 )
 from streams.aggregates import Aggregates, Increments
 from streams.events import Event
-from streams.itemcache import ItemCache, top
+from streams.itemcache import ItemCache, seqs, top
 from streams.profile import ProfileStore
 from streams.user_lane import user_keys
 from tests.integration.conftest import run
@@ -188,5 +189,35 @@ def test_the_dedup_trim_runs_on_one_new_id_in_16_with_whole_second_timestamps(
         assert spent.get("zremrangebyrank", 0) == 2, spent  # at 16 and 32 ids
         assert spent.get("zremrangebyscore", 0) == 2, spent
         assert await r.zcard(user_keys("sec")[0]) == 16
+
+    run(redis_url, body)
+
+
+def test_the_lanes_users_recent_lists_are_cached_from_the_lane_without_a_read(
+    redis_url: str,
+) -> None:
+    """The session kNN of one user reads the recent lists of the item's latest visitors: users
+    who just acted. The user lane returns each scored user's latest items with their times, and
+    the worker's cache keeps that as a fresh read: no round trip for those lists follows."""
+
+    async def body(r: Redis) -> None:
+        cache = ItemCache(r, max_age_s=3600.0)
+        store = ProfileStore(r, replace(EXACT), cache=cache)
+        ts = NOW
+        for user in ("v1", "v2"):
+            for item in ("a", "b", "c"):
+                ts += 1000
+                assert (await store.apply(event(user, item, ts, f"{user}-{item}"), []))[0] == "ok"
+        # Written behind the worker's back: a read would see it, the lane's copy does not.
+        for user in ("v1", "v2"):
+            await r.zadd(user_keys(user)[1], {"behind": ts + 1})
+        snap = await cache.prefetch(seqs([user_keys(u)[1] for u in ("v1", "v2")], 20))
+        for user in ("v1", "v2"):
+            assert snap.sequence(encode_user(user), 20) == ["a", "b", "c"]
+        # The next user's session kNN finds v1 and v2 on a and reads their lists from the cache.
+        status, view = await store.apply(event("me", "a", ts + 2000, "me-a"), [])
+        assert status == "ok" and view is not None
+        assert {c[0] for c in view.candidates} >= {"b", "c"}
+        assert "behind" not in {c[0] for c in view.candidates}
 
     run(redis_url, body)

@@ -254,6 +254,28 @@ def test_own_recent_writes_keep_a_cached_sequence_exact_without_a_read() -> None
     asyncio.run(main())
 
 
+def test_a_lanes_read_of_a_recent_list_is_kept_until_max_age_after_its_send() -> None:
+    async def main() -> None:
+        store, clock = Store(), Clock()
+        store.z[R] = {"a": 1.0, "b": 2.0, "c": 3.0}
+        cache, _ = make(store, clock)
+        sent = cache.now()
+        clock.now += 0.5  # the lane's round trip
+        cache.seq_read(R, ["a", "1", "b", "2", "c", "3"], 20, sent)
+        store.z[R]["d"] = 4.0  # another worker's write: shows within the bound, counted from send
+        snap = await cache.prefetch([seq(R, 3)])
+        assert store.round_trips == 0
+        assert snap.sequence("u1", 20) == ["a", "b", "c"]  # a whole list serves any depth
+        clock.now += 0.6  # max age (1 s) after the send, not after the reply
+        snap = await cache.prefetch([seq(R, 3)])
+        assert store.round_trips == 1
+        assert snap.sequence("u1", 20) == ["b", "c", "d"]
+        with pytest.raises(ValueError):
+            cache.seq_read(R, ["a"], 20, sent)
+
+    asyncio.run(main())
+
+
 def test_own_recent_writes_to_a_whole_list_keep_the_lanes_cap() -> None:
     async def main() -> None:
         store, clock = Store(), Clock()
