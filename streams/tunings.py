@@ -72,7 +72,7 @@ class ScoringTuning:
     #: Session kNN: this user's latest ``session_items`` items find up to ``session_sample``
     #: recent users per item; the best ``session_neighbours`` of them vote for their items.
     session_items: int = 8
-    #: 100, not 200: the neighbour pool (up to items × sample users) is ranked per event, the
+    #: 100, not 200: the neighbour pool (up to items times sample users) is ranked per event, the
     #: worker's largest cost when many visitors share items (10,000 visitors at 1,000 events/s:
     #: 780 -> 709 µs/event); HR@20/MRR@20 .6962/.3796 -> .6955/.3797 on YOOCHOOSE, REES46
     #: .6793/.4771 -> .6793/.4772.
