@@ -20,7 +20,7 @@ import redis
 from redis.asyncio import Redis
 
 from sessions.broker_redis import RedisBroker
-from tests.integration.conftest import start_server
+from tests.integration.conftest import start_server, sync_redis
 from tests.integration.harness import SCALE, Peer, Server, api, metric, new_id, sse_peer, ws_peer
 from tests.integration.kafka_cluster import Cluster, cluster
 
@@ -76,23 +76,34 @@ def test_an_idle_node_serves_its_next_client(transport: str) -> None:
 
 
 def _acl_setuser(admin: redis.Redis, name: str, *rules: str) -> None:
-    admin.execute_command("ACL", "SETUSER", name, *rules)  # type: ignore[no-untyped-call]
+    """ACL SETUSER on ``admin``'s server, or on every node of the test cluster (ACLs are per
+    node: a cluster client reaches any of them)."""
+    if isinstance(admin, redis.RedisCluster):
+        admin.execute_command(
+            "ACL", "SETUSER", name, *rules, target_nodes=redis.RedisCluster.ALL_NODES
+        )
+    else:
+        admin.execute_command("ACL", "SETUSER", name, *rules)  # type: ignore[no-untyped-call]
 
 
 @contextmanager
 def _acl_user(base_url: str) -> Iterator[tuple[str, redis.Redis]]:
-    """A Redis ACL user with every permission; yields (its URL, an admin client)."""
-    admin = redis.Redis.from_url(base_url)
-    if int(str(admin.info("server")["redis_version"]).split(".")[0]) < 7:
-        admin.close()
-        pytest.skip("needs Redis >= 7 (ACL channel permissions)")
+    """A Redis ACL user with every permission (on every node of the test cluster in cluster
+    mode); yields (its URL, an admin client)."""
+    with redis.Redis.from_url(base_url) as node:
+        if int(str(node.info("server")["redis_version"]).split(".")[0]) < 7:
+            pytest.skip("needs Redis >= 7 (ACL channel permissions)")
+    admin = sync_redis(base_url)
     name, password = f"node-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     _acl_setuser(admin, name, "on", f">{password}", "~*", "&*", "+@all")
     rest = base_url.split("://", 1)[1]
     try:
         yield f"redis://{name}:{password}@{rest}", admin
     finally:
-        admin.acl_deluser(name)
+        if isinstance(admin, redis.RedisCluster):
+            admin.execute_command("ACL", "DELUSER", name, target_nodes=redis.RedisCluster.ALL_NODES)
+        else:
+            admin.acl_deluser(name)
         admin.close()
 
 

@@ -18,11 +18,11 @@ import msgpack
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from redis.asyncio import Redis
 
 from sessions.keys import trend_bucket, trend_key, trend_meta_key
 from streams.events import MAX_PROPS_DEPTH, Event
 from streams.profile import ProfileStore, ProfileTuning, ScoringTuning, user_keys
+from tests.integration.conftest import redis_client
 from tests.integration.harness import SCALE, Server, metric, new_id
 from tests.integration.kafka_cluster import Cluster, cluster
 
@@ -172,7 +172,7 @@ def test_one_event_cannot_move_the_decay_origins_past_now() -> None:
     with cluster() as c:
 
         async def scenario() -> None:
-            r = Redis.from_url(c.redis_url)
+            r = redis_client(c.redis_url)
             try:
                 store = ProfileStore(r, ProfileTuning(), ScoringTuning())
                 now = int(time.time() * 1000)
