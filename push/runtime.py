@@ -31,6 +31,7 @@ from sessions.broker_redis import RedisBroker
 from sessions.cluster import is_cluster
 from sessions.feeds import FeedStore
 from sessions.hub import Hub
+from sessions.text import text
 from streams.catalog import Catalog, load_items
 from streams.consent import REQUIRED
 from streams.docstore import DocumentFile, DocumentStore, follow_channel
@@ -420,7 +421,7 @@ class Runtime:
         """Close the connections of users erased through another node, until cancelled."""
 
         async def erased(data: bytes | str | None) -> None:
-            user = data.decode() if isinstance(data, bytes) else str(data)
+            user = text(data)
             self.hub.close_user(user, CloseCode.ERASED, "user data erased")
 
         await follow_channel(self.redis, ERASE_CHANNEL, erased, name="erasures")

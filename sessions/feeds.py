@@ -101,6 +101,7 @@ from sessions.exceptions import VersionConflict, WriteRefused
 from sessions.keys import feed_key, history_key
 from sessions.keys import shown_key as _shown_key
 from sessions.scripts import Call, PipelinedScript, run_scripts
+from sessions.text import text
 from sessions.versions import Version, new_epoch
 
 log = structlog.get_logger(__name__)
@@ -256,8 +257,8 @@ def parse_state(user: str, feed: str, fields: list[Any]) -> FeedState | None:
     epoch, n, body = fields[:3]
     if epoch is None or n is None:
         return None
-    tag = _text(fields[3]) if len(fields) > 3 and fields[3] else ""
-    return FeedState(user, feed, Version(_text(epoch), int(n)), decode_body(body), tag)
+    tag = text(fields[3]) if len(fields) > 3 and fields[3] else ""
+    return FeedState(user, feed, Version(text(epoch), int(n)), decode_body(body), tag)
 
 
 class FeedCache:
@@ -493,8 +494,8 @@ class FeedStore:
             if not ok:
                 out[i] = VersionConflict(f"feed {draft.feed} moved on before our write (n={n})")
                 continue
-            tag = _text(res[3]) if len(res) > 3 and res[3] else ""
-            state = FeedState(draft.user, draft.feed, Version(_text(epoch), n), draft.items, tag)
+            tag = text(res[3]) if len(res) > 3 and res[3] else ""
+            state = FeedState(draft.user, draft.feed, Version(text(epoch), n), draft.items, tag)
             out[i] = FeedUpdate(state, base.version if base else None, diff)
             if draft.user not in unindexed and len(res) > 4 and int(res[4]):
                 # The script says a full confirmation is due: every kept item, after the write.
@@ -578,7 +579,7 @@ class FeedStore:
             if epoch is None or n is None:
                 out.append(None)
             else:
-                out.append(Version(epoch.decode() if isinstance(epoch, bytes) else epoch, int(n)))
+                out.append(Version(text(epoch), int(n)))
         return out
 
     async def shown(
@@ -596,7 +597,7 @@ class FeedStore:
         for item in items:
             pipe.zrangebyscore(shown_key(feed, item), low, "+inf")
         replies = await pipe.execute()
-        return [[_text(u) for u in users] for users in replies]
+        return [[text(u) for u in users] for users in replies]
 
     async def unindex_many(
         self, feed: str, stale: Sequence[tuple[str, Version | None, Sequence[str]]]
@@ -622,7 +623,7 @@ class FeedStore:
         scores, versions = replies[: len(wanted)], replies[len(wanted) :]
         now: dict[str, Version | None] = {}
         for user, (epoch, n) in zip(users, versions, strict=True):
-            now[user] = None if epoch is None or n is None else Version(_text(epoch), int(n))
+            now[user] = None if epoch is None or n is None else Version(text(epoch), int(n))
         triples: dict[str, list[Any]] = {}
         for (user, seen, item), score in zip(wanted, scores, strict=True):
             if score is not None and now[user] == seen:
@@ -671,10 +672,6 @@ class FeedStore:
                 pipe.hdel(feed_key(user, feed), "x")
         await pipe.execute()
         return removed
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _chain(state: FeedState, held: Version, entries: list[Any]) -> tuple[ReplayedDiff, ...] | None:

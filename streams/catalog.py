@@ -37,6 +37,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessions.cluster import mget, refresh_topology
 from sessions.keys import TREND_BUCKETS
+from sessions.text import text
 from streams.aggregates import read_trending
 from streams.exceptions import StreamsError
 
@@ -185,10 +186,10 @@ class Catalog:
         written back (:meth:`restore`) instead: a lost catalog must not empty every feed.
         """
         items: dict[str, Item] = {}
-        ids = [_text_of(i) for i in await self._redis.zrange(ITEMS_KEY, 0, -1)]
+        ids = [text(i) for i in await self._redis.zrange(ITEMS_KEY, 0, -1)]
         if not ids and self._items:
             await self.restore()
-            ids = [_text_of(i) for i in await self._redis.zrange(ITEMS_KEY, 0, -1)]
+            ids = [text(i) for i in await self._redis.zrange(ITEMS_KEY, 0, -1)]
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
             for raw in await mget(self._redis, [item_key(i) for i in chunk]):
@@ -362,7 +363,3 @@ def _parsed(raw: object) -> Item | None:
         return parse_item(json.loads(raw))
     except (ValueError, InvalidItem):
         return None
-
-
-def _text_of(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -52,12 +52,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 
 from sessions.keys import feed_key, user_tag
 from sessions.scripts import PipelinedScript
+from sessions.text import text
 from streams.events import ITEM_TYPES
 from streams.privacy import erase_user
 from streams.triggers import events_key
@@ -75,12 +77,7 @@ NO_CONSENT = "no_consent"
 
 # Clears a withdrawal's marker only if it is still the one the erasure was for: a newer
 # withdrawal that arrived meanwhile keeps its own, and its own erasure.
-_CLEAR_LUA = """
-if redis.call('HGET', KEYS[1], 'erase') == ARGV[1] then
-  return redis.call('HDEL', KEYS[1], 'erase')
-end
-return 0
-"""
+_CLEAR_LUA = resources.files("streams").joinpath("lua/consent_clear.lua").read_text()
 
 
 def consent_key(user: str) -> str:
@@ -129,7 +126,7 @@ class ConsentChange:
 
 def parse_record(fields: Sequence[Any]) -> ConsentRecord | None:
     """A record from ``HMGET state at source erase``; None when there is none."""
-    state, at, source, erase = (_text(f) if f is not None else None for f in fields)
+    state, at, source, erase = (text(f) if f is not None else None for f in fields)
     if state not in (GRANTED, DENIED):
         return None
     return ConsentRecord(state == GRANTED, int(at or 0), source or "", bool(erase))
@@ -179,7 +176,3 @@ class ConsentStore:
         if isinstance(cleared, Exception):
             raise cleared
         return bool(cleared)
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -21,6 +21,7 @@ import asyncio
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
@@ -31,20 +32,12 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sessions.cluster import refresh_topology
+from sessions.text import text as as_text
 from streams.yamldoc import InvalidDocument
 
 #: KEYS[1] the document hash; ARGV[1] the normalized body, ARGV[2] the channel.
 #: Returns {1 when written else 0, the version now stored}.
-_SAVE_LUA = """
-local body = redis.call('HGET', KEYS[1], 'body')
-if body == ARGV[1] then
-  return {0, tonumber(redis.call('HGET', KEYS[1], 'v') or '0')}
-end
-local v = redis.call('HINCRBY', KEYS[1], 'v', 1)
-redis.call('HSET', KEYS[1], 'body', ARGV[1])
-redis.call('PUBLISH', ARGV[2], tostring(v))
-return {1, v}
-"""
+_SAVE_LUA = resources.files("streams").joinpath("lua/doc_save.lua").read_text()
 
 #: Called with (source, outcome): source ``api`` / ``file`` / ``redis``; outcome ``ok``,
 #: ``unchanged``, ``invalid`` or ``error``.
@@ -126,7 +119,7 @@ class DocumentStore(Generic[D]):
             if raw_v is None or raw_body is None:
                 return self.current
             version = int(raw_v)
-            body = raw_body.decode() if isinstance(raw_body, bytes) else str(raw_body)
+            body = as_text(raw_body)
             if version == self.current.version and body == self._body:
                 return self.current
             try:

@@ -42,6 +42,7 @@ from redis.asyncio import Redis
 from sessions.feeds import parse_rec_id
 from sessions.keys import STATS_BUCKETS, revisions_key, stats_bucket, stats_key, user_tag
 from sessions.scripts import Call, PipelinedScript
+from sessions.text import text
 from streams.events import Event
 from streams.experiments import Experiment, ExperimentSet, Label, labels_of
 
@@ -164,7 +165,7 @@ class ExperimentStats:
         first: dict[str, float] = {}
         for pairs in await pipe.execute():
             for rev, score in pairs:
-                r = _text(rev)
+                r = text(rev)
                 first[r] = min(score, first.get(r, score))
         return sorted(first, key=lambda r: (first[r], r))
 
@@ -176,7 +177,7 @@ class ExperimentStats:
         out: dict[str, int] = {}
         for raw in await pipe.execute():
             for k, v in raw.items():
-                out[_text(k)] = out.get(_text(k), 0) + int(v)
+                out[text(k)] = out.get(text(k), 0) + int(v)
         return out
 
 
@@ -194,10 +195,6 @@ def current_labels(user: str, rec: str, experiments: ExperimentSet) -> list[Labe
         if variant is not None and variant.name == label.variant:
             out.append(label)
     return out
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 # -- statistics ---------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from sessions.keys import (
     timers_key,
     user_tag,
 )
+from sessions.text import text
 
 
 def _same(user: str) -> str:
@@ -138,16 +139,12 @@ async def _scan(redis: Redis, pattern: str) -> AsyncIterator[list[str]]:
     """The keys matching ``pattern``, in chunks of up to ``_CHUNK``."""
     chunk: list[str] = []
     async for key in redis.scan_iter(match=pattern, count=1000):
-        chunk.append(_text(key))
+        chunk.append(text(key))
         if len(chunk) >= _CHUNK:
             yield chunk
             chunk = []
     if chunk:
         yield chunk
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else str(value)
 
 
 def _timer_user(member: str) -> str | None:
@@ -213,7 +210,7 @@ async def _markers_naming(redis: Redis, user: str) -> AsyncIterator[list[str]]:
                     pipe.get(key)
             values = await pipe.execute()
             mine = [
-                k for k, v in zip(found, values, strict=True) if v is not None and _text(v) == user
+                k for k, v in zip(found, values, strict=True) if v is not None and text(v) == user
             ]
             if mine:
                 yield mine
@@ -229,7 +226,7 @@ def _anon_of(key: str) -> str:
 
 
 async def _members(redis: Redis, key: str) -> list[str]:
-    return [_text(m) async for m, _ in redis.zscan_iter(key, count=1000)]
+    return [text(m) async for m, _ in redis.zscan_iter(key, count=1000)]
 
 
 async def export_user(redis: Redis, user: str) -> dict[str, Any]:
@@ -265,7 +262,7 @@ async def export_user(redis: Redis, user: str) -> dict[str, Any]:
     raw = await redis.get(merged_key(user))
     if raw is None:
         raw = await redis.get(_LEGACY_MERGED + user)
-    merged = _text(raw) if raw is not None else None
+    merged = text(raw) if raw is not None else None
     merged_from = sorted(
         [
             k[len(_LEGACY_MERGED) :] if k.startswith(_LEGACY_MERGED) else _anon_of(k)
@@ -288,24 +285,24 @@ async def export_user(redis: Redis, user: str) -> dict[str, Any]:
 
 
 async def _dump(redis: Redis, key: str) -> dict[str, Any]:
-    kind = _text(await redis.type(key))
+    kind = text(await redis.type(key))
     value: Any
     if kind == "string":
         raw = await redis.get(key)
         value = None if raw is None else _value(raw)
     elif kind == "hash":
-        value = {_text(f): _decode(_text(f), v) for f, v in (await redis.hgetall(key)).items()}
+        value = {text(f): _decode(text(f), v) for f, v in (await redis.hgetall(key)).items()}
     elif kind == "zset":
         pairs: list[Any] = await redis.zrange(key, 0, -1, withscores=True)
-        value = [[_text(m), s] for m, s in pairs]
+        value = [[text(m), s] for m, s in pairs]
     elif kind == "set":
-        value = sorted(_text(m) for m in await redis.smembers(key))
+        value = sorted(text(m) for m in await redis.smembers(key))
     elif kind == "list":
         value = [_value(v) for v in await redis.lrange(key, 0, -1)]
     elif kind == "stream":
         entries: list[Any] = list(await redis.xrange(key) or [])
         value = [
-            {"id": _text(entry_id), **{_text(f): _decode(_text(f), v) for f, v in fields.items()}}
+            {"id": text(entry_id), **{text(f): _decode(text(f), v) for f, v in fields.items()}}
             for entry_id, fields in entries
         ]
     else:  # the key expired between the scan and now

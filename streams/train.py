@@ -38,6 +38,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 
 from redis.asyncio import Redis
 
@@ -57,21 +58,9 @@ Neighbours = dict[str, list[tuple[str, float]]]
 
 # Swap the pointer to a fully written version, in one step; refuse a version no longer
 # registered (removed as stale by another loader meanwhile). Returns the previous version.
-_SWAP = """
-if redis.call('HEXISTS', KEYS[1], 'v:' .. ARGV[1]) == 0 then
-  return redis.error_reply('model version ' .. ARGV[1] .. ' is not registered')
-end
-local old = redis.call('HGET', KEYS[1], 'nb')
-redis.call('HSET', KEYS[1], 'nb', ARGV[1], 'nb_items', ARGV[2], 'nb_edges', ARGV[3],
-           'nb_loaded_ms', ARGV[4])
-return old or false
-"""
+_SWAP = resources.files("streams").joinpath("lua/model_swap.lua").read_text()
 # Claim a version for removal: never the current one. Returns 1 when it may be deleted.
-_CLAIM = """
-if redis.call('HGET', KEYS[1], 'nb') == ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], 'v:' .. ARGV[1])
-return 1
-"""
+_CLAIM = resources.files("streams").joinpath("lua/model_claim.lua").read_text()
 
 
 @dataclass(frozen=True, slots=True)

@@ -111,6 +111,7 @@ from sessions.keys import (
     user_tag,
 )
 from sessions.scripts import Call, PipelinedScript
+from sessions.text import text
 from sessions.tokens import ANON_PREFIX
 from streams.catalog import Catalog
 from streams.events import Event
@@ -140,10 +141,6 @@ TriggerObserver = Callable[[str, str, int], None]
 def events_key(user: str, etype: str) -> str:
     """The hash of ``user``'s recent event times of type ``etype``, per item."""
     return f"{user_tag(user)}ev:{etype}"
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +450,7 @@ class Triggers:
             if timers:
                 bucket = timers_key(timer_bucket(event.user_id))
                 due.setdefault(bucket, {}).update(
-                    {_text(timers[j]): int(timers[j + 1]) for j in range(0, len(timers), 2)}
+                    {text(timers[j]): int(timers[j + 1]) for j in range(0, len(timers), 2)}
                 )
             for position in positions:
                 t = now[int(position) - 1]
@@ -516,7 +513,7 @@ class Triggers:
                 if isinstance(claimed, Exception):
                     raise claimed
                 due, requeued = claimed
-                members = [_text(m) for m in due]
+                members = [text(m) for m in due]
                 self._seen("timers", "retried", int(requeued))
                 self._seen("timers", "claimed", len(members))
                 for member in members:
@@ -559,7 +556,7 @@ class Triggers:
                     # A merge landing before the write refuses it; the next round retargets.
                     guards.append(Guard(merged_key(user), None))
                 else:
-                    target = _text(merged)
+                    target = text(merged)
                     self._seen("timers", "retargeted")
             if trigger.unless_event is not None:
                 # Since the after event, of the user the offer goes to (a guard: atomic with the
@@ -592,7 +589,7 @@ class Triggers:
         """Whether ``user``'s event times of ``etype`` hold an entry of ``item`` at or after
         ``since`` (ms): the check ``lua/offer_guard.lua`` makes, as a plain read."""
         raw = await self._redis.hget(events_key(user, etype), item)
-        for line in _text(raw).split("\n") if raw is not None else ():
+        for line in text(raw).split("\n") if raw is not None else ():
             ts, _, _ = line.partition("/")
             if ts.lstrip("-").isdigit() and int(ts) >= since:
                 return True
