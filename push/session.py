@@ -33,6 +33,7 @@ from push import protocol
 from push.collector import collect
 from push.protocol import Action, ClientMessage, ClientState, Codec, ItemTable, ProtocolError
 from push.runtime import Runtime
+from sessions.backoff import Backoff
 from sessions.exceptions import InvalidToken
 from sessions.feeds import FeedState, FeedUpdate
 from sessions.tokens import Claims
@@ -422,16 +423,16 @@ class Session:
     async def _patiently(self, read: Callable[[], Awaitable[Any]]) -> Any:
         """Run a Redis read, riding out a short outage; :class:`Unavailable` after the patience."""
         loop = asyncio.get_running_loop()
-        delay = 0.1
+        backoff = Backoff(0.1, 2.0)
         deadline = loop.time() + STORE_PATIENCE_S
         while True:
             try:
                 return await read()
             except (RedisConnectionError, RedisTimeoutError) as exc:
+                delay = backoff.next()
                 if loop.time() + delay > deadline or self.closed:
                     raise Unavailable("feed store unreachable") from exc
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
 
     # -- client messages --------------------------------------------------------------------
 

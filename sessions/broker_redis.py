@@ -45,7 +45,6 @@ for confirmation makes that ``watch`` raise :class:`~sessions.exceptions.Subscri
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,6 +55,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessions.backoff import Backoff
 from sessions.broker import Deliver
 from sessions.codec import CodecError, decode_update, encode_update
 from sessions.exceptions import SubscribeFailed
@@ -97,8 +97,7 @@ class RedisBroker:
         self._on_moved = on_moved
         self._confirm_timeout_s = confirm_timeout_s
         self._ping_interval_s = ping_interval_s
-        self._backoff_min, self._backoff_max = backoff_s
-        self._backoff = self._backoff_min
+        self._backoff = Backoff(*backoff_s)
         self._deliver: Deliver | None = None
         self._pubsub: Any = None  # redis-py's PubSub is untyped
         self._subscriber: Redis | None = None  # owns the pub/sub connection's own pool
@@ -277,7 +276,7 @@ class RedisBroker:
                     await pubsub.ping()
                     continue
                 pinged = False
-                self._backoff = self._backoff_min  # read something: the connection works
+                self._backoff.reset()  # read something: the connection works
                 self._handle(message)
             except Exception as exc:  # whatever it was, the connection's state is unknown
                 pinged = False
@@ -285,8 +284,7 @@ class RedisBroker:
 
     async def _lost(self, pubsub: Any, exc: Exception) -> None:
         """Drop the connection and wait out the backoff; the next read reconnects."""
-        delay = random.uniform(0, self._backoff)  # noqa: S311 - jitter, not a secret
-        self._backoff = min(self._backoff * 2, self._backoff_max)
+        delay = self._backoff.next()
         # A lost connection's error names the address; any other may quote what it choked on
         # (a channel holds a user id), so only its type is logged.
         error = repr(exc) if isinstance(exc, _LOST) else type(exc).__name__

@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessions.backoff import Backoff
 from sessions.cluster import mget, refresh_topology
 from sessions.keys import TREND_BUCKETS
 from sessions.text import text
@@ -267,13 +268,13 @@ class Catalog:
         it checks that Redis still holds the catalog (:meth:`check`); a reload or check that
         finds it gone writes the mirror back (see the module docstring).
         """
-        delay = 0.5
+        backoff = Backoff(0.5, 10.0)
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(CHANGES_CHANNEL)
                     await self.load()
-                    delay = 0.5
+                    backoff.reset()
                     while True:
                         message = await pubsub.get_message(timeout=check_s)
                         if message is None:
@@ -283,8 +284,7 @@ class Catalog:
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("catalog_follow_lost", error=type(exc).__name__)
                 await refresh_topology(self._redis)  # a cluster: subscribe to a live master
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                await asyncio.sleep(backoff.next())
 
     async def _refresh(self, data: object) -> None:
         try:

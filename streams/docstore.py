@@ -31,6 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessions.backoff import Backoff
 from sessions.cluster import refresh_topology
 from sessions.text import text as as_text
 from streams.yamldoc import InvalidDocument
@@ -157,14 +158,14 @@ async def follow_channel(
     (re)subscription ``subscribed`` first (what was missed while unsubscribed). A lost connection
     or an unexpected error is logged (``<name>_follow_lost`` / ``_failed``) and the subscription
     is made again, backing off from 0.5 s to 10 s."""
-    delay = 0.5
+    backoff = Backoff(0.5, 10.0)
     while True:
         try:
             async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(channel)
                 if subscribed is not None:
                     await subscribed()
-                delay = 0.5
+                backoff.reset()
                 async for message in pubsub.listen():
                     await on_message(message.get("data"))
         except (RedisConnectionError, RedisTimeoutError) as exc:
@@ -172,8 +173,7 @@ async def follow_channel(
             await refresh_topology(redis)  # a cluster: subscribe to a live master next time
         except Exception:  # a bug or an unexpected reply: keep following, loudly
             log.exception(f"{name}_follow_failed")
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 10.0)
+        await asyncio.sleep(backoff.next())
 
 
 class DocumentFile(Generic[D]):

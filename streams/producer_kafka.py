@@ -17,6 +17,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from sessions.backoff import Backoff
 from streams.events import Event
 from streams.exceptions import SourceUnavailable
 from streams.records import MSGPACK
@@ -74,10 +75,9 @@ class KafkaProducer:
         return True
 
     async def _keep_connecting(self) -> None:
-        delay = 0.5
-        while not await self._connect():
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        backoff = Backoff(0.5, 10.0)
+        while not await self._connect():  # noqa: ASYNC110 - a retry loop, nothing to wait on
+            await asyncio.sleep(backoff.next())
 
     async def send(self, events: Sequence[Event]) -> None:
         """Produce ``events`` and wait for the broker's acknowledgement of every one."""

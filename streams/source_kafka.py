@@ -32,6 +32,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from sessions.backoff import Backoff
 from streams.deadletter import DeadLetters
 from streams.events import Event
 from streams.exceptions import InvalidEvent
@@ -282,7 +283,7 @@ class KafkaSource:
         handler = self._handler
         if handler is None or not events:
             return
-        delay = 0.05
+        backoff = Backoff(0.05, 5.0)
         while True:
             try:
                 await handler(events)
@@ -293,5 +294,4 @@ class KafkaSource:
                 if self.revoking or self._stopping:
                     raise _Abandoned from exc
                 log.warning("batch_retry", size=len(events), error=type(exc).__name__)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                await asyncio.sleep(backoff.next())

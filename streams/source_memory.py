@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import structlog
 
+from sessions.backoff import Backoff
 from streams.events import Event
 from streams.exceptions import SourceUnavailable
 from streams.source import BatchHandler
@@ -98,7 +99,7 @@ class MemoryBus:
             batch = [await queue.get()]
             while len(batch) < self._max_batch and not queue.empty():
                 batch.append(queue.get_nowait())
-            delay = 0.05
+            backoff = Backoff(0.05, 5.0)
             while True:
                 try:
                     await handler(batch)
@@ -108,7 +109,6 @@ class MemoryBus:
                     # Retry the same batch: dedup on event_id makes the replay harmless, and
                     # dropping it would lose accepted events.
                     log.warning("batch_retry", size=len(batch), error=type(exc).__name__)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
+                    await asyncio.sleep(backoff.next())
             for _ in batch:
                 queue.task_done()

@@ -99,6 +99,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sessions.backoff import Backoff
 from sessions.broker import Broker
 from sessions.exceptions import VersionConflict, WriteRefused
 from sessions.feeds import FeedState, FeedStore, FeedUpdate
@@ -597,14 +598,15 @@ class Triggers:
 
     async def run(self) -> None:
         """Poll every ``interval_s`` until cancelled; Redis failures are logged and retried."""
-        delay = self._interval_s
+        backoff = Backoff(self._interval_s, max(self._interval_s, 10.0))
         while True:
+            delay = self._interval_s
             try:
                 await self.poll_once()
-                delay = self._interval_s
+                backoff.reset()
             except (RedisConnectionError, RedisTimeoutError) as exc:
                 log.warning("timers_poll_failed", error=type(exc).__name__)
-                delay = min(delay * 2, 10.0)
+                delay = backoff.next()
             except Exception:
                 log.exception("timers_poll_failed")
             await asyncio.sleep(delay)
