@@ -19,7 +19,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from push.config import Settings
-from push.exceptions import ConfigError
+from push.exceptions import ConfigError, PushError
 from push.logs import configure_logging
 from push.redis_client import connect
 from push.redis_server import EmbeddedRedis
@@ -218,7 +218,7 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if any(r.failed for r in results) else 0
 
 
-class _NotEmpty(Exception):
+class _NotEmpty(PushError):
     """The external Redis holds data and ``--flush`` was not given."""
 
 

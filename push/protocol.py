@@ -26,6 +26,7 @@ from typing import Any
 
 import msgpack
 
+from push.exceptions import PushError
 from sessions.feeds import FeedState, FeedUpdate, rec_id
 from sessions.versions import Version
 
@@ -88,7 +89,7 @@ def close_name(code: int) -> str:
         return str(code)
 
 
-class ProtocolError(Exception):
+class ProtocolError(PushError):
     """A client message was refused; ``code`` is the stable error code sent back."""
 
     def __init__(self, code: str, message: str, ref: int | str | None = None) -> None:

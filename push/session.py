@@ -31,6 +31,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from push import protocol
 from push.collector import collect
+from push.exceptions import PushError
 from push.protocol import Action, ClientMessage, ClientState, Codec, ItemTable, ProtocolError
 from push.runtime import Runtime
 from sessions.backoff import Backoff
@@ -62,7 +63,7 @@ class Sink(Protocol):
         """Close the connection with ``code`` and ``reason``."""
 
 
-class Unavailable(Exception):
+class Unavailable(PushError):
     """The feed store stayed unreachable: the client should reconnect (maybe elsewhere)."""
 
 

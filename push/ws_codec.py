@@ -73,6 +73,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from push.exceptions import PushError
+
 __all__ = [
     "DEFLATE",
     "DEFLATE_RESPONSE",
@@ -127,7 +129,7 @@ _OPCODES: tuple[Opcode | None, ...] = tuple(
 Extension = tuple[str, tuple[tuple[str, str | None], ...]]
 
 
-class HandshakeError(Exception):
+class HandshakeError(PushError):
     """The upgrade request is refused: answer ``response()`` (an HTTP error) and close."""
 
     def __init__(
@@ -417,7 +419,7 @@ def reject_response(
 # Frames
 
 
-class WsProtocolError(Exception):
+class WsProtocolError(PushError):
     """The client broke the protocol: close the connection with ``close_code`` and ``reason``.
 
     ``messages`` holds the complete messages that preceded the error in the same

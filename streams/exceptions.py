@@ -3,8 +3,14 @@
 ::
 
     StreamsError
-    ├── InvalidEvent        an event failed validation (``reason`` is a stable code)
-    └── SourceUnavailable   the event bus cannot take events now; retry later
+    ├── InvalidEvent            an event failed validation (``reason`` is a stable code)
+    ├── SourceUnavailable       the event bus cannot take events now; retry later
+    ├── InvalidItem             a catalog item failed validation (streams/catalog.py)
+    ├── InvalidDocument         a rules/experiments document failed to parse (streams/yamldoc.py)
+    └── PropagationIncomplete   a catalog change reached only some feeds (streams/propagate.py)
+
+The last three are defined beside the code that raises them; all derive from
+:class:`StreamsError`.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from sessions.backoff import Backoff
 from streams.deadletter import DeadLetters
 from streams.events import Event
-from streams.exceptions import InvalidEvent
+from streams.exceptions import InvalidEvent, StreamsError
 from streams.records import check_key, decode_record
 from streams.source import BatchHandler
 from streams.supervise import Restarts, ThrottledWarning
@@ -50,11 +50,11 @@ LAG_EVERY_S = 1.0
 STABLE_S = 30.0
 
 
-class _Abandoned(Exception):
+class _Abandoned(StreamsError):
     """The poll in flight was given up because its partitions are moving."""
 
 
-class _Unreachable(Exception):
+class _Unreachable(StreamsError):
     """Connecting to the broker failed (an outage, not a crash)."""
 
 
