@@ -15,6 +15,7 @@ nothing a client sends can raise out of this protocol.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from typing import Any
 
@@ -30,7 +31,19 @@ from sessions.versions import Version
 
 log = structlog.get_logger(__name__)
 PATH = "/v1/ws"
-_HEAD, _AUTH, _OPEN, _CLOSED = range(4)
+
+
+class Phase(enum.IntEnum):
+    """Where a WebSocket connection is. It only moves forward, through :meth:`WsConnection._enter`:
+    HEAD (reading the upgrade request) → AUTH (upgraded, waiting for ``auth``) → OPEN (updates
+    flow) → CLOSED; any phase may go straight to CLOSED."""
+
+    HEAD = 0
+    AUTH = 1
+    OPEN = 2
+    CLOSED = 3
+
+
 #: After our close frame, how long the peer has to close its side before the socket is closed.
 CLOSE_WAIT_S = 5.0
 
@@ -60,7 +73,7 @@ class WsConnection(asyncio.Protocol):
     def __init__(self, config: Any = None, server_state: Any = None, app_state: Any = None) -> None:
         self._transport: asyncio.Transport | None = None
         self._server_state = server_state
-        self._phase = _HEAD
+        self._phase = Phase.HEAD
         self._head = b""
         self._reader: ws_codec.FrameReader | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -68,6 +81,16 @@ class WsConnection(asyncio.Protocol):
         self._have: dict[str, Version] | None = None
         self.session: Session | None = None
         self.codec = Codec.JSON
+
+    def _enter(self, phase: Phase) -> None:
+        """The one place the phase changes: forward only (see :class:`Phase`)."""
+        if phase < self._phase:
+            raise RuntimeError(f"phase {self._phase.name} cannot go back to {phase.name}")
+        self._phase = phase
+
+    def _closed(self) -> bool:
+        """Closed by now (a method, not a field read: handlers called in between may close)."""
+        return self._phase is Phase.CLOSED
 
     # -- the Sink interface of the session --------------------------------------------------
 
@@ -79,7 +102,7 @@ class WsConnection(asyncio.Protocol):
     def write(self, data: bytes, kind: str, resume: str | None) -> None:
         """Write one message frame (text for JSON, binary for msgpack); compressed when
         permessage-deflate was negotiated and the frame is not shorter than the threshold."""
-        if self._transport is None or self._phase == _CLOSED:
+        if self._transport is None or self._closed():
             return
         opcode = Opcode.BINARY if self.codec is Codec.MSGPACK else Opcode.TEXT
         reader = self._reader  # knows whether deflate was negotiated: no slot of our own
@@ -93,9 +116,9 @@ class WsConnection(asyncio.Protocol):
     def end(self, code: int, reason: str) -> None:
         """Send a close frame and close (after what is still queued for the peer)."""
         transport = self._transport
-        if transport is None or self._phase == _CLOSED:
+        if transport is None or self._closed():
             return
-        self._phase = _CLOSED
+        self._enter(Phase.CLOSED)
         self._cancel_timer()
         transport.write(ws_codec.encode_close(code, reason))
         loop = asyncio.get_running_loop()
@@ -130,7 +153,7 @@ class WsConnection(asyncio.Protocol):
             self._server_state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._phase = _CLOSED
+        self._enter(Phase.CLOSED)
         self._cancel_timer()
         if self._server_state is not None:
             self._server_state.connections.discard(self)
@@ -152,18 +175,18 @@ class WsConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         try:
-            if self._phase == _HEAD:
+            if self._phase == Phase.HEAD:
                 data = self._handshake(data)
                 if not data:
                     return
-            if self._phase in (_AUTH, _OPEN) and self._reader is not None:
+            if self._phase in (Phase.AUTH, Phase.OPEN) and self._reader is not None:
                 for message in self._reader.feed(data):
                     self._on_message(message)
-                    if self._phase == _CLOSED:
+                    if self._closed():
                         return
         except WsProtocolError as exc:
             for message in exc.messages:  # complete messages that came before the bad bytes
-                if self._phase == _CLOSED:
+                if self._closed():
                     return
                 self._on_message(message)
             self.runtime.metrics.bad_frames.labels(f"ws_{exc.close_code}").inc()
@@ -213,7 +236,7 @@ class WsConnection(asyncio.Protocol):
         self._reader = ws_codec.FrameReader(rt.settings.max_message_bytes, deflate is not None)
         token = upgrade.query.get("token")
         if token is None:
-            self._phase = _AUTH
+            self._enter(Phase.AUTH)
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(rt.settings.auth_timeout_s, self._auth_timeout)
         else:
@@ -223,13 +246,13 @@ class WsConnection(asyncio.Protocol):
     def _reject(self, status: int, code: str, message: str, headers: Any = ()) -> None:
         assert self._transport is not None
         self.runtime.metrics.http_errors.labels(str(status), code).inc()
-        self._phase = _CLOSED
+        self._enter(Phase.CLOSED)
         self._transport.write(ws_codec.reject_response(status, code, message, headers))
         self._transport.close()
 
     def _auth_timeout(self) -> None:
         self._timer = None
-        if self._phase == _AUTH:
+        if self._phase == Phase.AUTH:
             self._close(CloseCode.AUTH_TIMEOUT, "no auth message in time")
 
     def _authenticate(self, token: str) -> None:
@@ -241,7 +264,7 @@ class WsConnection(asyncio.Protocol):
             self._close(CloseCode.UNAUTHORIZED, str(exc))
             return
         self._cancel_timer()
-        self._phase = _OPEN
+        self._enter(Phase.OPEN)
         session = Session(rt, self, claims, item_table=True, resume_ids=False)  # type: ignore[arg-type]
         self.session = session
         feeds, have = self._feeds, self._have or {}
@@ -265,7 +288,7 @@ class WsConnection(asyncio.Protocol):
             self._close(1000 if code < 3000 else code, "")
             return
         text = op == Opcode.TEXT
-        if self._phase == _AUTH:
+        if self._phase == Phase.AUTH:
             self._first_message(message.data, text)
             return
         session = self.session
