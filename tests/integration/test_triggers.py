@@ -34,6 +34,7 @@ from streams.triggers import (
 from tests.integration.conftest import (
     redis_client,
     redis_database,
+    skip_on_cluster,
     start_server,
     stop_server,
     sync_redis,
@@ -452,6 +453,10 @@ class RacingStore(FeedStore):
 
 
 def test_two_pollers_racing_fire_each_timer_once() -> None:
+    # On a cluster there is one database: the module's shared server polls the same timer
+    # buckets every second and may claim the racers' timers first (its claims are right, but
+    # this test counts what its own two pollers handled).
+    skip_on_cluster("the shared server's poller would race on the one cluster database")
     with redis_database(3) as url:
         _clean(url)
 
