@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import random
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +43,29 @@ from tests.integration.harness import SCALE, Server
 PARTITIONS = 4
 #: The catalog of :meth:`Server.load_catalog`.
 ITEMS = [f"{cat}-{n}" for cat in ("phones", "shoes", "books") for n in range(10)]
+
+
+def mixed_traffic(
+    prefix: str, seed: int, events: int = 240, users: int = 6
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Reproducible traffic of ``users`` users (``<prefix>-<n>``): mostly views, some carts and
+    purchases of :data:`ITEMS`, one event per millisecond from now, ids ``<prefix>-<i>``."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible traffic, not secrets
+    names = [f"{prefix}-{n}" for n in range(users)]
+    start = int(time.time() * 1000)
+    kinds = ["view"] * 6 + ["add_to_cart", "purchase"]
+    return names, [
+        {
+            "event_id": f"{prefix}-{i}",
+            "user_id": names[i % len(names)],
+            "type": rng.choice(kinds),
+            "item_id": rng.choice(ITEMS),
+            "ts": start + i,
+        }
+        for i in range(events)
+    ]
+
+
 #: A raw record: (key, value, headers).
 Record = tuple[bytes | None, bytes, Sequence[tuple[str, bytes]]]
 _DB = itertools.count(1)

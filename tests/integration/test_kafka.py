@@ -25,7 +25,7 @@ from tests.integration.harness import (
     version_key,
     ws_client,
 )
-from tests.integration.kafka_cluster import ITEMS, Cluster, Record, cluster
+from tests.integration.kafka_cluster import ITEMS, Cluster, Record, cluster, mixed_traffic
 from tests.integration.kafka_cluster import applied as _applied
 from tests.integration.kafka_cluster import model as _model
 from tests.integration.kafka_cluster import until as _until
@@ -229,20 +229,7 @@ def test_three_nodes_share_the_work_and_survive_a_sigkill() -> None:
 def test_three_nodes_learn_exactly_what_one_node_learns() -> None:
     """The same events, through one node and through a web node with two workers: every
     user's profile and the learnt item model come out the same."""
-    rng = random.Random(23)  # noqa: S311 - reproducible traffic, not secrets
-    users = [f"ref-{n}" for n in range(6)]
-    start = int(time.time() * 1000)
-    kinds = ["view"] * 6 + ["add_to_cart", "purchase"]
-    events = [
-        {
-            "event_id": f"ref-{i}",
-            "user_id": users[i % len(users)],
-            "type": rng.choice(kinds),
-            "item_id": rng.choice(ITEMS),
-            "ts": start + i,
-        }
-        for i in range(240)
-    ]
+    users, events = mixed_traffic("ref", 23)
 
     def run(*commands: tuple[str, ...]) -> dict[str, Any]:
         with cluster() as c:

@@ -42,7 +42,15 @@ from tests.integration.harness import (
     version_key,
     ws_client,
 )
-from tests.integration.kafka_cluster import ITEMS, Cluster, applied, cluster, model, until
+from tests.integration.kafka_cluster import (
+    ITEMS,
+    Cluster,
+    applied,
+    cluster,
+    mixed_traffic,
+    model,
+    until,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -122,20 +130,8 @@ def test_a_worker_mirrors_every_item_a_web_node_stores() -> None:
 def _reference_events() -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
     """Users, the traffic, and one last view per user (posted one at a time, so every final
     feed is scored on the same item-side state whatever the number of workers)."""
-    rng = random.Random(31)  # noqa: S311 - reproducible traffic, not secrets
-    users = [f"rc-{n}" for n in range(6)]
-    start = int(time.time() * 1000)
-    kinds = ["view"] * 6 + ["add_to_cart", "purchase"]
-    events = [
-        {
-            "event_id": f"rc-{i}",
-            "user_id": users[i % len(users)],
-            "type": rng.choice(kinds),
-            "item_id": rng.choice(ITEMS),
-            "ts": start + i,
-        }
-        for i in range(240)
-    ]
+    users, events = mixed_traffic("rc", 31)
+    start = events[0]["ts"]
     finals = [
         {
             "event_id": f"rc-final-{n}",

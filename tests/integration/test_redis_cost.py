@@ -24,6 +24,7 @@ from redis.asyncio import Redis
 from push.redis_server import EmbeddedRedis
 from sessions.feeds import HOME, FeedStore
 from sessions.keys import shown_key
+from tests.integration.commandstats import calls, delta
 from tests.integration.conftest import run
 from tests.integration.test_profile import EXACT, Sim, key
 
@@ -37,16 +38,6 @@ def redis_url() -> Iterator[str]:
     traffic (a server of an earlier test still draining) may land in the counts."""
     with EmbeddedRedis() as server:
         yield server.url
-
-
-async def calls(r: Redis) -> dict[str, int]:
-    """Calls so far per command (INFO commandstats)."""
-    stats: dict[str, Any] = await r.info("commandstats")
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
-
-
-def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {c: n - before.get(c, 0) for c, n in after.items() if n != before.get(c, 0)}
 
 
 def test_a_round_of_writes_confirms_each_item_once_however_many_users_show_it(

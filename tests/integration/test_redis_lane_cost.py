@@ -39,6 +39,7 @@ from streams.events import Event
 from streams.itemcache import ItemCache, seqs, top
 from streams.profile import ProfileStore
 from streams.user_lane import user_keys
+from tests.integration.commandstats import calls, delta
 from tests.integration.conftest import run
 from tests.integration.test_profile import EXACT
 
@@ -50,15 +51,6 @@ def redis_url() -> Iterator[str]:
     """A private real Redis: INFO commandstats counts the whole server."""
     with EmbeddedRedis() as server:
         yield server.url
-
-
-async def calls(r: Redis) -> dict[str, int]:
-    stats: dict[str, Any] = await r.info("commandstats")
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
-
-
-def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {c: n - before.get(c, 0) for c, n in after.items() if n != before.get(c, 0)}
 
 
 def aggregates(r: Redis, **kw: Any) -> Aggregates:

@@ -25,6 +25,7 @@ from streams.catalog import Catalog, Item
 from streams.privacy import erase_user
 from streams.profile import ProfileStore
 from streams.propagate import Propagator
+from tests.integration.commandstats import calls, delta
 from tests.integration.conftest import run
 from tests.integration.test_profile import EXACT
 
@@ -37,15 +38,6 @@ def redis_url() -> Iterator[str]:
     """A private real Redis: INFO commandstats counts the whole server."""
     with EmbeddedRedis() as server:
         yield server.url
-
-
-async def calls(r: Redis) -> dict[str, int]:
-    stats: dict[str, Any] = await r.info("commandstats")
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
-
-
-def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {c: n - before.get(c, 0) for c, n in after.items() if n != before.get(c, 0)}
 
 
 def payloads(*ids: str) -> list[dict[str, Any]]:
