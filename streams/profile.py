@@ -211,7 +211,15 @@ class ProfileStore:
         unindex: list[tuple[str, str, str]] = []  # (feed, item, user)
         cache = self.cache
         cap = self.tuning.recent_max
-        for (event, cats, _, _), reply, tuning in zip(batch, replies, tunings, strict=True):
+        # Where each user's list is read back later in this lane (the scored entry's ``seq``):
+        # applying the user's earlier writes one by one would be overwritten by that read.
+        seeded: dict[str, int] = {}
+        for i, ((event, _, _, _), reply) in enumerate(zip(batch, replies, strict=True)):
+            if not isinstance(reply, Exception) and reply.seq:
+                seeded[event.user_id] = i
+        for i, ((event, cats, _, _), reply, tuning) in enumerate(
+            zip(batch, replies, tunings, strict=True)
+        ):
             if isinstance(reply, Exception):
                 continue
             if reply.outcome in _ACCEPTED and reply.personal and event.item_id:
@@ -219,10 +227,11 @@ class ProfileStore:
                 accepted.append(
                     Accepted(event, cats, weights, reply.prev, reply.new_user, reply.partners)
                 )
-                if weights[1] > 0:
+                if weights[1] > 0 and seeded.get(event.user_id, -1) < i:
                     # The lane added the item to the user's recent list at the event's time (a
                     # co-visiting event, lua/user_event.lua): the session kNN of other users
-                    # reads that list, so the cached copy follows (in lane order).
+                    # reads that list, so the cached copy follows (in lane order), unless the
+                    # list is read back at or after this entry.
                     cache.recent_written(
                         user_tag(event.user_id) + "recent", event.item_id, event.ts, cap=cap
                     )
